@@ -1,0 +1,3 @@
+from gitqueue.cli import main
+
+main()

@@ -1,0 +1,474 @@
+"""The ``gitqueue`` command: a thin face over :class:`gitqueue.Queue`.
+
+Each command opens the queue, calls one method and prints. Domain errors become one line
+on stderr and the exit code their class names (see ``gitqueue --help``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from gitqueue import __version__
+from gitqueue.errors import GitqueueError, InvalidTask, NothingToClaim
+from gitqueue.queue import Queue, default_worker
+from gitqueue.task import State, Task, load_yaml
+
+EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
+the task (nothing changed); 5 the queue's remote is unreachable."""
+
+
+class _Group(TyperGroup):
+    """Turns gitqueue's own errors into one line on stderr and their exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GitqueueError as exc:
+            typer.echo(f"gitqueue: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="A task queue for experiments in which the queue is a git repository.\n\n" + EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+QueueOpt = Annotated[
+    str | None,
+    typer.Option("--queue", "-q", envvar="GITQUEUE_QUEUE", help="Queue URL (else the nearest .gitqueue file)."),
+]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table, json or ids.")]
+WorkerOpt = Annotated[
+    str | None, typer.Option("--worker", "-w", envvar="GITQUEUE_WORKER", help="Worker name [default: host/pid].")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="GITQUEUE_TOKEN", help="The run's token from `claim`; without it, any run."),
+]
+err = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gitqueue {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """A task queue for experiments in which the queue is a git repository."""
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a YAML scalar: ``0.01`` is a float, ``true`` a bool, ``a`` a str."""
+    try:
+        value = load_yaml(text, path="<command line>")
+    except InvalidTask:
+        return text
+    return text if value is None and text != "null" else value
+
+
+def parse_pairs(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["lr=0.01", "bs=32"]`` -> ``{"lr": 0.01, "bs": 32}``."""
+    pairs: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=what)
+        pairs[key] = parse_value(value)
+    return pairs
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    return {k: str(v) for k, v in parse_pairs(items, "--label").items()}
+
+
+def read_specs(source: str) -> list[dict[str, Any]]:
+    """Tasks from a YAML file (a list, or ``tasks:``), a JSONL file, or ``-`` for stdin."""
+    name = "<stdin>" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {source}: {exc.strerror}", param_hint="--from") from None
+    if source.endswith(".jsonl") or (source == "-" and text.lstrip().startswith("{") and "\n{" in text):
+        specs = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    specs.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InvalidTask(name, f"not JSON: {exc.msg}", line=number, column=exc.colno) from None
+        return specs
+    data = load_yaml(text, path=name)
+    if isinstance(data, dict) and isinstance(data.get("tasks"), list):
+        data = data["tasks"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise InvalidTask(name, "expected a list of tasks (or a mapping with 'tasks:')")
+    return data
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_compact(v)}" for k, v in value.items())
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
+    if fmt not in allowed:
+        raise typer.BadParameter(f"{fmt!r}: choose one of {', '.join(allowed)}", param_hint="--format")
+
+
+# ---------------------------------------------------------------- commands
+
+
+@app.command()
+def init(
+    url: Annotated[str | None, typer.Argument(help="Remote URL or path; none for an embedded local queue.")] = None,
+) -> None:
+    """Create or attach a queue and remember it in ./.gitqueue.
+
+    With no URL, makes an embedded bare repository ./.gitqueue.git. With a URL (a path,
+    file://, git://, ssh:// or https://) it initialises an empty remote, or attaches to an
+    existing queue without changing it.
+
+    \b
+    Examples:
+      gitqueue init
+      gitqueue init git@github.com:me/sweeps.git
+    """
+    with Queue.init(url) as queue:
+        typer.echo(f"queue ready: {queue.url} (remembered in {Path.cwd() / '.gitqueue'})")
+
+
+@app.command()
+def submit(
+    pairs: Annotated[list[str] | None, typer.Argument(metavar="[KEY=VALUE]...", help="Arguments of one task.")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="KEY=V1,V2,...: sweep over values.")] = None,
+    source: Annotated[str | None, typer.Option("--from", help="YAML or JSONL file of tasks, - for stdin.")] = None,
+    priority: Annotated[int | None, typer.Option(help="Higher runs first [default: 0].")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
+    require: Annotated[list[str] | None, typer.Option(help="KEY=VALUE a worker's labels must match.")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Runs before the task fails for good.")] = None,
+    lease: Annotated[int | None, typer.Option(help="Seconds a run holds the task without a heartbeat.")] = None,
+    task_id: Annotated[str | None, typer.Option("--id", help="Id of the task (one task only).")] = None,
+    queue: QueueOpt = None,
+    fmt: FormatOpt = "ids",
+) -> None:
+    """Add tasks: one, a grid (cartesian product) or a file of them, in one commit.
+
+    \b
+    Examples:
+      gitqueue submit lr=0.01 bs=32
+      gitqueue submit --grid lr=0.1,0.01,0.001 --grid bs=32,64 --tag sweep-1
+      gitqueue submit --from tasks.yaml      # a list of {args: ..., priority: ...}
+      seq 5 | jq -c '{args: {seed: .}}' | gitqueue submit --from -
+    """
+    _check_format(fmt, ("ids", "json"))
+    fixed = parse_pairs(pairs, "KEY=VALUE")
+    axes = {k: v.split(",") for k, v in ((g.partition("=")[0], g.partition("=")[2]) for g in grid or [])}
+    if any(not k for k in axes):
+        raise typer.BadParameter("expected KEY=V1,V2,...", param_hint="--grid")
+    common: dict[str, Any] = {}
+    for key, value in (("priority", priority), ("max_attempts", max_attempts), ("lease", lease)):
+        if value is not None:
+            common[key] = value
+    if tag:
+        common["tags"] = list(tag)
+    if require:
+        common["requires"] = parse_pairs(require, "--require")
+    specs: list[dict[str, Any]] = []
+    if source:
+        specs = [{**common, **spec} if isinstance(spec, dict) else spec for spec in read_specs(source)]
+    if axes:
+        for values in itertools.product(*axes.values()):
+            args = {**fixed, **{k: parse_value(v) for k, v in zip(axes, values, strict=True)}}
+            specs.append({**common, "args": args})
+    elif pairs or not source:
+        specs.append({**common, "args": fixed})
+    if task_id is not None:
+        if len(specs) != 1:
+            raise typer.BadParameter("--id names one task; a grid or file makes several", param_hint="--id")
+        specs[0]["id"] = task_id
+    subject = f"submit {len(specs)} tasks: grid {' x '.join(axes)}" if axes and len(specs) > 1 else None
+    with Queue.open(queue) as q:
+        ids = q.submit(specs, subject=subject)
+    if fmt == "json":
+        _print_json(ids)
+    else:
+        for task_id_ in ids:
+            typer.echo(task_id_)
+        err.print(f"submitted {len(ids)} task{'s' if len(ids) != 1 else ''}")
+
+
+@app.command()
+def claim(
+    worker: WorkerOpt = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "--require", "-l", help="KEY=VALUE label of this worker.")
+    ] = None,
+    lease: Annotated[int | None, typer.Option(help="Lease in seconds [default: the task's, else queue's].")] = None,
+    queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """Claim the best pending task (highest priority, then id) and print it.
+
+    Exits 3 when nothing this worker may take is pending. Pass the printed token to `done`
+    or `fail` so that a run which lost its task changes nothing.
+
+    \b
+    Example:
+      while task=$(gitqueue claim --format json); do
+        id=$(echo "$task" | jq -r .id); token=$(echo "$task" | jq -r .token)
+        python train.py $(echo "$task" | jq -r '.args.lr') && gitqueue done "$id" --token "$token"
+      done
+    """
+    _check_format(fmt, ("table", "json"))
+    with Queue.open(queue, worker=worker or default_worker()) as q:
+        run = q.claim(labels=_labels(label), lease=lease)
+    if run is None:
+        raise NothingToClaim("nothing to claim: no pending task this worker may take")
+    if fmt == "json":
+        _print_json(run.to_dict())
+    else:
+        typer.echo(f"claimed {run.id} (attempt {run.attempt}, token {run.token}, lease {run.lease}s)")
+        typer.echo(f"args: {_compact(run.args)}")
+
+
+@app.command()
+def done(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    result: Annotated[list[str] | None, typer.Option("--result", "-r", help="KEY=VALUE of the result.")] = None,
+    result_file: Annotated[Path | None, typer.Option(help="A JSON or YAML mapping: the result.")] = None,
+    token: TokenOpt = None,
+    worker: WorkerOpt = None,
+    queue: QueueOpt = None,
+) -> None:
+    """Finish a running task as done, with its result.
+
+    \b
+    Examples:
+      gitqueue done 000003-lr0.01-bs32 --token 3f9a0c1d2e4b5a69 --result acc=0.93 --result loss=0.21
+      gitqueue done 000003-lr0.01-bs32 --result-file metrics.json
+    """
+    value: Any = parse_pairs(result, "--result") or None
+    if result_file is not None:
+        loaded = load_yaml(result_file.read_bytes(), path=str(result_file))
+        if not isinstance(loaded, dict):
+            raise InvalidTask(str(result_file), "a result file must hold a mapping")
+        value = {**loaded, **(value or {})}
+    with Queue.open(queue, worker=worker) as q:
+        task = q.done(task_id, token=token, result=value)
+    typer.echo(f"{task.id}: done")
+
+
+@app.command()
+def fail(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    error: Annotated[str | None, typer.Option("--error", "-e", help="What went wrong.")] = None,
+    exit_code: Annotated[int | None, typer.Option(help="The run's exit status.")] = None,
+    token: TokenOpt = None,
+    worker: WorkerOpt = None,
+    queue: QueueOpt = None,
+) -> None:
+    """Fail a running task's attempt: back to pending while attempts remain, else failed/.
+
+    \b
+    Example:
+      gitqueue fail 000003-lr0.01-bs32 --token 3f9a0c1d2e4b5a69 --error "CUDA out of memory"
+    """
+    with Queue.open(queue, worker=worker) as q:
+        task = q.fail(task_id, token=token, error=error, exit_code=exit_code)
+    typer.echo(f"{task.id}: {task.state.value} (attempts spent {task.attempts_spent})")
+
+
+@app.command()
+def requeue(
+    task_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
+    queue: QueueOpt = None,
+) -> None:
+    """Send tasks back to pending: to rerun done ones, retry failed ones, revive cancelled ones.
+
+    A running task's run is cut off: its later report changes nothing.
+
+    \b
+    Example:
+      gitqueue requeue 000007-lr0.1-bs64 000008-lr0.1-bs128
+    """
+    with Queue.open(queue) as q:
+        ids = q.requeue(task_ids)
+    typer.echo(f"requeued {len(ids)}: {' '.join(ids)}")
+
+
+@app.command()
+def cancel(
+    task_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
+    queue: QueueOpt = None,
+) -> None:
+    """Withdraw pending or running tasks (a running task's worker stops it).
+
+    \b
+    Example:
+      gitqueue cancel 000012-lr0.001-bs32
+    """
+    with Queue.open(queue) as q:
+        ids = q.cancel(task_ids)
+    typer.echo(f"cancelled {len(ids)}: {' '.join(ids)}")
+
+
+@app.command("ls")
+def ls(
+    state: Annotated[
+        str | None, typer.Option("--state", "-s", help="pending, running, done, failed, cancelled.")
+    ] = None,
+    tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
+    queue: QueueOpt = None,
+    fmt: FormatOpt = "table",
+) -> None:
+    """List tasks, highest priority first, then by id.
+
+    \b
+    Examples:
+      gitqueue ls --state pending
+      gitqueue ls --tag sweep-1 --format json
+    """
+    _check_format(fmt, ("table", "json", "ids"))
+    if state is not None and state not in {s.value for s in State}:
+        raise typer.BadParameter(f"{state!r}: one of {', '.join(s.value for s in State)}", param_hint="--state")
+    with Queue.open(queue) as q:
+        tasks = [t for t in q.tasks(state) if tag is None or tag in t.tags]
+    if fmt == "json":
+        _print_json([t.to_dict() for t in tasks])
+    elif fmt == "ids":
+        for task in tasks:
+            typer.echo(task.id)
+    else:
+        out.print(_task_table(tasks))
+
+
+def _task_table(tasks: list[Task]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ID", "STATE", "PRI", "ARGS", "TRIES", "WORKER"):
+        table.add_column(column, overflow="fold")
+    for task in tasks:
+        worker = (task.run or {}).get("worker") or (task.attempts[-1].get("worker") if task.attempts else "") or ""
+        table.add_row(
+            task.id, task.state.value, str(task.priority), _compact(task.args), str(len(task.attempts)), str(worker)
+        )
+    return table
+
+
+@app.command()
+def show(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="yaml or json.")] = "yaml",
+) -> None:
+    """Show one task: its state and its file as the queue holds it.
+
+    \b
+    Example:
+      gitqueue show 000003-lr0.01-bs32
+    """
+    _check_format(fmt, ("yaml", "json"))
+    with Queue.open(queue) as q:
+        task = q.get(task_id)
+    if fmt == "json":
+        _print_json(task.to_dict())
+    else:
+        typer.echo(f"# {task.path} ({task.state.value})")
+        typer.echo(task.text, nl=not task.text.endswith("\n"))
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """Counts per state, the oldest pending task, and running tasks with their workers.
+
+    \b
+    Examples:
+      gitqueue status
+      gitqueue status --watch
+    """
+    _check_format(fmt, ("table", "json"))
+    with Queue.open(queue) as q:
+        if fmt == "json":
+            _print_json(q.status())
+            return
+        if not watch:
+            out.print(_status_view(q.status()))
+            return
+        from rich.live import Live
+
+        with Live(_status_view(q.status()), console=out, auto_refresh=False) as live:
+            try:
+                while True:
+                    time.sleep(interval)
+                    live.update(_status_view(q.status()), refresh=True)
+            except KeyboardInterrupt:
+                pass
+
+
+def _status_view(info: dict[str, Any]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    counts = info["counts"]
+    grid.add_row(f"[bold]{info['queue']}[/]")
+    grid.add_row("  ".join(f"{state} {n}" for state, n in counts.items()) + f"   (total {info['total']})")
+    if info["oldest_pending"]:
+        oldest = info["oldest_pending"]
+        grid.add_row(f"oldest pending: {oldest['id']} (submitted {oldest['submitted']})")
+    if info["running"]:
+        running = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("RUNNING", "WORKER", "ATTEMPT", "FOR"):
+            running.add_column(column)
+        for row in info["running"]:
+            age = "" if row["age"] is None else _duration(row["age"])
+            running.add_row(row["id"], str(row["worker"]), str(row["attempt"]), age)
+        grid.add_row(running)
+    for problem in info["invalid"]:
+        grid.add_row(f"[red]invalid[/] {problem['problem']}")
+    return grid
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def main() -> None:
+    app()

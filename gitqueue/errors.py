@@ -1,0 +1,69 @@
+"""Every error gitqueue raises on purpose.
+
+The library raises these; only the CLI turns them into a message and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class GitqueueError(Exception):
+    """Base of all of gitqueue's own errors. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class QueueNotFound(GitqueueError):
+    """No queue was named and none is configured, or the named one is not a queue."""
+
+
+class RemoteUnavailable(GitqueueError):
+    """The queue's remote could not be reached, even after retrying."""
+
+    exit_code = 5
+
+
+class InvalidTask(GitqueueError):
+    """A task file (or a task given to ``submit``) breaks the task format."""
+
+    def __init__(self, path: str, problem: str, *, line: int | None = None, column: int | None = None):
+        self.path = path
+        self.problem = problem
+        self.line = line
+        self.column = column
+        where = path if line is None else f"{path}:{line}" + ("" if column is None else f":{column}")
+        super().__init__(f"{where}: {problem}")
+
+
+class InvalidId(GitqueueError):
+    """A task id that is not of ``[A-Za-z0-9._-]``, at most 128 characters."""
+
+
+class TaskNotFound(GitqueueError):
+    """No task with that id is in the queue."""
+
+
+class TaskExists(GitqueueError):
+    """``submit`` met an id that already holds a task with different content."""
+
+
+class InvalidTransition(GitqueueError):
+    """A state change that makes no sense for the task's state, e.g. cancelling a done task."""
+
+
+class NotHeld(GitqueueError):
+    """A report from a run that no longer holds its task (its token no longer matches).
+
+    Nothing in the queue was changed.
+    """
+
+    exit_code = 4
+
+
+class NothingToClaim(GitqueueError):
+    """No pending task this worker may take."""
+
+    exit_code = 3
+
+
+class LostRace(GitqueueError):
+    """Another writer moved the branch first; the caller rebuilds on the new tip and retries."""

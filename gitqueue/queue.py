@@ -1,0 +1,605 @@
+"""The queue: every state change is one commit, pushed as a compare-and-swap on the branch.
+
+``Queue._transact`` is the claim protocol's loop, and every write goes through it:
+fetch the tip, build the change from that exact snapshot, commit it without a work tree,
+push it without force. A rejected push means another writer moved first: wait a jittered,
+growing moment and rebuild from the new tip (never rebase an old commit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import secrets
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gitqueue import config
+from gitqueue.errors import (
+    GitqueueError,
+    InvalidTask,
+    InvalidTransition,
+    NotHeld,
+    QueueNotFound,
+    RemoteUnavailable,
+    TaskExists,
+)
+from gitqueue.gitstore import GitStore, Identity, PushOutcome, init_bare, is_local_path
+from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
+from gitqueue.task import (
+    PERSON_FIELDS,
+    State,
+    Task,
+    check_id,
+    fan,
+    now_iso,
+    parse_time,
+    render,
+    task_from_mapping,
+)
+
+T = TypeVar("T")
+ERROR_TAIL = 2000
+_SEQ_RE = re.compile(r"^(\d+)-")
+
+
+def default_worker() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+@dataclass
+class Change:
+    """One commit's worth of work: files to write (or delete, with None) and its message."""
+
+    subject: str
+    files: dict[str, bytes | None] = field(default_factory=dict)
+    trailers: dict[str, str] = field(default_factory=dict)
+    value: Any = None
+
+
+class Queue:
+    """A queue living in the git repository at ``url``.
+
+    >>> q = Queue.open("/path/to/queue.git")          # doctest: +SKIP
+    >>> q.submit([{"args": {"lr": 0.01}}])            # doctest: +SKIP
+    >>> with q.claim() as run:                         # doctest: +SKIP
+    ...     train(**run.args)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        worker: str | None = None,
+        branch: str = "main",
+        cache: Path | None = None,
+        patience: float = 120.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url
+        self.worker = worker or default_worker()
+        self.store = GitStore(url, branch=branch, cache=cache)
+        self.cache = TaskCache(self.store)
+        self.patience = patience
+        self.clock = clock
+        self.sleep = sleep
+        self._identity: Identity | None = None
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, url: str | None = None, **options: Any) -> Queue:
+        """Attach to an initialised queue (``url``, else ``GITQUEUE_QUEUE``, else ``.gitqueue``)."""
+        queue = cls(config.resolve_queue_url(url), **options)
+        try:
+            if not queue.snapshot().initialised:
+                raise QueueNotFound(f"{queue.url} is not a gitqueue queue yet: run `gitqueue init {queue.url}`")
+        except BaseException:
+            queue.close()
+            raise
+        return queue
+
+    @classmethod
+    def init(
+        cls,
+        url: str | None = None,
+        *,
+        folder: Path | None = None,
+        settings: config.Settings | None = None,
+        **options: Any,
+    ) -> Queue:
+        """Create or attach a queue. With no ``url``, an embedded bare repository in ``folder``.
+
+        The folder gets a ``.gitqueue`` file naming the queue, so later commands find it.
+        Attaching to an initialised queue changes nothing in it.
+        """
+        folder = folder or Path.cwd()
+        target = url or str(folder / config.EMBEDDED_REPO)
+        if is_local_path(target) or target.startswith("file://"):
+            local = Path(target.removeprefix("file://")).expanduser()
+            if not local.exists() or (local.is_dir() and not any(local.iterdir())):
+                init_bare(local)
+            if not target.startswith("file://"):
+                target = str(local.resolve())
+        queue = cls(target, **options)
+        try:
+            queue._initialise(settings or config.Settings())
+        except BaseException:
+            queue.close()
+            raise
+        config.write_config(folder, target if url else config.EMBEDDED_REPO)
+        return queue
+
+    def _initialise(self, settings: config.Settings) -> None:
+        def build(snap: Snapshot) -> Change | None:
+            if snap.initialised:
+                return None
+            files: dict[str, bytes | None] = {config.SETTINGS_FILE: settings.render()}
+            for state in State:
+                files[f"{state.value}/.gitkeep"] = b""
+            return Change(subject="initialise gitqueue queue", files=files, trailers={"Gitqueue-Action": "init"})
+
+        self._transact(build)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the protocol
+
+    def snapshot(self) -> Snapshot:
+        """Fetch, then view the queue at the remote's tip (retrying while it is unreachable)."""
+        deadline = self.clock() + self.patience
+        delay = 0.1
+        while True:
+            try:
+                return Snapshot(self.store, self.cache, self.store.fetch())
+            except RemoteUnavailable:
+                if self.clock() + delay > deadline:
+                    raise
+                self.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+
+    def _transact(self, build: Callable[[Snapshot], Change | None]) -> Any:
+        """Fetch, build, commit, compare-and-swap push; on a lost race, back off and redo."""
+        lost = 0
+        while True:
+            snap = self.snapshot()
+            change = build(snap)
+            if change is None:
+                return None
+            commit = self._commit(snap, change)
+            if self.store.push(commit, snap.tip) is PushOutcome.LANDED:
+                return change.value
+            lost += 1
+            self.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** min(lost, 7))))
+
+    def _commit(self, snap: Snapshot, change: Change) -> str:
+        blobs = {path: None if data is None else self.store.write_blob(data) for path, data in change.files.items()}
+        tree = self.store.edit_tree(snap.root, blobs)
+        trailers = {**change.trailers, "Gitqueue-Worker": self.worker, "Gitqueue-Nonce": secrets.token_hex(8)}
+        message = change.subject + "\n\n" + "".join(f"{k}: {v}\n" for k, v in trailers.items())
+        return self.store.write_commit(tree=tree, parent=snap.tip, message=message, author=self.identity)
+
+    @property
+    def identity(self) -> Identity:
+        if self._identity is None:
+            self._identity = self.store.identity(f"{self.worker.replace('/', '.')}@{socket.gethostname()}")
+        return self._identity
+
+    # ------------------------------------------------------------ reading
+
+    def tasks(self, state: State | str | None = None, *, problems: list[Problem] | None = None) -> list[Task]:
+        """Valid tasks, highest priority first then by id; bad files go to ``problems``."""
+        snap = self.snapshot()
+        found = snap.tasks(State(state) if state else None, problems)
+        return sorted(found, key=lambda t: (list(State).index(t.state), -t.priority, t.id))
+
+    def get(self, task_id: str) -> Task:
+        """One task by id (or by a prefix that names exactly one task)."""
+        return self.snapshot().get(task_id)
+
+    def status(self) -> dict[str, Any]:
+        """Counts per state, the oldest pending task, and who runs what for how long."""
+        problems: list[Problem] = []
+        snap = self.snapshot()
+        counts = {state.value: 0 for state in State}
+        oldest: Task | None = None
+        running = []
+        now = self.clock()
+        for task in snap.tasks(None, problems):
+            counts[task.state.value] += 1
+            if task.state is State.PENDING:
+                if oldest is None or _submitted(task) < _submitted(oldest):
+                    oldest = task
+            elif task.state is State.RUNNING and task.run:
+                age = now - parse_time(task.run["claimed_at"]) if "claimed_at" in task.run else None
+                running.append(
+                    {
+                        "id": task.id,
+                        "worker": task.run.get("worker"),
+                        "attempt": task.run.get("attempt"),
+                        "claimed_at": task.run.get("claimed_at"),
+                        "age": age,
+                    }
+                )
+        return {
+            "queue": self.url,
+            "counts": counts,
+            "total": sum(counts.values()),
+            "oldest_pending": None
+            if oldest is None
+            else {"id": oldest.id, "submitted": (oldest.submitted or {}).get("at")},
+            "running": sorted(running, key=lambda r: r["id"]),
+            "invalid": [{"path": p.path, "problem": p.message} for p in problems],
+        }
+
+    # ------------------------------------------------------------ submitting
+
+    def submit(self, specs: Iterable[Mapping[str, Any]], *, subject: str | None = None) -> list[str]:
+        """Add tasks in one commit. Each spec has ``args`` and optional fields (and ``id``).
+
+        Returns the ids. An id that exists with the same content is skipped; with different
+        content it is an error and nothing is submitted.
+        """
+        prepared = [_prepare(spec, i) for i, spec in enumerate(specs)]
+        if not prepared:
+            return []
+
+        def build(snap: Snapshot) -> Change | None:
+            seq = _next_seq(snap)
+            files: dict[str, bytes | None] = {}
+            ids: list[str] = []
+            stamp = {"at": now_iso(self.clock()), "by": self.identity.name}
+            for task_id, task in prepared:
+                if task_id is None:
+                    task_id = f"{seq:06d}-{_slug(task.args)}"
+                    seq += 1
+                elif (existing := snap.locate(task_id)) is not None:
+                    if _same_content(snap.cache.task(existing), task):
+                        ids.append(task_id)
+                        continue
+                    raise TaskExists(f"task {task_id!r} already exists ({existing.path}) with different content")
+                path = f"pending/{task_id}.yaml"
+                if path in files:
+                    raise TaskExists(f"task id {task_id!r} is given twice in one submit")
+                ids.append(task_id)
+                files[path] = render(task.evolve(id=task_id, submitted=stamp))
+            if not files:
+                return None
+            _fan_pending(snap, files)
+            what = subject or (f"submit {ids[0]}" if len(files) == 1 else f"submit {len(files)} tasks")
+            return Change(
+                subject=what,
+                files=files,
+                value=ids,
+                trailers={"Gitqueue-Action": "submit", "Gitqueue-Count": str(len(files))},
+            )
+
+        return self._transact(build) or [t for t, _ in prepared if t]
+
+    # ------------------------------------------------------------ claiming and finishing
+
+    def claim(self, *, labels: Mapping[str, str] | None = None, lease: int | None = None) -> Run | None:
+        """Claim the best pending task this worker may take, or return None if there is none."""
+        labels = dict(labels or {})
+
+        def build(snap: Snapshot) -> Change | None:
+            task = best_pending(snap, labels)
+            if task is None:
+                return None
+            run = self._new_run(task, snap, lease)
+            return Change(
+                subject=f"claim {task.id} by {self.worker} (attempt {run.attempt})",
+                files=self._move(snap, task, task.evolve(state=State.RUNNING, run=run.record)),
+                trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": run.token},
+                value=run,
+            )
+
+        return self._transact(build)
+
+    def _new_run(self, task: Task, snap: Snapshot, lease: int | None) -> Run:
+        lease = lease or task.lease or snap.settings.lease
+        token = secrets.token_hex(8)
+        record = {
+            "token": token,
+            "worker": self.worker,
+            "claimed_at": now_iso(self.clock()),
+            "lease": lease,
+            "attempt": task.next_attempt,
+        }
+        return Run(queue=self, task=task.evolve(state=State.RUNNING, run=record), record=record)
+
+    def done(self, task_id: str, *, token: str | None = None, result: Any = None) -> Task:
+        """Finish a running task as done. With ``token``, only if that run still holds it."""
+        return self._finish(task_id, token=token, outcome="done", result=result)
+
+    def fail(
+        self, task_id: str, *, token: str | None = None, error: str | None = None, exit_code: int | None = None
+    ) -> Task:
+        """Fail a running task's attempt: back to pending while attempts remain, else failed/."""
+        return self._finish(task_id, token=token, outcome="failed", error=error, exit_code=exit_code)
+
+    def _finish(
+        self,
+        task_id: str,
+        *,
+        token: str | None,
+        outcome: str,
+        result: Any = None,
+        error: str | None = None,
+        exit_code: int | None = None,
+    ) -> Task:
+        def build(snap: Snapshot) -> Change:
+            task = held_task(snap, task_id, token)
+            record = _attempt_record(task, outcome, self.clock(), error=error, exit_code=exit_code)
+            attempts = [*task.attempts, record]
+            if outcome == "done":
+                target, after = State.DONE, task.evolve(state=State.DONE, run=None, attempts=attempts, result=result)
+            else:
+                after = task.evolve(run=None, attempts=attempts)
+                spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
+                target = State.FAILED if spent_all else State.PENDING
+                after.state = target
+            verb = "done" if outcome == "done" else "fail"
+            subject = f"{verb} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
+            if outcome == "failed":
+                subject += ": out of attempts" if target is State.FAILED else ": will retry"
+            return Change(
+                subject=subject,
+                files=self._move(snap, task, after),
+                trailers={
+                    "Gitqueue-Action": outcome,
+                    "Gitqueue-Task": task.id,
+                    "Gitqueue-Run": str(record.get("token")),
+                },
+                value=after,
+            )
+
+        return self._transact(build)
+
+    # ------------------------------------------------------------ what people do
+
+    def requeue(self, task_ids: Iterable[str]) -> list[str]:
+        """Send tasks back to pending (from running, done, failed or cancelled) in one commit."""
+
+        def change(task: Task, now: float) -> Task:
+            if task.state is State.PENDING:
+                raise InvalidTransition(f"task {task.id} is already pending")
+            attempts = task.attempts
+            if task.state is State.RUNNING:
+                attempts = [*attempts, _attempt_record(task, "requeued", now)]
+            last = max((a.get("attempt", 0) for a in attempts), default=0)
+            requeued = {"at": now_iso(now), "by": self.identity.name, "from": task.state.value, "after_attempt": last}
+            return task.evolve(state=State.PENDING, run=None, attempts=attempts, result=None, requeued=requeued)
+
+        return self._bulk(task_ids, "requeue", change)
+
+    def cancel(self, task_ids: Iterable[str]) -> list[str]:
+        """Withdraw pending or running tasks (a running one's worker stops it) in one commit."""
+
+        def change(task: Task, now: float) -> Task:
+            if task.state in (State.DONE, State.FAILED):
+                raise InvalidTransition(f"task {task.id} already finished as {task.state.value}; nothing to cancel")
+            if task.state is State.CANCELLED:
+                raise InvalidTransition(f"task {task.id} is already cancelled")
+            attempts = task.attempts
+            if task.state is State.RUNNING:
+                attempts = [*attempts, _attempt_record(task, "cancelled", now)]
+            return task.evolve(state=State.CANCELLED, run=None, attempts=attempts)
+
+        return self._bulk(task_ids, "cancel", change)
+
+    def _bulk(self, task_ids: Iterable[str], verb: str, change: Callable[[Task, float], Task]) -> list[str]:
+        wanted = list(dict.fromkeys(task_ids))
+        if not wanted:
+            return []
+
+        def build(snap: Snapshot) -> Change:
+            files: dict[str, bytes | None] = {}
+            ids = []
+            for task_id in wanted:
+                task = snap.get(task_id)
+                files.update(self._move(snap, task, change(task, self.clock())))
+                ids.append(task.id)
+            subject = (
+                f"{verb} {ids[0]}"
+                if len(ids) == 1
+                else f"{verb} {len(ids)} tasks: {', '.join(ids[:3])}" + (", ..." if len(ids) > 3 else "")
+            )
+            return Change(
+                subject=subject + f" by {self.identity.name}",
+                files=files,
+                value=ids,
+                trailers={"Gitqueue-Action": verb, "Gitqueue-Task": " ".join(ids[:50])},
+            )
+
+        return self._transact(build)
+
+    # ------------------------------------------------------------ helpers
+
+    def _move(self, snap: Snapshot, before: Task, after: Task) -> dict[str, bytes | None]:
+        """The file changes that turn ``before`` (read from ``snap``) into ``after``."""
+        if after.state is before.state:
+            return {before.path: render(after)}
+        return {before.path: None, snap.path_for(after.state, after.id): render(after)}
+
+
+@dataclass
+class Run:
+    """A claimed task, held by this run until it reports. ``with run:`` fails it on an exception."""
+
+    queue: Queue
+    task: Task
+    record: dict[str, Any]
+    finished: Task | None = None
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.task.args
+
+    @property
+    def token(self) -> str:
+        return str(self.record["token"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.record["attempt"])
+
+    @property
+    def lease(self) -> int:
+        return int(self.record["lease"])
+
+    def done(self, result: Any = None) -> Task:
+        self.finished = self.queue.done(self.id, token=self.token, result=result)
+        return self.finished
+
+    def fail(self, error: str | None = None, *, exit_code: int | None = None) -> Task:
+        self.finished = self.queue.fail(self.id, token=self.token, error=error, exit_code=exit_code)
+        return self.finished
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "args": self.args,
+            "token": self.token,
+            "attempt": self.attempt,
+            "worker": self.record["worker"],
+            "lease": self.lease,
+            "task": self.task.to_dict(),
+        }
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self.finished is not None:
+            return
+        if exc is None:
+            self.done()
+        else:
+            self.fail("".join(traceback.format_exception(exc_type, exc, tb))[-ERROR_TAIL:])
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def best_pending(snap: Snapshot, labels: Mapping[str, str]) -> Task | None:
+    """Highest priority first, then lowest id, among valid pending tasks ``labels`` allow."""
+    best: Task | None = None
+    for task in snap.tasks(State.PENDING):
+        if (best is None or (-task.priority, task.id) < (-best.priority, best.id)) and task.matches(labels):
+            best = task
+    return best
+
+
+def held_task(snap: Snapshot, task_id: str, token: str | None) -> Task:
+    """The running task ``task_id``; NotHeld if ``token`` is given and no longer holds it."""
+    task = snap.get(task_id)
+    if task.state is not State.RUNNING:
+        if token:
+            raise NotHeld(f"run {token} no longer holds task {task.id}: it is {task.state.value} now; nothing changed")
+        raise InvalidTransition(f"task {task.id} is {task.state.value}, not running; nothing to finish")
+    if token and task.token != token:
+        raise NotHeld(
+            f"run {token} no longer holds task {task.id}: run {task.token} of {task.run and task.run.get('worker')} "
+            "holds it now; nothing changed"
+        )
+    return task
+
+
+def _attempt_record(
+    task: Task, outcome: str, now: float, *, error: str | None = None, exit_code: int | None = None
+) -> dict[str, Any]:
+    run = task.run or {}
+    record: dict[str, Any] = {
+        "attempt": run.get("attempt", task.next_attempt),
+        "outcome": outcome,
+        "worker": run.get("worker"),
+        "token": run.get("token"),
+        "started": run.get("claimed_at"),
+        "ended": now_iso(now),
+    }
+    if run.get("claimed_at"):
+        record["duration"] = round(now - parse_time(run["claimed_at"]), 3)
+    if exit_code is not None:
+        record["exit_code"] = exit_code
+    if error:
+        record["error"] = error[-ERROR_TAIL:]
+    return record
+
+
+def _prepare(spec: Mapping[str, Any], index: int) -> tuple[str | None, Task]:
+    """Validate one submitted spec; returns its explicit id (or None) and the task."""
+    where = f"task #{index + 1}"
+    if not isinstance(spec, Mapping):
+        raise InvalidTask(where, f"a task must be a mapping, not {type(spec).__name__}")
+    spec = dict(spec)
+    task_id = spec.pop("id", None)
+    if task_id is not None:
+        check_id(str(task_id))
+        where = f"task {task_id!r}"
+    unknown = [k for k in spec if k not in PERSON_FIELDS]
+    if unknown:
+        raise InvalidTask(where, f"unknown field {unknown[0]!r} (fields: id, {', '.join(PERSON_FIELDS)})")
+    task = task_from_mapping(spec, task_id=str(task_id or "new"), state=State.PENDING, path=where)
+    return (None if task_id is None else str(task_id)), task
+
+
+def _same_content(existing: Task, new: Task) -> bool:
+    return existing.person_fields() == new.person_fields()
+
+
+def _next_seq(snap: Snapshot) -> int:
+    """One more than the highest numbered id in the queue, so generated ids sort by submission."""
+    highest = 0
+    for entry in snap.all_entries():
+        match = _SEQ_RE.match(entry.id)
+        if match:
+            highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+def _slug(args: Mapping[str, Any], limit: int = 48) -> str:
+    """``{"lr": 0.01, "bs": 32}`` -> ``lr0.01-bs32``; long or empty ones become a short hash."""
+    parts = [re.sub(r"[^A-Za-z0-9._]+", "_", f"{k}{v}") for k, v in args.items()]
+    slug = "-".join(parts).strip("._-")
+    if 0 < len(slug) <= limit:
+        return slug
+    digest = hashlib.sha1(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return (slug[: limit - 11].rstrip("._-") + "-" + digest) if slug else digest
+
+
+def _fan_pending(snap: Snapshot, files: dict[str, bytes | None]) -> None:
+    """Send new pending files to fan-out folders once pending/ would exceed its flat limit."""
+    room = FLAT_LIMIT - snap.flat_count(State.PENDING)
+    if len(files) <= room:
+        return
+    for path in list(files):
+        task_id = path[len("pending/") : -len(".yaml")]
+        files[f"pending/{fan(task_id)}/{task_id}.yaml"] = files.pop(path)
+
+
+def _submitted(task: Task) -> str:
+    return str((task.submitted or {}).get("at", ""))
+
+
+__all__ = ["Change", "GitqueueError", "Queue", "Run", "best_pending", "default_worker"]

@@ -1,0 +1,159 @@
+"""A read-only view of the queue at one commit: which task files sit in which folder.
+
+Tree and task reads are cached by object id (git objects never change), so re-reading the
+queue after a fetch only parses what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from gitqueue.config import SETTINGS_FILE, Settings
+from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
+from gitqueue.gitstore import TREE_MODE, GitStore
+from gitqueue.task import State, Task, check_id, fan, parse_task
+
+# A state folder holds at most this many task files directly; more go to fan-out subfolders
+# (forges list at most 1,000 entries, and every commit rewrites the trees on its path).
+FLAT_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A task file at one commit: its path and blob id, not yet parsed."""
+
+    path: str
+    blob: str
+    state: State
+    id: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file in a state folder that is not a valid task."""
+
+    path: str
+    message: str
+
+
+class TaskCache:
+    """Parsed tasks keyed by (path, blob): shared by every snapshot of one queue."""
+
+    def __init__(self, store: GitStore, limit: int = 20_000) -> None:
+        self.store = store
+        self.limit = limit
+        self._tasks: dict[tuple[str, str], Task | InvalidTask] = {}
+        self._settings: dict[str, Settings] = {}
+
+    def task(self, entry: Entry) -> Task:
+        key = (entry.path, entry.blob)
+        found = self._tasks.get(key)
+        if found is None:
+            try:
+                found = parse_task(self.store.read(entry.blob), path=entry.path)
+            except InvalidTask as exc:
+                found = exc
+            if len(self._tasks) >= self.limit:
+                self._tasks.clear()
+            self._tasks[key] = found
+        if isinstance(found, InvalidTask):
+            raise found
+        return found
+
+    def settings(self, blob: str | None) -> Settings:
+        if blob is None:
+            return Settings()
+        if blob not in self._settings:
+            self._settings[blob] = Settings.parse(self.store.read(blob))
+        return self._settings[blob]
+
+
+class Snapshot:
+    """The queue as of commit ``tip`` (None for a branch that does not exist yet)."""
+
+    def __init__(self, store: GitStore, cache: TaskCache, tip: str | None) -> None:
+        self.store = store
+        self.cache = cache
+        self.tip = tip
+        self.root = store.commit_tree(tip) if tip else None
+
+    @property
+    def initialised(self) -> bool:
+        return self.root is not None and SETTINGS_FILE in self.store.tree(self.root)
+
+    @property
+    def settings(self) -> Settings:
+        root = self.store.tree(self.root) if self.root else {}
+        entry = root.get(SETTINGS_FILE)
+        return self.cache.settings(entry[1] if entry else None)
+
+    def folder(self, name: str) -> dict[str, tuple[bytes, str]]:
+        if self.root is None:
+            return {}
+        entry = self.store.tree(self.root).get(name)
+        return self.store.tree(entry[1]) if entry and entry[0] == TREE_MODE else {}
+
+    def entries(self, state: State) -> Iterator[Entry]:
+        """Every ``*.yaml`` file in a state folder, flat or fanned out; ids not yet checked."""
+        for name, (mode, sha) in self.folder(state.value).items():
+            if mode == TREE_MODE:
+                for sub, (submode, blob) in self.store.tree(sha).items():
+                    if submode != TREE_MODE and sub.endswith(".yaml"):
+                        yield Entry(f"{state.value}/{name}/{sub}", blob, state, sub[:-5])
+            elif name.endswith(".yaml"):
+                yield Entry(f"{state.value}/{name}", sha, state, name[:-5])
+
+    def all_entries(self) -> Iterator[Entry]:
+        for state in State:
+            yield from self.entries(state)
+
+    def flat_count(self, state: State) -> int:
+        return sum(1 for mode, _ in self.folder(state.value).values() if mode != TREE_MODE)
+
+    def path_for(self, state: State, task_id: str) -> str:
+        """Where a task moving into ``state`` is written: flat while the folder has room."""
+        if self.flat_count(state) < FLAT_LIMIT:
+            return f"{state.value}/{task_id}.yaml"
+        return f"{state.value}/{fan(task_id)}/{task_id}.yaml"
+
+    def locate(self, task_id: str) -> Entry | None:
+        """The file of ``task_id`` in whichever state folder holds it, looked up directly."""
+        check_id(task_id)
+        name = f"{task_id}.yaml"
+        sub = fan(task_id)
+        for state in State:
+            folder = self.folder(state.value)
+            entry = folder.get(name)
+            if entry and entry[0] != TREE_MODE:
+                return Entry(f"{state.value}/{name}", entry[1], state, task_id)
+            subdir = folder.get(sub)
+            if subdir and subdir[0] == TREE_MODE:
+                entry = self.store.tree(subdir[1]).get(name)
+                if entry and entry[0] != TREE_MODE:
+                    return Entry(f"{state.value}/{sub}/{name}", entry[1], state, task_id)
+        return None
+
+    def get(self, task_id: str) -> Task:
+        """The task ``task_id``, or a unique task whose id starts with it."""
+        entry = self.locate(task_id)
+        if entry is None:
+            matches = [e for e in self.all_entries() if e.id.startswith(task_id)]
+            if len(matches) != 1:
+                hint = (
+                    ""
+                    if not matches
+                    else f" (it starts {len(matches)} ids: {', '.join(sorted(e.id for e in matches)[:5])})"
+                )
+                raise TaskNotFound(f"no task {task_id!r} in the queue{hint}")
+            entry = matches[0]
+        return self.cache.task(entry)
+
+    def tasks(self, state: State | None = None, problems: list[Problem] | None = None) -> Iterator[Task]:
+        """Valid tasks (in ``state``, or all); invalid files go to ``problems`` if given."""
+        for entry in self.entries(state) if state else self.all_entries():
+            try:
+                yield self.cache.task(entry)
+            except GitqueueError as exc:
+                if problems is not None:
+                    problems.append(Problem(entry.path, str(exc)))
