@@ -30,6 +30,8 @@ import git
 from gitqueue.errors import GitqueueError, QueueNotFound, RemoteUnavailable
 
 GIT_TIMEOUT = 60.0
+# Where runs keep their leases alive: one ref per run token, outside the queue branch.
+LEASE_REFS = "refs/gitqueue/leases"
 TREE_MODE = b"40000"
 BLOB_MODE = b"100644"
 # How git says "someone else moved the ref first"; every form leaves the ref unchanged.
@@ -79,10 +81,21 @@ def cache_root() -> Path:
 def run_git(
     args: list[str], *, cwd: Path | None = None, timeout: float = GIT_TIMEOUT, input: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run one git command, never prompting, output captured."""
+    """Run one git command, never prompting, output captured.
+
+    git runs in a session of its own, so a Ctrl-C meant for a worker cannot cut a push
+    in half; the worker decides when to stop.
+    """
     env = {**os.environ, **_ENV}
     return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout, check=False
+        ["git", *args],
+        cwd=cwd,
+        env=env,
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        start_new_session=True,
     )
 
 
@@ -146,7 +159,8 @@ class GitStore:
         name = hashlib.sha1(f"{url}\0{branch}".encode()).hexdigest()[:16]
         self.path = root / name
         self._ensure_cache()
-        self.ref = f"refs/gitqueue/tips/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
+        self.namespace = f"refs/gitqueue/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
+        self.ref = f"{self.namespace}/tip"
         self._repo = git.Repo(self.path)
         self._trees: dict[str, dict[str, tuple[bytes, str]]] = {}
         self.pushes = 0
@@ -170,9 +184,8 @@ class GitStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self) -> None:
-        """Release the cat-file processes and this instance's fetch ref."""
-        ref_file = self.path / self.ref
-        ref_file.unlink(missing_ok=True)
+        """Release the cat-file processes and this instance's fetched refs."""
+        shutil.rmtree(self.path / self.namespace, ignore_errors=True)
         self._repo.close()
 
     def __enter__(self) -> GitStore:
@@ -183,8 +196,14 @@ class GitStore:
 
     # ------------------------------------------------------------ remote
 
-    def fetch(self) -> str | None:
-        """Bring the remote branch into the cache; return its tip, or None if it has none."""
+    def fetch(self, *, leases: bool = False) -> str | None:
+        """Bring the remote branch into the cache; return its tip, or None if it has none.
+
+        With ``leases``, also mirror the remote's lease refs (see :meth:`leases`).
+        """
+        refspecs = [f"+refs/heads/{self.branch}:{self.ref}"]
+        if leases:
+            refspecs.append(f"+{LEASE_REFS}/*:{self.namespace}/leases/*")
         proc = run_git(
             [
                 "-c",
@@ -194,8 +213,9 @@ class GitStore:
                 "--no-tags",
                 "--no-write-fetch-head",
                 "--no-auto-maintenance",
+                *(["--prune"] if leases else []),
                 self.url,
-                f"+refs/heads/{self.branch}:{self.ref}",
+                *refspecs,
             ],
             cwd=self.path,
         )
@@ -215,15 +235,18 @@ class GitStore:
             proc = run_git(["rev-parse", "-q", "--verify", self.ref], cwd=self.path)
             return proc.stdout.decode().strip() or None
 
-    def push(self, new: str, old: str | None) -> PushOutcome:
+    def push(self, new: str, old: str | None, *, also: list[str] | None = None) -> PushOutcome:
         """Compare-and-swap the remote branch from ``old`` to ``new`` (a child of ``old``).
 
-        Raises RemoteUnavailable only if the outcome cannot be learnt by fetching either.
+        ``also`` are refspecs pushed atomically with it (e.g. deleting a finished run's
+        lease ref). Raises RemoteUnavailable only if the outcome cannot be learnt by
+        fetching either.
         """
         self.pushes += 1
+        extra = ["--atomic", *also] if also else []
         try:
             proc = run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{new}:refs/heads/{self.branch}"],
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{new}:refs/heads/{self.branch}", *extra],
                 cwd=self.path,
             )
         except subprocess.TimeoutExpired:
@@ -253,6 +276,38 @@ class GitStore:
             return PushOutcome.LANDED
         self.rejected_pushes += 1
         return PushOutcome.LOST_RACE
+
+    def leases(self) -> dict[str, str]:
+        """Lease refs seen by the last ``fetch(leases=True)``: run token -> heartbeat commit."""
+        folder = self.path / self.namespace / "leases"
+        try:
+            return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
+        except FileNotFoundError:
+            return {}
+
+    def heartbeat(self, token: str, *, parent: str | None, message: str, author: Identity) -> str | None:
+        """Push a heartbeat commit to the run's own lease ref; None if it could not be pushed.
+
+        Heartbeats never touch the queue branch, so its history stays one commit per state
+        change. Each heartbeat is a fast-forward of the previous one (never a forced push).
+        """
+        commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
+        try:
+            proc = run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"], cwd=self.path
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        return commit if proc.returncode == 0 else None
+
+    def commit_time(self, commit: str) -> float:
+        """The committer time of ``commit`` (as the committing machine's clock had it)."""
+        for line in self.read(commit).split(b"\n"):
+            if line.startswith(b"committer "):
+                return float(line.rsplit(b" ", 2)[1])
+            if not line:
+                break
+        raise GitqueueError(f"commit {commit} has no committer line")
 
     def is_ancestor(self, commit: str, tip: str) -> bool:
         if commit == tip:

@@ -32,10 +32,11 @@ from gitqueue.errors import (
     RemoteUnavailable,
     TaskExists,
 )
-from gitqueue.gitstore import GitStore, Identity, PushOutcome, init_bare, is_local_path
+from gitqueue.gitstore import LEASE_REFS, GitStore, Identity, PushOutcome, init_bare, is_local_path
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
     PERSON_FIELDS,
+    SPENT_OUTCOMES,
     State,
     Task,
     check_id,
@@ -57,12 +58,58 @@ def default_worker() -> str:
 
 @dataclass
 class Change:
-    """One commit's worth of work: files to write (or delete, with None) and its message."""
+    """One commit's worth of work: files to write (or delete, with None) and its message.
+
+    ``also`` are refspecs pushed atomically with the commit. ``value`` is what the
+    operation returns once the push lands. A change with no files commits nothing.
+    """
 
     subject: str
     files: dict[str, bytes | None] = field(default_factory=dict)
     trailers: dict[str, str] = field(default_factory=dict)
     value: Any = None
+    also: list[str] = field(default_factory=list)
+
+    def then(self, other: Change) -> Change:
+        """Both changes in one commit (e.g. a finish and the next claim); keeps this value."""
+        trailers = dict(self.trailers)
+        for key, value in other.trailers.items():
+            trailers[key] = f"{trailers[key]} {value}" if key in trailers else value
+        return Change(
+            subject="; ".join(part for part in (self.subject, other.subject) if part),
+            files={**self.files, **other.files},
+            trailers=trailers,
+            value=self.value,
+            also=[*self.also, *other.also],
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """How a run ended: ``done``, ``failed``, ``interrupted`` (not counted) or ``reaped``."""
+
+    task_id: str
+    token: str | None
+    outcome: str
+    result: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+    lease_ref: bool = False  # the run pushed heartbeats: delete its lease ref with the report
+
+
+@dataclass
+class Finished:
+    """What a report did: the task as it now stands, or why nothing changed; the next run."""
+
+    task: Task | None
+    lost: NotHeld | None = None
+    next: Run | None = None
+
+    def raise_lost(self) -> Task:
+        if self.lost is not None:
+            raise self.lost
+        assert self.task is not None
+        return self.task
 
 
 class Queue:
@@ -84,6 +131,8 @@ class Queue:
         patience: float = 120.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_skew: float = 30.0,
     ) -> None:
         self.url = url
         self.worker = worker or default_worker()
@@ -92,6 +141,9 @@ class Queue:
         self.patience = patience
         self.clock = clock
         self.sleep = sleep
+        self.monotonic = monotonic
+        self.max_skew = max_skew
+        self._seen: dict[tuple[str, str | None], float] = {}  # (run token, heartbeat) -> first seen
         self._identity: Identity | None = None
 
     # ------------------------------------------------------------ opening
@@ -161,29 +213,31 @@ class Queue:
 
     # ------------------------------------------------------------ the protocol
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, *, leases: bool = False) -> Snapshot:
         """Fetch, then view the queue at the remote's tip (retrying while it is unreachable)."""
         deadline = self.clock() + self.patience
         delay = 0.1
         while True:
             try:
-                return Snapshot(self.store, self.cache, self.store.fetch())
+                return Snapshot(self.store, self.cache, self.store.fetch(leases=leases))
             except RemoteUnavailable:
                 if self.clock() + delay > deadline:
                     raise
                 self.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
 
-    def _transact(self, build: Callable[[Snapshot], Change | None]) -> Any:
+    def _transact(self, build: Callable[[Snapshot], Change | None], *, leases: bool = False) -> Any:
         """Fetch, build, commit, compare-and-swap push; on a lost race, back off and redo."""
         lost = 0
         while True:
-            snap = self.snapshot()
+            snap = self.snapshot(leases=leases)
             change = build(snap)
             if change is None:
                 return None
+            if not change.files:
+                return change.value
             commit = self._commit(snap, change)
-            if self.store.push(commit, snap.tip) is PushOutcome.LANDED:
+            if self.store.push(commit, snap.tip, also=change.also) is PushOutcome.LANDED:
                 return change.value
             lost += 1
             self.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** min(lost, 7))))
@@ -294,83 +348,136 @@ class Queue:
 
     # ------------------------------------------------------------ claiming and finishing
 
-    def claim(self, *, labels: Mapping[str, str] | None = None, lease: int | None = None) -> Run | None:
-        """Claim the best pending task this worker may take, or return None if there is none."""
-        labels = dict(labels or {})
+    def claim(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        lease: int | None = None,
+        eligible: Callable[[Task], bool] | None = None,
+    ) -> Run | None:
+        """Claim the best pending task this worker may take, or return None if there is none.
+
+        ``labels`` must satisfy a task's ``requires``; ``eligible`` may refuse more tasks.
+        """
+        return self._transact(lambda snap: self._claim_change(snap, labels, lease, eligible))
+
+    def finish(self, report: Report, *, then_claim: Mapping[str, Any] | None = None) -> Finished:
+        """Record how a run ended and, with ``then_claim`` (``claim``'s options), claim the
+        next task in the same commit and push.
+
+        A report from a run that no longer holds its task changes nothing: ``lost`` says why.
+        """
 
         def build(snap: Snapshot) -> Change | None:
-            task = best_pending(snap, labels)
-            if task is None:
-                return None
-            run = self._new_run(task, snap, lease)
-            return Change(
-                subject=f"claim {task.id} by {self.worker} (attempt {run.attempt})",
-                files=self._move(snap, task, task.evolve(state=State.RUNNING, run=run.record)),
-                trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": run.token},
-                value=run,
-            )
+            try:
+                change = self._finish_change(snap, report)
+            except NotHeld as exc:
+                change = Change(subject="", value=Finished(task=None, lost=exc))
+            if then_claim is not None:
+                claim = self._claim_change(snap, **then_claim)
+                if claim is not None:
+                    change = change.then(claim)
+                    change.value = Finished(task=change.value.task, lost=change.value.lost, next=claim.value)
+            return change
 
         return self._transact(build)
 
-    def _new_run(self, task: Task, snap: Snapshot, lease: int | None) -> Run:
-        lease = lease or task.lease or snap.settings.lease
-        token = secrets.token_hex(8)
-        record = {
-            "token": token,
-            "worker": self.worker,
-            "claimed_at": now_iso(self.clock()),
-            "lease": lease,
-            "attempt": task.next_attempt,
-        }
-        return Run(queue=self, task=task.evolve(state=State.RUNNING, run=record), record=record)
-
     def done(self, task_id: str, *, token: str | None = None, result: Any = None) -> Task:
         """Finish a running task as done. With ``token``, only if that run still holds it."""
-        return self._finish(task_id, token=token, outcome="done", result=result)
+        return self.finish(Report(task_id, token, "done", result=result)).raise_lost()
 
     def fail(
         self, task_id: str, *, token: str | None = None, error: str | None = None, exit_code: int | None = None
     ) -> Task:
         """Fail a running task's attempt: back to pending while attempts remain, else failed/."""
-        return self._finish(task_id, token=token, outcome="failed", error=error, exit_code=exit_code)
+        return self.finish(Report(task_id, token, "failed", error=error, exit_code=exit_code)).raise_lost()
 
-    def _finish(
+    def reap(self) -> list[str]:
+        """Return tasks whose lease ran out to pending (attempt spent) or to failed.
+
+        A lease runs out when its run shows no sign of life for ``lease`` seconds: judged by
+        this process's own monotonic clock while it watches the run's lease ref stand still,
+        or, for a run it has not watched that long, by the heartbeat's own timestamp against
+        this machine's clock with ``max_skew`` seconds allowed for clocks that differ.
+        """
+
+        def build(snap: Snapshot) -> Change | None:
+            leases = self.store.leases()
+            change: Change | None = None
+            for task in snap.tasks(State.RUNNING):
+                reason = self._lease_expired(task, leases.get(task.token or ""))
+                if reason is None:
+                    continue
+                step = self._finish_change(
+                    snap, Report(task.id, task.token, "reaped", error=reason), lease_ref=task.token in leases
+                )
+                change = step if change is None else change.then(step)
+            return change
+
+        return self._transact(build, leases=True) or []
+
+    def _lease_expired(self, task: Task, heartbeat: str | None) -> str | None:
+        run = task.run or {}
+        lease = float(run.get("lease") or 0)
+        key = (str(run.get("token")), heartbeat)
+        first_seen = self._seen.setdefault(key, self.monotonic())
+        last_wall = self.store.commit_time(heartbeat) if heartbeat else parse_time(str(run.get("claimed_at")))
+        silent_wall = self.clock() - last_wall
+        watched = self.monotonic() - first_seen
+        if watched > lease or silent_wall > lease + self.max_skew:
+            silent = max(watched, silent_wall)
+            return f"lease expired: no sign of life from {run.get('worker')} for {silent:.0f}s (lease {lease:.0f}s)"
+        return None
+
+    def _claim_change(
         self,
-        task_id: str,
-        *,
-        token: str | None,
-        outcome: str,
-        result: Any = None,
-        error: str | None = None,
-        exit_code: int | None = None,
-    ) -> Task:
-        def build(snap: Snapshot) -> Change:
-            task = held_task(snap, task_id, token)
-            record = _attempt_record(task, outcome, self.clock(), error=error, exit_code=exit_code)
-            attempts = [*task.attempts, record]
-            if outcome == "done":
-                target, after = State.DONE, task.evolve(state=State.DONE, run=None, attempts=attempts, result=result)
-            else:
-                after = task.evolve(run=None, attempts=attempts)
-                spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
-                target = State.FAILED if spent_all else State.PENDING
-                after.state = target
-            verb = "done" if outcome == "done" else "fail"
-            subject = f"{verb} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
-            if outcome == "failed":
-                subject += ": out of attempts" if target is State.FAILED else ": will retry"
-            return Change(
-                subject=subject,
-                files=self._move(snap, task, after),
-                trailers={
-                    "Gitqueue-Action": outcome,
-                    "Gitqueue-Task": task.id,
-                    "Gitqueue-Run": str(record.get("token")),
-                },
-                value=after,
-            )
+        snap: Snapshot,
+        labels: Mapping[str, str] | None = None,
+        lease: int | None = None,
+        eligible: Callable[[Task], bool] | None = None,
+    ) -> Change | None:
+        task = best_pending(snap, labels or {}, eligible)
+        if task is None:
+            return None
+        record = {
+            "token": secrets.token_hex(8),
+            "worker": self.worker,
+            "claimed_at": now_iso(self.clock()),
+            "lease": lease or task.lease or snap.settings.lease,
+            "attempt": task.next_attempt,
+        }
+        claimed = task.evolve(state=State.RUNNING, run=record)
+        return Change(
+            subject=f"claim {task.id} by {self.worker} (attempt {record['attempt']})",
+            files=self._move(snap, task, claimed),
+            trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": str(record["token"])},
+            value=Run(queue=self, task=claimed, record=record),
+        )
 
-        return self._transact(build)
+    def _finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
+        """The commit that records ``report``; NotHeld if its run no longer holds the task."""
+        task = held_task(snap, report.task_id, report.token)
+        record = _attempt_record(task, report.outcome, self.clock(), error=report.error, exit_code=report.exit_code)
+        after = task.evolve(run=None, attempts=[*task.attempts, record])
+        if report.outcome == "done":
+            after.state, after.result = State.DONE, report.result
+        elif report.outcome in SPENT_OUTCOMES:
+            spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
+            after.state = State.FAILED if spent_all else State.PENDING
+        else:  # interrupted: the attempt does not count
+            after.state = State.PENDING
+        verb = {"done": "done", "failed": "fail", "reaped": "reap", "interrupted": "return"}[report.outcome]
+        subject = f"{verb} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
+        if report.outcome in SPENT_OUTCOMES:
+            subject += ": out of attempts" if after.state is State.FAILED else ": will retry"
+        also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
+        return Change(
+            subject=subject,
+            files=self._move(snap, task, after),
+            trailers={"Gitqueue-Action": report.outcome, "Gitqueue-Task": task.id, "Gitqueue-Run": str(task.token)},
+            value=Finished(task=after),
+            also=also,
+        )
 
     # ------------------------------------------------------------ what people do
 
@@ -502,11 +609,15 @@ class Run:
 # ---------------------------------------------------------------- pure helpers
 
 
-def best_pending(snap: Snapshot, labels: Mapping[str, str]) -> Task | None:
-    """Highest priority first, then lowest id, among valid pending tasks ``labels`` allow."""
+def best_pending(
+    snap: Snapshot, labels: Mapping[str, str], eligible: Callable[[Task], bool] | None = None
+) -> Task | None:
+    """Highest priority first, then lowest id, among valid pending tasks this worker may take."""
     best: Task | None = None
     for task in snap.tasks(State.PENDING):
-        if (best is None or (-task.priority, task.id) < (-best.priority, best.id)) and task.matches(labels):
+        if best is not None and (-task.priority, task.id) >= (-best.priority, best.id):
+            continue
+        if task.matches(labels) and (eligible is None or eligible(task)):
             best = task
     return best
 
