@@ -376,7 +376,7 @@ def ls(
 def _task_table(tasks: list[Task]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("ID", "STATE", "PRI", "ARGS", "TRIES", "WORKER"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "ID")
     for task in tasks:
         worker = (task.run or {}).get("worker") or (task.attempts[-1].get("worker") if task.attempts else "") or ""
         table.add_row(
@@ -468,6 +468,127 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def work(
+    command: Annotated[
+        list[str] | None, typer.Argument(metavar="-- CMD [ARG]...", help="Command run per task.")
+    ] = None,
+    worker: WorkerOpt = None,
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE label of this worker.")] = None,
+    max_tasks: Annotated[int | None, typer.Option(help="Stop after this many tasks.")] = None,
+    idle_timeout: Annotated[float | None, typer.Option(help="Poll an empty queue this many seconds.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Poll an empty queue for ever (with backoff).")] = False,
+    max_failures: Annotated[int | None, typer.Option(help="Stop after this many failures in a row.")] = None,
+    allow_task_cmd: Annotated[
+        bool, typer.Option("--allow-task-cmd", help="Run a task's own cmd: anyone who can push gains code execution.")
+    ] = False,
+    log_dir: Annotated[Path, typer.Option(help="Where each run's output is logged.")] = Path("gitqueue-logs"),
+    grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a run.")] = 10.0,
+    queue: QueueOpt = None,
+) -> None:
+    """Work through the queue: claim a task, run CMD with its args, report, repeat.
+
+    {name} and {a.b} in CMD's arguments become the task's args (no shell is involved).
+    The command also gets GITQUEUE_TASK_ID, GITQUEUE_ARGS (JSON), GITQUEUE_ATTEMPT and
+    GITQUEUE_RESULT_FILE: a JSON or YAML mapping written there becomes the task's result.
+    Exit 0 marks the task done; anything else fails the attempt. Ctrl-C stops the run and
+    returns its task without spending an attempt.
+
+    \b
+    Examples:
+      gitqueue work -- python train.py --lr {lr} --batch-size {bs}
+      CUDA_VISIBLE_DEVICES=1 gitqueue work --worker gpu1 --label gpu=a100 --wait -- ./run.sh {model.name}
+    """
+    from gitqueue.worker import Options, Worker
+
+    options = Options(
+        command=list(command or []),
+        labels=_labels(label),
+        max_tasks=max_tasks,
+        idle_timeout=idle_timeout,
+        wait=wait,
+        max_failures=max_failures,
+        allow_task_cmd=allow_task_cmd,
+        log_dir=log_dir,
+        grace=grace,
+    )
+    with Queue.open(queue, worker=worker or default_worker()) as q:
+        code = Worker(q, options).run()
+    raise typer.Exit(code)
+
+
+@app.command()
+def reap(
+    max_skew: Annotated[float, typer.Option(help="Seconds of clock difference to allow between machines.")] = 30.0,
+    queue: QueueOpt = None,
+) -> None:
+    """Return tasks whose lease ran out (their worker died) to pending, or to failed.
+
+    Workers reap as they go; this is for when none is running. A lease has run out when
+    its last heartbeat is older than the lease plus --max-skew by this machine's clock.
+
+    \b
+    Example:
+      gitqueue reap --max-skew 5
+    """
+    with Queue.open(queue, max_skew=max_skew) as q:
+        ids = q.reap()
+    typer.echo(f"reaped {len(ids)}" + (f": {' '.join(ids)}" if ids else ""))
+
+
+@app.command()
+def results(
+    state: Annotated[str, typer.Option("--state", "-s", help="State of the tasks to show.")] = "done",
+    tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
+    queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+) -> None:
+    """Args and results as one row per task: the table to paste into an analysis.
+
+    \b
+    Examples:
+      gitqueue results
+      gitqueue results --format csv > sweep.csv
+      gitqueue results --state failed --format json
+    """
+    _check_format(fmt, ("table", "csv", "json"))
+    if state not in {s.value for s in State}:
+        raise typer.BadParameter(f"{state!r}: one of {', '.join(s.value for s in State)}", param_hint="--state")
+    with Queue.open(queue) as q:
+        rows = [_result_row(t) for t in q.tasks(state) if tag is None or tag in t.tags]
+    if fmt == "json":
+        _print_json(rows)
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _compact(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column == "id")
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else _compact(row[c]) for c in columns))
+    out.print(table)
+
+
+def _result_row(task: Task) -> dict[str, Any]:
+    """id, args.*, result.*, then duration, worker and attempts of the last attempt."""
+    last = task.attempts[-1] if task.attempts else {}
+    row: dict[str, Any] = {"id": task.id}
+    row.update({f"args.{k}": v for k, v in task.args.items()})
+    result = task.result if isinstance(task.result, dict) else ({"value": task.result} if task.result else {})
+    row.update({f"result.{k}": v for k, v in result.items()})
+    row.update({"duration": last.get("duration"), "worker": last.get("worker"), "attempts": len(task.attempts)})
+    if task.state is not State.DONE and last.get("error"):
+        row["error"] = str(last["error"]).strip().splitlines()[-1][:200]
+    return row
 
 
 def main() -> None:

@@ -1,0 +1,558 @@
+"""The worker loop: claim, run, report, repeat.
+
+A :class:`Worker` takes one task at a time. A running task is watched while its
+command runs: the run's lease is kept alive by heartbeats pushed to a ref of the run's
+own (``refs/gitqueue/leases/<token>``, never the queue branch), and at each heartbeat
+the worker checks that it still holds the task, stopping the command if a person
+cancelled it or a reaper handed it on. Finishing a task and claiming the next share one
+commit and one push.
+
+Commands are argv lists: ``{name}`` and ``{a.b}`` in an argument are replaced by the
+task's args, and nothing ever passes through a shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import inspect
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from gitqueue.errors import GitqueueError, InvalidTask
+from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
+from gitqueue.task import State, Task, load_yaml, now_iso
+
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
+EXIT_NO_COMMAND = 127
+
+
+class MissingArg(GitqueueError):
+    """A command placeholder names an argument the task does not have."""
+
+
+def expand(argv: list[str], args: Mapping[str, Any]) -> list[str]:
+    """Fill ``{name}`` / ``{a.b}`` placeholders of each argv item from ``args``.
+
+    ``{{`` and ``}}`` stand for literal braces. Values are written as on a command line:
+    numbers and strings as they are, booleans as true/false, lists and mappings as JSON.
+    """
+
+    def fill(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            return token[0]
+        value: Any = args
+        for part in match.group(1).split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                have = ", ".join(sorted(args)) or "none"
+                raise MissingArg(f"placeholder {token} names an arg the task lacks (its args: {have})")
+            value = value[part]
+        return _as_argument(value)
+
+    return [PLACEHOLDER.sub(fill, item) for item in argv]
+
+
+def _as_argument(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+@dataclass
+class Options:
+    """How a worker behaves (the flags of ``gitqueue work``)."""
+
+    command: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    max_tasks: int | None = None
+    idle_timeout: float | None = None  # keep polling this long when idle (None: exit at once)
+    wait: bool = False  # keep polling for ever
+    max_failures: int | None = None  # stop after this many failures in a row
+    allow_task_cmd: bool = False  # run a task's own `cmd` (whoever can push gains code execution)
+    log_dir: Path = Path("gitqueue-logs")
+    grace: float = 10.0  # seconds between SIGTERM and SIGKILL when stopping a command
+    heartbeat: float | None = None  # seconds between heartbeats (default: a third of the lease)
+    reap_every: float = 30.0  # seconds between looks for runs whose lease ran out
+    poll_max: float = 30.0  # longest wait between polls of an idle queue
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    failed: int = 0
+    lost: int = 0  # cancelled, reaped or requeued under us
+    failures_in_a_row: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Stop(Exception):
+    """Raised inside a run when the worker must stop (a signal arrived)."""
+
+
+class Worker:
+    """Claims tasks from ``queue`` and runs each with ``runner`` until told to stop.
+
+    ``runner(run, watch)`` does the work of one run and returns its Report (or None if
+    the task was taken away while it ran); ``watch()`` must be called often by long
+    runners: it keeps the lease alive and raises :class:`Stop` or ``TakenAway``.
+    The default runner runs ``options.command`` as a child process.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        options: Options,
+        *,
+        runner: Callable[[Run, Watch], Report | None] | None = None,
+        log: IO[str] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.options = options
+        self.runner = runner or self._run_command
+        self.log = log or sys.stderr
+        self.summary = Summary()
+        self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
+        self.stop_code: int | None = None  # set when the worker itself is broken
+        self._last_reap = float("-inf")
+        self._warned: set[str] = set()
+        if not options.command and not options.allow_task_cmd and runner is None:
+            raise GitqueueError("no command to run: give one after --, or --allow-task-cmd to run tasks' own cmd")
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        """Work until the queue is drained (or the limits say stop); returns an exit code."""
+        with self._signals():
+            code = self._loop()
+        elapsed = time.monotonic() - self.summary.started
+        s = self.summary
+        self.say(f"stopping: {s.done} done, {s.failed} failed, {s.lost} taken away, in {elapsed:.1f}s")
+        return code
+
+    def _loop(self) -> int:
+        run: Run | None = None
+        delay = 1.0
+        idle_since: float | None = None
+        while True:
+            if self.signal is not None:
+                return 128 + self.signal
+            if run is None:
+                self._maybe_reap()
+                run = self.queue.claim(**self._claim_options())
+            if run is None:
+                now = time.monotonic()
+                idle_since = idle_since or now
+                waited = now - idle_since
+                if not self.options.wait and (self.options.idle_timeout is None or waited >= self.options.idle_timeout):
+                    self.say("nothing to claim")
+                    return 0
+                self._pause(delay)
+                delay = min(delay * 2, self.options.poll_max)
+                self._maybe_reap(force=True)
+                continue
+            delay, idle_since = 1.0, None
+            report = self._execute(run)
+            if report is None:  # taken away while it ran: nothing to report
+                run = None
+                continue
+            if report.outcome == "interrupted":
+                self._finish(report, claim_next=False)
+                return self.stop_code or 128 + (self.signal or signal.SIGTERM)
+            stop_code = self._count(report)
+            run = self._finish(report, claim_next=stop_code is None and self.signal is None)
+            if stop_code is not None:
+                return stop_code
+
+    def _claim_options(self) -> dict[str, Any]:
+        return {"labels": self.options.labels, "eligible": self._eligible}
+
+    def _eligible(self, task: Task) -> bool:
+        if task.cmd is not None and self.options.allow_task_cmd:
+            return True
+        return bool(self.options.command)
+
+    def _count(self, report: Report) -> int | None:
+        """Tally a report; an exit code if the worker must stop now."""
+        s = self.summary
+        if report.outcome == "done":
+            s.done += 1
+            s.failures_in_a_row = 0
+        else:
+            s.failed += 1
+            s.failures_in_a_row += 1
+            limit = self.options.max_failures
+            if limit is not None and s.failures_in_a_row >= limit:
+                self.say(f"{s.failures_in_a_row} failures in a row (--max-failures {limit}): is this machine broken?")
+                return 1
+        if self.options.max_tasks is not None and s.done + s.failed >= self.options.max_tasks:
+            return 0
+        return None
+
+    def _finish(self, report: Report, *, claim_next: bool) -> Run | None:
+        finished = self.queue.finish(report, then_claim=self._claim_options() if claim_next else None)
+        if finished.lost is not None:
+            self.summary.lost += 1
+            self.say(f"{report.task_id}: {finished.lost}")
+        elif finished.task is not None and report.outcome != "done":
+            task = finished.task
+            retry = "will retry" if task.state is State.PENDING else "out of attempts"
+            self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
+        return finished.next
+
+    def _maybe_reap(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_reap < self.options.reap_every:
+            return
+        self._last_reap = now
+        for task_id in self.queue.reap():
+            self.say(f"{task_id}: its lease ran out; returned to the queue")
+
+    # ------------------------------------------------------------ one run
+
+    def _execute(self, run: Run) -> Report | None:
+        args = " ".join(f"{k}={_as_argument(v)}" for k, v in run.args.items())
+        self.say(f"▶ {run.id} (attempt {run.attempt}) {args}")
+        watch = Watch(self, run)
+        started = time.monotonic()
+        try:
+            report = self.runner(run, watch)
+        except TakenAway as exc:
+            self.summary.lost += 1
+            self.say(f"{run.id}: {exc}; stopped it, nothing reported")
+            return None
+        if report is not None:
+            report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
+            took = time.monotonic() - started
+            how = "" if report.exit_code is None else f" (exit {report.exit_code})"
+            self.say(f"{'✓' if report.outcome == 'done' else '✗'} {run.id} {report.outcome}{how} in {took:.1f}s")
+        return report
+
+    def _run_command(self, run: Run, watch: Watch) -> Report:
+        """Run the task's command as a child process, streaming its output to us and a log."""
+        template = run.task.cmd if run.task.cmd and self.options.allow_task_cmd else self.options.command
+        try:
+            argv = expand(template, run.args)
+        except MissingArg as exc:
+            self.say(f"{run.id}: {exc}; not run")
+            return Report(run.id, run.token, "failed", error=str(exc))
+        log_path = self.options.log_dir / f"{run.id}.{run.attempt}.log"
+        result_path = self.options.log_dir / f"{run.id}.{run.attempt}.result"
+        self.options.log_dir.mkdir(parents=True, exist_ok=True)
+        result_path.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            "GITQUEUE_TASK_ID": run.id,
+            "GITQUEUE_ARGS": json.dumps(run.args, default=str),
+            "GITQUEUE_ATTEMPT": str(run.attempt),
+            "GITQUEUE_RESULT_FILE": str(result_path.resolve()),
+            "GITQUEUE_WORKER": self.queue.worker,
+        }
+        with open(log_path, "wb") as log:
+            log.write(f"# {now_iso()} {run.id} attempt {run.attempt}: {argv}\n".encode())
+            log.flush()
+            try:
+                child = subprocess.Popen(
+                    argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+                )
+            except OSError as exc:
+                self.stop_code = EXIT_NO_COMMAND  # a broken worker must not burn the queue
+                self.say(f"cannot start {argv[0]!r}: {exc.strerror}; returning {run.id} and stopping")
+                return Report(run.id, run.token, "interrupted", error=f"cannot start {argv[0]!r}: {exc.strerror}")
+            tail: deque[bytes] = deque(maxlen=64)
+            lock = threading.Lock()
+            pumps = [
+                threading.Thread(target=_pump, args=(child.stdout, sys.stdout, log, tail, lock), daemon=True),
+                threading.Thread(target=_pump, args=(child.stderr, sys.stderr, log, tail, lock), daemon=True),
+            ]
+            for pump in pumps:
+                pump.start()
+            try:
+                while child.poll() is None:
+                    watch.check()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.wait(timeout=0.2)
+            except (Stop, TakenAway):
+                self._stop_child(child)
+                for pump in pumps:
+                    pump.join(timeout=5)
+                if self.signal is None:
+                    raise
+                return Report(run.id, run.token, "interrupted", error=f"worker stopped by signal {self.signal}")
+            for pump in pumps:
+                pump.join(timeout=5)
+        code = child.returncode
+        if code == 0:
+            return Report(run.id, run.token, "done", result=self._read_result(run, result_path))
+        output = b"".join(tail).decode(errors="replace")[-ERROR_TAIL:]
+        return Report(run.id, run.token, "failed", exit_code=code, error=f"exit status {code}\n{output}".strip())
+
+    def _read_result(self, run: Run, path: Path) -> Any:
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        try:
+            value = load_yaml(path.read_bytes(), path=str(path))  # JSON is YAML
+        except InvalidTask as exc:
+            self.say(f"{run.id}: result file ignored: {exc}")
+            return None
+        if not isinstance(value, dict):
+            self.say(f"{run.id}: result file ignored: {path} holds a {type(value).__name__}, not a mapping")
+            return None
+        return value
+
+    def _stop_child(self, child: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the child's process group, then SIGKILL after the grace period."""
+        for sig, wait in ((signal.SIGTERM, self.options.grace), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=wait)
+                return
+
+    # ------------------------------------------------------------ plumbing
+
+    def say(self, message: str) -> None:
+        print(f"[{self.queue.worker}] {message}", file=self.log, flush=True)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep while idle, waking early for a signal."""
+        deadline = time.monotonic() + seconds
+        while self.signal is None and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: Any) -> None:
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            self.signal = signum
+            self.say(f"got {signal.Signals(signum).name}: stopping the current run, returning its task")
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+class TakenAway(GitqueueError):
+    """The run's task was cancelled, requeued or reaped while it ran."""
+
+
+class Watch:
+    """Keeps one run's lease alive and tells the runner when to stop.
+
+    ``check()`` is cheap between heartbeats; at each heartbeat it pushes the run's lease
+    ref and fetches the queue to see that the run still holds its task.
+    """
+
+    def __init__(self, worker: Worker, run: Run) -> None:
+        self.worker = worker
+        self.run = run
+        every = worker.options.heartbeat or min(30.0, max(1.0, run.lease / 3))
+        self.every = every
+        self.next_beat = time.monotonic() + every
+        self.heartbeat: str | None = None
+
+    def check(self) -> None:
+        if self.worker.signal is not None:
+            raise Stop()
+        if time.monotonic() < self.next_beat:
+            return
+        self.next_beat = time.monotonic() + self.every
+        self.beat()
+
+    def beat(self) -> None:
+        """Push a heartbeat, then make sure the run still holds its task."""
+        self.push_heartbeat()
+        queue, run = self.worker.queue, self.run
+        try:
+            task = queue.get(run.id)
+        except GitqueueError:
+            return  # the remote is away: keep running, the next beat will try again
+        if task.state is not State.RUNNING or task.token != run.token:
+            how = "cancelled" if task.state is State.CANCELLED else f"{task.state.value} now"
+            raise TakenAway(f"task is {how}, no longer held by this run")
+
+    def push_heartbeat(self) -> None:
+        """Keep the lease alive; safe from a second thread (writes objects, runs git push)."""
+        queue, run = self.worker.queue, self.run
+        message = f"heartbeat {run.id} by {queue.worker}\n\nGitqueue-Run: {run.token}\nGitqueue-Time: {now_iso()}\n"
+        pushed = queue.store.heartbeat(run.token, parent=self.heartbeat, message=message, author=queue.identity)
+        if pushed is not None:
+            self.heartbeat = pushed
+
+
+def _pump(source: IO[bytes] | None, sink: IO[str], log: IO[bytes], tail: deque[bytes], lock: threading.Lock) -> None:
+    """Copy a child's stream to our own stream and the run's log, keeping the last lines."""
+    if source is None:
+        return
+    out = getattr(sink, "buffer", None)
+    for line in iter(source.readline, b""):
+        with lock:
+            log.write(line)
+            log.flush()
+            tail.append(line)
+        if out is not None:
+            out.write(line)
+            out.flush()
+        else:
+            sink.write(line.decode(errors="replace"))
+            sink.flush()
+
+
+# ---------------------------------------------------------------- Python API
+
+_current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("gitqueue_current_run", default=None)
+
+
+def current_task() -> Run:
+    """The run the innermost :func:`loop` function is working on."""
+    run = _current.get()
+    if run is None:
+        raise GitqueueError("current_task() is only available inside a @gitqueue.loop function")
+    return run
+
+
+def loop(
+    queue: str | Queue | None = None,
+    *,
+    labels: Mapping[str, str] | None = None,
+    worker: str | None = None,
+    max_tasks: int | None = None,
+    wait: bool = False,
+    idle_timeout: float | None = None,
+    max_failures: int | None = None,
+) -> Callable[[Callable[..., Any]], Callable[[], int]]:
+    """Turn an experiment function into a worker: calling it works through the queue.
+
+    The function's parameters are filled from each task's args (converted to the
+    parameter's annotated type, defaults used for args the task lacks); its return value
+    becomes the task's result (a mapping, else ``{"value": ...}``); an exception fails
+    the task with its traceback's tail.
+
+    >>> @gitqueue.loop(labels={"gpu": "a100"})        # doctest: +SKIP
+    ... def train(lr: float, bs: int = 32) -> dict:
+    ...     return {"acc": fit(lr, bs), "task": gitqueue.current_task().id}
+    >>> train()                                         # doctest: +SKIP
+    """
+
+    def decorate(function: Callable[..., Any]) -> Callable[[], int]:
+        signature = inspect.signature(function)
+
+        def runner(run: Run, watch: Watch) -> Report:
+            try:
+                kwargs = _bind(signature, run.args)
+            except MissingArg as exc:
+                return Report(run.id, run.token, "failed", error=str(exc))
+            beating = _BackgroundWatch(watch)
+            token = _current.set(run)
+            try:
+                value = function(**kwargs)
+            except KeyboardInterrupt:
+                return Report(run.id, run.token, "interrupted", error="interrupted")
+            except Exception as exc:
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                return Report(run.id, run.token, "failed", error=text[-ERROR_TAIL:])
+            finally:
+                _current.reset(token)
+                beating.stop()
+            result = value if isinstance(value, dict) or value is None else {"value": value}
+            return Report(run.id, run.token, "done", result=result)
+
+        def work() -> int:
+            options = Options(
+                labels=dict(labels or {}),
+                max_tasks=max_tasks,
+                wait=wait,
+                idle_timeout=idle_timeout,
+                max_failures=max_failures,
+            )
+            own = not isinstance(queue, Queue)
+            q = queue if isinstance(queue, Queue) else Queue.open(queue, worker=worker)
+            try:
+                return Worker(q, options, runner=runner).run()
+            finally:
+                if own:
+                    q.close()
+
+        work.__name__ = function.__name__
+        work.__doc__ = function.__doc__
+        return work
+
+    return decorate
+
+
+def _bind(signature: inspect.Signature, args: Mapping[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    takes_rest = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    for name, param in signature.parameters.items():
+        if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        if name in args:
+            kwargs[name] = _convert(args[name], param.annotation, name)
+        elif param.default is param.empty:
+            have = ", ".join(sorted(args)) or "none"
+            raise MissingArg(f"parameter {name!r} has no default and the task lacks it (its args: {have})")
+    if takes_rest:
+        kwargs.update({k: v for k, v in args.items() if k not in kwargs})
+    return kwargs
+
+
+def _convert(value: Any, annotation: Any, name: str) -> Any:
+    kind = annotation if isinstance(annotation, type) else None
+    if kind is None or isinstance(value, kind):
+        return value
+    try:
+        if kind is bool and isinstance(value, str):
+            if value.lower() in {"true", "yes", "1", "on"}:
+                return True
+            if value.lower() in {"false", "no", "0", "off"}:
+                return False
+            raise ValueError(value)
+        if kind in (int, float, str, bool):
+            return kind(value)
+    except (TypeError, ValueError):
+        raise MissingArg(f"arg {name}={value!r} cannot be read as {kind.__name__}") from None
+    return value
+
+
+class _BackgroundWatch:
+    """Heartbeats for a function running in this thread (it cannot be stopped from outside)."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.watch.every):
+            with contextlib.suppress(GitqueueError):
+                self.watch.push_heartbeat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
