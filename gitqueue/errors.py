@@ -67,3 +67,17 @@ class NothingToClaim(GitqueueError):
 
 class LostRace(GitqueueError):
     """Another writer moved the branch first; the caller rebuilds on the new tip and retries."""
+
+
+class PushRefused(GitqueueError):
+    """The remote's hook refused the push (it would leave the queue invalid); its reasons follow."""
+
+
+class InvalidFilter(GitqueueError):
+    """A ``--where`` expression that does not parse; the message points at the spot."""
+
+    exit_code = 2
+
+
+class EditConflict(GitqueueError):
+    """Someone else changed a task's lines while a person was editing them; nothing was written."""
