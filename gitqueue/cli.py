@@ -60,7 +60,8 @@ TokenOpt = Annotated[
     typer.Option("--token", envvar="GITQUEUE_TOKEN", help="The run's token from `claim`; without it, any run."),
 ]
 err = Console(stderr=True)
-out = Console(highlight=False, soft_wrap=True)
+# In a terminal tables fit its width; piped into a file or a pager, rows stay whole.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 
 
 def _version(value: bool) -> None:

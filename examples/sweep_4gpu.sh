@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The motivating scenario: a 4 x 4 x 4 sweep on a machine with four (pretend) GPUs.
+# One worker per GPU takes the next experiment until none is left; meanwhile a person drops a
+# pointless experiment, adds a promising one at the front of the line, and adds more.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+demo=$(mktemp -d "${TMPDIR:-/tmp}/gitqueue-sweep.XXXXXX")
+export GITQUEUE_CACHE="$demo/cache"
+cd "$demo"
+echo "== working in $demo"
+
+gitqueue init
+gitqueue submit --grid lr=0.3,0.1,0.03,0.01 --grid bs=16,32,64,128 --grid depth=1,2,3,4 --tag sweep >/dev/null
+
+pids=()
+for gpu in 0 1 2 3; do
+  CUDA_VISIBLE_DEVICES=$gpu gitqueue work --worker "box/gpu$gpu" --log-dir "logs/gpu$gpu" -- \
+    python "$here/experiment.py" --lr {lr} --bs {bs} --depth {depth} --pretend 0.3 \
+    > "worker-gpu$gpu.out" 2>&1 &
+  pids+=($!)
+done
+
+# While the workers run, the plan changes without stopping anything.
+gitqueue cancel "$(gitqueue ls --state pending --format ids | tail -n 1)"        # pointless: drop it
+gitqueue submit lr=0.5 bs=64 depth=2 --priority 10 --tag promising            # runs next
+gitqueue submit --grid lr=0.003 --grid bs=16,32 --grid depth=1,2 --tag sweep-more  # more of them
+gitqueue status
+
+wait "${pids[@]}"
+echo "== done"
+gitqueue status
+echo "== per GPU:"
+for gpu in 0 1 2 3; do echo "  gpu$gpu ran $(grep -c '✓' "worker-gpu$gpu.out") tasks"; done
+echo "== the promising task ran early:"
+git --git-dir=.gitqueue.git log --reverse --format='%s' | grep -n 'claim' | grep 'lr0.5' | head -n 1
+gitqueue results --format csv > results.csv && echo "== $(($(wc -l < results.csv) - 1)) rows in $demo/results.csv"
