@@ -124,11 +124,11 @@ class RemoteRepo:
         for name, text in files.items():
             target = clone / name
             if text is None:
-                self.git("rm", "-q", name, cwd=clone)
+                target.unlink()
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
-                self.git("add", name, cwd=clone)
+        self.git("add", "-A", cwd=clone)
         self.git("-c", "user.name=A Person", "-c", "user.email=person@example.org", "commit", "-q", "-m", message,
                  cwd=clone)  # fmt: skip
         self.git("push", "-q", "origin", "HEAD:main", cwd=clone)
