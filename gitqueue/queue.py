@@ -49,6 +49,7 @@ from gitqueue.task import (
 
 T = TypeVar("T")
 ERROR_TAIL = 2000
+OPTIMISTIC_WINDOW = 2.0  # seconds after our own push in which we build on it without fetching
 _SEQ_RE = re.compile(r"^(\d+)-")
 
 
@@ -144,6 +145,7 @@ class Queue:
         self.monotonic = monotonic
         self.max_skew = max_skew
         self._seen: dict[tuple[str, str | None], float] = {}  # (run token, heartbeat) -> first seen
+        self._landed: tuple[str, float] | None = None  # our last landed commit, and when
         self._identity: Identity | None = None
 
     # ------------------------------------------------------------ opening
@@ -227,20 +229,46 @@ class Queue:
                 delay = min(delay * 2, 5.0)
 
     def _transact(self, build: Callable[[Snapshot], Change | None], *, leases: bool = False) -> Any:
-        """Fetch, build, commit, compare-and-swap push; on a lost race, back off and redo."""
+        """Fetch, build, commit, compare-and-swap push; on a lost race, back off and redo.
+
+        Right after one of our own pushes landed, the tip is very likely still ours, so the
+        first attempt builds on it without fetching. The push is a compare-and-swap either
+        way: if the branch moved, it is rejected like any lost race. Anything decided from
+        that unfetched view without a push (nothing to do, an error) is decided again from
+        a fetched one.
+        """
         lost = 0
+        optimistic = self._recent_tip() if not leases else None
         while True:
-            snap = self.snapshot(leases=leases)
-            change = build(snap)
+            snap = optimistic or self.snapshot(leases=leases)
+            try:
+                change = build(snap)
+            except GitqueueError:
+                if optimistic is None:
+                    raise
+                change = None
+            if optimistic is not None and (change is None or not change.files):
+                optimistic = None
+                continue
             if change is None:
                 return None
             if not change.files:
                 return change.value
             commit = self._commit(snap, change)
             if self.store.push(commit, snap.tip, also=change.also) is PushOutcome.LANDED:
+                self._landed = (commit, self.monotonic())
                 return change.value
-            lost += 1
-            self.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** min(lost, 7))))
+            self._landed = None
+            if optimistic is None:
+                lost += 1
+                self.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** min(lost, 7))))
+            optimistic = None
+
+    def _recent_tip(self) -> Snapshot | None:
+        """A view at our own last landed commit, if it landed a moment ago."""
+        if self._landed is None or self.monotonic() - self._landed[1] > OPTIMISTIC_WINDOW:
+            return None
+        return Snapshot(self.store, self.cache, self._landed[0])
 
     def _commit(self, snap: Snapshot, change: Change) -> str:
         blobs = {path: None if data is None else self.store.write_blob(data) for path, data in change.files.items()}

@@ -151,7 +151,26 @@ class Task:
 # ---------------------------------------------------------------- reading
 
 
-class _Loader(yaml.SafeLoader):
+class _NoDuplicates:
+    """Refuses a mapping that repeats a key (PyYAML would silently keep the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise yaml.MarkedYAMLError(
+                    problem="a mapping key must be a scalar", problem_mark=key_node.start_mark
+                ) from None
+            if duplicate:
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+
+
+class _Loader(_NoDuplicates, yaml.SafeLoader):
     """Safe loading, plus refusal of duplicate keys, deep nesting and alias bombs."""
 
     def __init__(self, stream: str) -> None:
@@ -173,27 +192,35 @@ class _Loader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                raise yaml.MarkedYAMLError(
-                    problem="a mapping key must be a scalar", problem_mark=key_node.start_mark
-                ) from None
-            if duplicate:
-                raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
+# libyaml is ~8x faster, but its composer recurses in C and crashes on very deep nesting, and
+# it cannot count aliases. Only small files without anchors or aliases go through it; its
+# result gets the same depth check, so both paths reach the same verdict.
+_FAST_LIMIT = 8192
+_FastLoader: type | None = None
+if getattr(yaml, "__with_libyaml__", False):
+
+    class _CLoader(_NoDuplicates, yaml.CSafeLoader):  # type: ignore[misc]
+        pass
+
+    _FastLoader = _CLoader
 
 # Timestamps stay strings: a task's args must round-trip through JSON and argv unchanged.
-_Loader.yaml_implicit_resolvers = {
+_RESOLVERS = {
     ch: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+for _loader in (_Loader, _FastLoader):
+    if _loader is not None:
+        _loader.yaml_implicit_resolvers = _RESOLVERS  # type: ignore[attr-defined]
+
+
+def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of a loaded value, counting no further than ``limit + 1``."""
+    if limit < 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
 
 
 def load_yaml(text: str | bytes, *, path: str) -> Any:
@@ -208,6 +235,11 @@ def load_yaml(text: str | bytes, *, path: str) -> Any:
         except UnicodeDecodeError as exc:
             raise InvalidTask(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
+        if _FastLoader is not None and len(text) <= _FAST_LIMIT and "&" not in text and "*" not in text:
+            value = yaml.load(text, Loader=_FastLoader)
+            if _depth(value) > MAX_DEPTH:
+                raise InvalidTask(path, f"nested deeper than {MAX_DEPTH} levels")
+            return value
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
