@@ -215,6 +215,9 @@ for _loader in (_Loader, _FastLoader):
         _loader.yaml_implicit_resolvers = _RESOLVERS  # type: ignore[attr-defined]
 
 
+_SLOW = object()
+
+
 def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
     """Nesting depth of a loaded value, counting no further than ``limit + 1``."""
     if limit < 0 or not isinstance(value, dict | list):
@@ -236,10 +239,14 @@ def load_yaml(text: str | bytes, *, path: str) -> Any:
             raise InvalidTask(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         if _FastLoader is not None and len(text) <= _FAST_LIMIT and "&" not in text and "*" not in text:
-            value = yaml.load(text, Loader=_FastLoader)
-            if _depth(value) > MAX_DEPTH:
-                raise InvalidTask(path, f"nested deeper than {MAX_DEPTH} levels")
-            return value
+            try:
+                value = yaml.load(text, Loader=_FastLoader)
+            except yaml.YAMLError:
+                value = _SLOW  # the pure-Python loader says more precisely what is wrong
+            if value is not _SLOW:
+                if _depth(value) > MAX_DEPTH:
+                    raise InvalidTask(path, f"nested deeper than {MAX_DEPTH} levels")
+                return value
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
