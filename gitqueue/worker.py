@@ -145,7 +145,26 @@ class Worker:
         elapsed = time.monotonic() - self.summary.started
         s = self.summary
         self.say(f"stopping: {s.done} done, {s.failed} failed, {s.lost} taken away, in {elapsed:.1f}s")
+        self._write_stats()
         return code
+
+    def _write_stats(self) -> None:
+        """With GITQUEUE_STATS_FILE set (bench/ sets it), write this worker's counters there as JSON."""
+        path = os.environ.get("GITQUEUE_STATS_FILE")
+        if not path:
+            return
+        s, store = self.summary, self.queue.store
+        stats = {
+            "done": s.done,
+            "failed": s.failed,
+            "lost": s.lost,
+            "pushes": store.pushes,
+            "rejected_pushes": store.rejected_pushes,
+            "started": s.started,  # time.monotonic(): comparable across processes on one machine
+            "ended": time.monotonic(),
+        }
+        with contextlib.suppress(OSError):
+            Path(path).write_text(json.dumps(stats))
 
     def _loop(self) -> int:
         run: Run | None = None
