@@ -487,6 +487,9 @@ def work(
     ] = False,
     log_dir: Annotated[Path, typer.Option(help="Where each run's output is logged.")] = Path("gitqueue-logs"),
     grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a run.")] = 10.0,
+    reap_every: Annotated[
+        float, typer.Option(hidden=True, help="Seconds between looks for runs whose lease ran out.")
+    ] = 30.0,
     queue: QueueOpt = None,
 ) -> None:
     """Work through the queue: claim a task, run CMD with its args, report, repeat.
@@ -514,6 +517,7 @@ def work(
         allow_task_cmd=allow_task_cmd,
         log_dir=log_dir,
         grace=grace,
+        reap_every=reap_every,
     )
     with Queue.open(queue, worker=worker or default_worker()) as q:
         code = Worker(q, options).run()
