@@ -1,5 +1,7 @@
 """gitqueue: a task queue for experiments in which the queue is a git repository."""
 
+from typing import TYPE_CHECKING, Any
+
 from gitqueue.errors import (
     GitqueueError,
     InvalidTask,
@@ -11,8 +13,10 @@ from gitqueue.errors import (
     TaskExists,
     TaskNotFound,
 )
-from gitqueue.queue import Queue, Run
 from gitqueue.task import State, Task
+
+if TYPE_CHECKING:
+    from gitqueue.queue import Queue, Run
 
 __version__ = "0.1.0"
 
@@ -32,3 +36,12 @@ __all__ = [
     "TaskNotFound",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Queue and Run load on first use, so that a git hook importing gitqueue.hooks starts fast.
+    if name in ("Queue", "Run"):
+        from gitqueue import queue
+
+        return getattr(queue, name)
+    raise AttributeError(f"module 'gitqueue' has no attribute {name!r}")

@@ -21,13 +21,13 @@ import subprocess
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import IO
 
-import git
-
-from gitqueue.errors import GitqueueError, QueueNotFound, RemoteUnavailable
+from gitqueue.errors import GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
 
 GIT_TIMEOUT = 60.0
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
@@ -161,6 +161,8 @@ class GitStore:
         self._ensure_cache()
         self.namespace = f"refs/gitqueue/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
         self.ref = f"{self.namespace}/tip"
+        import git  # here, not at the top: a server hook reading objects should not pay for GitPython
+
         self._repo = git.Repo(self.path)
         self._trees: dict[str, dict[str, tuple[bytes, str]]] = {}
         self.pushes = 0
@@ -254,6 +256,8 @@ class GitStore:
         if proc.returncode == 0:
             return PushOutcome.LANDED
         output = (proc.stdout + proc.stderr).decode(errors="replace")
+        if "hook declined" in output:
+            raise PushRefused(remote_says(output) or "the remote's hook refused the push")
         if any(sign in output for sign in LOST_RACE_SIGNS):
             self.rejected_pushes += 1
             return PushOutcome.LOST_RACE
@@ -404,3 +408,216 @@ class GitStore:
         if name and email:
             return Identity(name, email)
         return Identity(name or "gitqueue", email or fallback)
+
+    # ------------------------------------------------------------ history (for hooks, validate and log)
+
+    def commit_info(self, commit: str) -> tuple[str, tuple[str, ...]]:
+        """A commit's root tree and its parents."""
+        tree, parents = "", []
+        for line in self.read(commit).split(b"\n"):
+            if not line:
+                break
+            if line.startswith(b"tree "):
+                tree = line[5:].decode()
+            elif line.startswith(b"parent "):
+                parents.append(line[7:].decode())
+        return tree, tuple(parents)
+
+    def new_commits(self, old: str | None, new: str) -> list[str]:
+        """Commits reachable from ``new`` but not from ``old`` (with no ``old``: from no ref
+        at all), oldest first. One spawn-free look at ``new`` covers the usual one-commit push."""
+        if old is not None:
+            _, parents = self.commit_info(new)
+            if parents == (old,):
+                return [new]
+        exclude = [f"^{old}"] if old is not None else ["--not", "--all"]
+        proc = run_git(["rev-list", "--reverse", "--topo-order", new, *exclude], cwd=self.path)
+        if proc.returncode:
+            raise GitqueueError(f"cannot list the commits of {new}: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout.decode().split()
+
+    def diff_trees(self, old: str | None, new: str | None, prefix: str = "") -> Iterator[TreeChange]:
+        """Files that differ between two trees, reading only the subtrees that differ."""
+        if old == new:
+            return
+        before = self.tree(old) if old else {}
+        after = self.tree(new) if new else {}
+        for name in sorted(before.keys() | after.keys()):
+            a, b = before.get(name), after.get(name)
+            if a == b:
+                continue
+            path = prefix + name
+            a_tree = a[1] if a and a[0] == TREE_MODE else None
+            b_tree = b[1] if b and b[0] == TREE_MODE else None
+            if a_tree or b_tree:
+                yield from self.diff_trees(a_tree, b_tree, path + "/")
+            a_file = a if a and a[0] != TREE_MODE else None
+            b_file = b if b and b[0] != TREE_MODE else None
+            if a_file or b_file:
+                yield TreeChange(path, a_file, b_file)
+
+    def walk(self, tree: str | None, prefix: str = "") -> Iterator[tuple[str, bytes, str]]:
+        """Every file below ``tree`` as (path, mode, sha)."""
+        for name, (mode, sha) in (self.tree(tree) if tree else {}).items():
+            if mode == TREE_MODE:
+                yield from self.walk(sha, prefix + name + "/")
+            else:
+                yield prefix + name, mode, sha
+
+    def history(self, tip: str, paths: list[str]) -> list[LogEntry]:
+        """Commits up to ``tip`` that touched any of ``paths``, oldest first, with their changes."""
+        proc = run_git(
+            ["log", "--reverse", "--no-renames", "--raw", "--no-abbrev", "-z", "--format=%x1e%H", tip, "--", *paths],
+            cwd=self.path,
+        )
+        if proc.returncode:
+            raise GitqueueError(f"cannot read the history of {tip}: {proc.stderr.decode(errors='replace').strip()}")
+        entries = []
+        for record in proc.stdout.split(b"\x1e")[1:]:
+            head, _, raw = record.partition(b"\0")
+            fields = raw.lstrip(b"\n").split(b"\0")
+            changes = []
+            for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+                if not meta.startswith(b":"):
+                    continue
+                old_mode, new_mode, old_sha, new_sha, _status = meta[1:].split(b" ")
+                name = path.decode("utf-8", "surrogateescape")
+                old = None if set(old_sha) == {ord("0")} else (old_mode, old_sha.decode())
+                new = None if set(new_sha) == {ord("0")} else (new_mode, new_sha.decode())
+                changes.append(TreeChange(name, old, new))
+            entries.append(self._log_entry(head.strip().decode(), tuple(changes)))
+        return entries
+
+    def _log_entry(self, commit: str, changes: tuple[TreeChange, ...]) -> LogEntry:
+        raw = self.read(commit)
+        head, _, message = raw.partition(b"\n\n")
+        parents, author, email, when = [], "", "", 0.0
+        for line in head.split(b"\n"):
+            if line.startswith(b"parent "):
+                parents.append(line[7:].decode())
+            elif line.startswith(b"author "):
+                who, _, stamp = line[7:].decode("utf-8", "replace").rpartition("> ")
+                author, _, email = who.partition(" <")
+                when = float(stamp.split(" ")[0] or 0)
+        return LogEntry(commit, tuple(parents), author, email, when, message.decode("utf-8", "replace"), changes)
+
+    def rev_parse(self, rev: str) -> str | None:
+        proc = run_git(["rev-parse", "-q", "--verify", f"{rev}^{{commit}}"], cwd=self.path)
+        return proc.stdout.decode().strip() or None
+
+
+LINK_MODE = b"120000"
+ZERO_SHA = "0" * 40
+
+
+@dataclass(frozen=True)
+class TreeChange:
+    """One file that differs between two trees: (mode, blob) before and after, None if absent."""
+
+    path: str
+    old: tuple[bytes, str] | None
+    new: tuple[bytes, str] | None
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A commit that touched a task's file."""
+
+    commit: str
+    parents: tuple[str, ...]
+    author: str
+    email: str
+    time: float
+    message: str
+    changes: tuple[TreeChange, ...]
+
+    @property
+    def subject(self) -> str:
+        return self.message.split("\n", 1)[0]
+
+    def trailer(self, key: str) -> str | None:
+        for line in reversed(self.message.splitlines()):
+            name, sep, value = line.partition(": ")
+            if sep and name == key:
+                return value.strip()
+        return None
+
+
+def remote_says(output: str) -> str:
+    """What a remote's hook printed (git's ``remote:`` lines), without the prefix and padding."""
+    lines = [line[len("remote:") :].strip() for line in output.splitlines() if line.startswith("remote:")]
+    return "\n".join(line for line in lines if line)
+
+
+class LocalRepo(GitStore):
+    """Read-only access to a repository on this machine, with no cache and no GitPython.
+
+    Used inside a server's ``pre-receive`` hook (the pushed objects are still in git's
+    quarantine, which the ``git cat-file`` started here sees through the hook's environment)
+    and in a person's clone (``pre-commit``, ``validate``). Starts fast: one ``cat-file``.
+    """
+
+    def __init__(self, path: Path | str = ".") -> None:  # no super(): there is no cache to make
+        self.url = str(path)
+        self.branch = ""
+        self.path = Path(path)
+        self.namespace = self.ref = ""
+        self._trees = {}
+        self.pushes = self.rejected_pushes = 0
+        self._batch: subprocess.Popen[bytes] | None = None
+
+    def read(self, sha: str) -> bytes:
+        if self._batch is None:
+            self._batch = subprocess.Popen(
+                ["git", "cat-file", "--batch"],
+                cwd=self.path,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env={**os.environ, **_ENV},
+            )
+        stdin, stdout = _pipes(self._batch)
+        stdin.write(sha.encode() + b"\n")
+        stdin.flush()
+        header = stdout.readline()
+        if header.endswith(b" missing\n") or not header:
+            raise GitqueueError(f"object {sha} is not in {self.path}")
+        size = int(header.split()[2])
+        data = stdout.read(size)
+        stdout.read(1)
+        return data
+
+    def index_tree(self) -> str:
+        """The tree the next commit would have: the staged files (``git write-tree``)."""
+        proc = run_git(["write-tree"], cwd=self.path)
+        if proc.returncode:
+            raise GitqueueError(f"cannot read the staged files: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout.decode().strip()
+
+    def top(self) -> Path | None:
+        """The work tree's top folder, or None in a bare repository."""
+        proc = run_git(["rev-parse", "--show-toplevel"], cwd=self.path)
+        return Path(proc.stdout.decode().strip()) if proc.returncode == 0 else None
+
+    def hooks_dir(self) -> Path:
+        """Where this repository's hooks live (``core.hooksPath`` honoured)."""
+        proc = run_git(["rev-parse", "--git-path", "hooks"], cwd=self.path)
+        if proc.returncode:
+            raise GitqueueError(f"{self.path} is not a git repository: {proc.stderr.decode(errors='replace').strip()}")
+        path = Path(proc.stdout.decode().strip())
+        return path if path.is_absolute() else self.path / path
+
+    def __enter__(self) -> LocalRepo:
+        return self
+
+    def close(self) -> None:
+        if self._batch is not None:
+            for pipe in (self._batch.stdin, self._batch.stdout):
+                if pipe is not None:
+                    pipe.close()
+            self._batch.wait()
+            self._batch = None
+
+
+def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    assert proc.stdin is not None and proc.stdout is not None
+    return proc.stdin, proc.stdout

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
-from gitqueue.gitstore import TREE_MODE, GitStore
+from gitqueue.gitstore import BLOB_MODE, LINK_MODE, TREE_MODE, GitStore
 from gitqueue.task import State, Task, check_id, fan, parse_task
 
 # A state folder holds at most this many task files directly; more go to fan-out subfolders
@@ -27,6 +27,20 @@ class Entry:
     blob: str
     state: State
     id: str
+    mode: bytes = BLOB_MODE
+
+
+# Regular and executable files; a symbolic link or a submodule is never read as a task.
+FILE_MODES = frozenset({BLOB_MODE, b"100755"})
+
+
+def not_a_file(mode: bytes) -> str:
+    """Why an entry of git ``mode`` in a state folder is not a task file."""
+    if mode == LINK_MODE:
+        return "a symbolic link, not a task file: gitqueue never follows links (write the task's YAML in the file)"
+    if mode == b"160000":
+        return "a submodule, not a task file"
+    return f"not a regular file (git mode {mode.decode()})"
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,8 @@ class TaskCache:
         found = self._tasks.get(key)
         if found is None:
             try:
+                if entry.mode not in FILE_MODES:
+                    raise InvalidTask(entry.path, not_a_file(entry.mode))
                 found = parse_task(self.store.read(entry.blob), path=entry.path)
             except InvalidTask as exc:
                 found = exc
@@ -100,9 +116,9 @@ class Snapshot:
             if mode == TREE_MODE:
                 for sub, (submode, blob) in self.store.tree(sha).items():
                     if submode != TREE_MODE and sub.endswith(".yaml"):
-                        yield Entry(f"{state.value}/{name}/{sub}", blob, state, sub[:-5])
+                        yield Entry(f"{state.value}/{name}/{sub}", blob, state, sub[:-5], submode)
             elif name.endswith(".yaml"):
-                yield Entry(f"{state.value}/{name}", sha, state, name[:-5])
+                yield Entry(f"{state.value}/{name}", sha, state, name[:-5], mode)
 
     def all_entries(self) -> Iterator[Entry]:
         for state in State:
@@ -126,12 +142,12 @@ class Snapshot:
             folder = self.folder(state.value)
             entry = folder.get(name)
             if entry and entry[0] != TREE_MODE:
-                return Entry(f"{state.value}/{name}", entry[1], state, task_id)
+                return Entry(f"{state.value}/{name}", entry[1], state, task_id, entry[0])
             subdir = folder.get(sub)
             if subdir and subdir[0] == TREE_MODE:
                 entry = self.store.tree(subdir[1]).get(name)
                 if entry and entry[0] != TREE_MODE:
-                    return Entry(f"{state.value}/{sub}/{name}", entry[1], state, task_id)
+                    return Entry(f"{state.value}/{sub}/{name}", entry[1], state, task_id, entry[0])
         return None
 
     def get(self, task_id: str) -> Task:

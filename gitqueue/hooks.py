@@ -1,0 +1,169 @@
+"""Git hooks that guard a queue: the same checks as ``gitqueue validate``, run by git.
+
+* ``pre-receive`` (or ``update``) on a self-hosted remote refuses a push to the queue
+  branch that would leave the queue invalid: a malformed task, a task in two folders, a
+  state change no gitqueue command makes, deleting the branch, rewriting its history.
+  Every commit of the push is checked against its parent, reading only what changed, so a
+  worker's claim push stays fast. Other refs (the runs' lease refs) pass untouched.
+* ``pre-commit`` in a person's clone refuses the same problems before they are committed.
+
+The scripts git runs are a few lines of shell that call :func:`main`; ``gitqueue hooks
+install`` writes them with the interpreter gitqueue is installed in.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from gitqueue.errors import GitqueueError
+from gitqueue.gitstore import ZERO_SHA, GitStore, LocalRepo
+from gitqueue.validate import check_change, check_commits
+
+MARK = "installed by gitqueue"
+DEFAULT_BRANCH = "main"
+
+SERVER_SCRIPT = """#!/bin/sh
+# gitqueue pre-receive hook ({mark}): refuses pushes to refs/heads/{branch}
+# that would leave the queue invalid. The checks live in gitqueue.validate.
+input=$(cat)
+case "$input" in
+  *" refs/heads/{branch}"*) ;;
+  *) exit 0 ;;  # lease refs and other branches hold nothing of the queue's
+esac
+printf '%s\\n' "$input" | exec {python} -c 'import sys; from gitqueue.hooks import main; sys.exit(main())' \\
+  pre-receive --branch {branch_q}
+"""
+
+CLIENT_SCRIPT = """#!/bin/sh
+# gitqueue pre-commit hook ({mark}): refuses commits that would leave the queue invalid.
+# The checks live in gitqueue.validate; `git commit --no-verify` skips them.
+exec {python} -c 'import sys; from gitqueue.hooks import main; sys.exit(main())' pre-commit
+"""
+
+
+def check_update(store: GitStore, ref: str, old: str, new: str) -> list[str]:
+    """Why the push of ``ref`` from ``old`` to ``new`` must be refused (empty: let it in)."""
+    if new == ZERO_SHA:
+        return [f"{ref}: deleting the queue's branch is refused: it is the queue"]
+    if old == ZERO_SHA:
+        problems = check_commits(store, None, new)
+    else:
+        _, parents = store.commit_info(new)
+        if parents != (old,) and not store.is_ancestor(old, new):
+            return [
+                f"{ref}: not a fast-forward of {old[:10]}: the queue's history is never rewritten "
+                "(git pull --rebase, then push again)"
+            ]
+        problems = check_commits(store, old, new)
+    return [p.message for p in problems]
+
+
+def pre_receive(store: GitStore, updates: Iterable[str], *, branch: str = DEFAULT_BRANCH) -> list[str]:
+    """Problems of a push, given the ``old new ref`` lines git feeds a pre-receive hook."""
+    problems: list[str] = []
+    for line in updates:
+        fields = line.split()
+        if len(fields) == 3 and fields[2] == f"refs/heads/{branch}":
+            problems += check_update(store, fields[2], fields[0], fields[1])
+    return problems
+
+
+def pre_commit(store: LocalRepo) -> list[str]:
+    """Problems the staged files would bring, compared with the commit they go on top of."""
+    head = store.rev_parse("HEAD")
+    old_root = store.commit_info(head)[0] if head else None
+    return [p.message for p in check_change(store, old_root, store.index_tree())]
+
+
+def _refuse(what: str, problems: list[str], advice: str) -> int:
+    lines = [f"gitqueue: {what} refused: it would leave the queue invalid:"]
+    lines += [f"  {problem}" for problem in problems]
+    lines.append(advice)
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pre-receive [--branch B]`` | ``update REF OLD NEW [--branch B]`` | ``pre-commit``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    branch = os.environ.get("GITQUEUE_BRANCH", DEFAULT_BRANCH)
+    if "--branch" in args:
+        at = args.index("--branch")
+        branch = args[at + 1]
+        del args[at : at + 2]
+    kind = args[0] if args else ""
+    with LocalRepo(".") as store:
+        try:
+            if kind == "pre-receive":
+                problems = pre_receive(store, sys.stdin.read().splitlines(), branch=branch)
+                advice = "Fix them and push again; `gitqueue validate` in your clone shows the same problems."
+                return _refuse(f"push to {branch}", problems, advice) if problems else 0
+            if kind == "update" and len(args) == 4:
+                problems = pre_receive(store, [" ".join((args[2], args[3], args[1]))], branch=branch)
+                advice = "Fix them and push again; `gitqueue validate` in your clone shows the same problems."
+                return _refuse(f"push to {branch}", problems, advice) if problems else 0
+            if kind == "pre-commit":
+                problems = pre_commit(store)
+                advice = "Fix them and commit again (`gitqueue validate` lists them)."
+                return _refuse("commit", problems, advice) if problems else 0
+        except GitqueueError as exc:
+            sys.stderr.write(f"gitqueue {kind} hook: {exc}\n")
+            return 1
+    sys.stderr.write("usage: python -m gitqueue.hooks pre-receive|update REF OLD NEW|pre-commit [--branch B]\n")
+    return 2
+
+
+# ---------------------------------------------------------------- installing
+
+
+def install(
+    *,
+    server: Path | None = None,
+    client: Path | None = None,
+    branch: str = DEFAULT_BRANCH,
+    force: bool = False,
+    python: str | None = None,
+) -> list[Path]:
+    """Write the hook scripts: ``pre-receive`` into the repository ``server`` (bare, on the
+    machine that serves the queue) and/or ``pre-commit`` into the clone ``client``.
+
+    Refuses to replace a hook gitqueue did not write unless ``force``. Returns what it wrote.
+    """
+    if server is None and client is None:
+        raise GitqueueError("name a repository: --server BARE_REPO and/or --client CLONE")
+    python = shlex.quote(python or sys.executable)
+    written = []
+    if server is not None:
+        text = SERVER_SCRIPT.format(mark=MARK, branch=branch, branch_q=shlex.quote(branch), python=python)
+        written.append(_write_hook(server, "pre-receive", text, force=force))
+    if client is not None:
+        written.append(_write_hook(client, "pre-commit", CLIENT_SCRIPT.format(mark=MARK, python=python), force=force))
+    return written
+
+
+def _write_hook(repo: Path, name: str, text: str, *, force: bool) -> Path:
+    if not repo.is_dir():
+        raise GitqueueError(f"{repo}: no such repository")
+    with LocalRepo(repo) as store:
+        folder = store.hooks_dir()
+    target = folder / name
+    if target.exists() and MARK not in target.read_text(errors="replace") and not force:
+        raise GitqueueError(
+            f"{target} exists and gitqueue did not write it: call `python -m gitqueue.hooks {name}` from it, "
+            "or pass --force to replace it"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{name}.gitqueue-tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.replace(target)
+    return target
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""What a valid queue is: one set of rules for ``gitqueue validate``, the git hooks and workers.
+
+Two kinds of rules live here:
+
+* **Files.** Every file in a state folder is a task file that parses (``task.parse_task``,
+  the same code a worker reads tasks with), a task id sits in exactly one folder, and a
+  YAML file that looks like a task does not sit outside the state folders, where nothing
+  would ever run it.
+* **Changes.** A commit may only make the state changes that some gitqueue command makes
+  (:data:`TRANSITIONS`), and a change that moves a task keeps the lines its person wrote.
+
+Nothing here deletes, moves or rewrites a file: problems are reported, never "fixed".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitqueue.config import SETTINGS_FILE, Settings
+from gitqueue.errors import GitqueueError, InvalidTask
+from gitqueue.gitstore import LINK_MODE, TREE_MODE, GitStore
+from gitqueue.snapshot import FILE_MODES, Problem, Snapshot, not_a_file
+from gitqueue.task import MARKER, State, Task, fan, load_yaml, parse_task, split_task_path
+
+STATES = frozenset(state.value for state in State)
+
+# Every state change the queue allows, and who makes it. ``None`` is "no file": a task that
+# is new, or one that was deleted. Moving within one state (an edit, or into a fan-out
+# subfolder) is always allowed; the file rules still apply.
+TRANSITIONS: dict[tuple[State | None, State | None], str] = {
+    (None, State.PENDING): "submit, or a person adding a file",
+    (State.PENDING, State.RUNNING): "claim",
+    (State.RUNNING, State.DONE): "done",
+    (State.RUNNING, State.PENDING): "fail, reap or requeue",
+    (State.RUNNING, State.FAILED): "fail or reap (out of attempts)",
+    (State.DONE, State.PENDING): "requeue",
+    (State.FAILED, State.PENDING): "requeue",
+    (State.CANCELLED, State.PENDING): "requeue",
+    (State.PENDING, State.CANCELLED): "cancel",
+    (State.RUNNING, State.CANCELLED): "cancel",
+    (State.PENDING, None): "a person deleting the file (withdrawing the task)",
+}
+
+# Fields that may not change while a task is in a state, and why.
+FROZEN_FIELDS: dict[State, tuple[tuple[str, ...], str]] = {
+    State.RUNNING: (("args", "cmd"), "a run is using them; cancel or requeue the task first"),
+    State.DONE: (("args", "cmd"), "its result came from them; requeue the task to run it again"),
+}
+
+
+def transition_problem(before: State | None, after: State | None) -> str | None:
+    """Why no gitqueue command moves a task from ``before`` to ``after`` (None if one does)."""
+    if before == after or (before, after) in TRANSITIONS:
+        return None
+    if before is None:
+        return f"a new task must start in pending/, not {after.value if after else '?'}/ (submit adds it there)"
+    if after is None:
+        return f"only pending tasks may be deleted; a {before.value} task stays (cancel or requeue it instead)"
+    ways = "; ".join(
+        f"{to.value}/ by {who}" if to else f"deleted by {who}"
+        for (frm, to), who in TRANSITIONS.items()
+        if frm is before
+    )
+    return f"no gitqueue command moves a task from {before.value}/ to {after.value}/ (from {before.value}/: {ways})"
+
+
+def person_part(text: str) -> str:
+    """The lines a person wrote: everything above gitqueue's marker."""
+    return text.partition(MARKER)[0]
+
+
+def gitqueue_part(text: str) -> str:
+    return text.partition(MARKER)[2]
+
+
+def frozen_field_problem(before: Task, after: Task) -> str | None:
+    """Why an in-place change of ``before`` into ``after`` would corrupt the task's run or result."""
+    fields, why = FROZEN_FIELDS.get(before.state, ((), ""))
+    changed = [name for name in fields if getattr(before, name) != getattr(after, name)]
+    if changed:
+        return f"{' and '.join(changed)} of a {before.state.value} task cannot change: {why}"
+    if before.state is State.RUNNING and before.token != after.token:
+        return "the run token of a running task cannot change: only a claim sets it"
+    return None
+
+
+def edit_problem(before: Task, after: Task) -> str | None:
+    """Why a person's edit of ``before`` into ``after`` is refused (by ``edit`` and ``set``)."""
+    if gitqueue_part(before.text) != gitqueue_part(after.text):
+        return f"the lines below the marker are gitqueue's record; change only the lines above it ({MARKER!r})"
+    return frozen_field_problem(before, after)
+
+
+# ---------------------------------------------------------------- where a path sits
+
+
+@dataclass(frozen=True)
+class Place:
+    """What a path is in a queue: ``settings``, ``task``, ``outside`` (a YAML file outside the
+    state folders, checked for looking like a task), ``stray`` (with ``problem``) or ``other``."""
+
+    kind: str
+    problem: str = ""
+
+
+def place(path: str) -> Place:
+    parts = path.split("/")
+    name = parts[-1]
+    if path == SETTINGS_FILE:
+        return Place("settings")
+    if parts[0] not in STATES:
+        return Place("outside") if name.endswith((".yaml", ".yml")) else Place("other")
+    if len(parts) == 1:
+        return Place("stray", f"a file where the {name}/ folder belongs")
+    if name.startswith("."):
+        return Place("other")  # .gitkeep and friends
+    if name.endswith(".yaml") and len(parts) <= 3:
+        return Place("task")
+    if name.endswith(".yaml"):
+        return Place("stray", f"nested too deep: tasks are {parts[0]}/<id>.yaml or {parts[0]}/<xx>/<id>.yaml")
+    if name.endswith(".yml"):
+        return Place("stray", f"task files end in .yaml: rename it to {path[:-4]}.yaml")
+    return Place("stray", f"not a task file (tasks are {parts[0]}/<id>.yaml); gitqueue ignores it")
+
+
+def looks_like_task(raw: bytes) -> bool:
+    """A YAML mapping with ``args``: a task someone meant to queue."""
+    try:
+        data = load_yaml(raw, path="")
+    except InvalidTask:
+        return False
+    return isinstance(data, dict) and "args" in data
+
+
+def outside_problem(path: str) -> str:
+    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return (
+        f"{display(path)}: looks like a task but is outside the state folders, so nothing runs it: "
+        f"move it to pending/{stem}.yaml"
+    )
+
+
+def read_task(path: str, mode: bytes, raw: bytes) -> Task:
+    """One task file, read exactly as a worker reads it (see ``snapshot.TaskCache``)."""
+    if mode not in FILE_MODES:
+        raise InvalidTask(path, not_a_file(mode))
+    return parse_task(raw, path=path)
+
+
+def display(path: str) -> str:
+    """A path fit to print: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _problem(path: str, message: str) -> Problem:
+    return Problem(path, display(message))
+
+
+def _task_id(path: str) -> tuple[State, str] | None:
+    try:
+        return split_task_path(path)
+    except InvalidTask:
+        return None
+
+
+# ---------------------------------------------------------------- whole trees and folders
+
+# A file to check: its path in the queue, its git mode and how to read its bytes.
+File = tuple[str, bytes, Callable[[], bytes]]
+
+
+def check_files(files: Iterable[File], *, whole: bool = True) -> list[Problem]:
+    """Problems of a set of files. ``whole`` says they are the entire queue, so that a
+    missing ``gitqueue.yaml`` counts; duplicates are looked for among ``files`` either way."""
+    problems: list[Problem] = []
+    homes: dict[str, list[str]] = {}
+    settings = False
+    for path, mode, load in files:
+        where = place(path)
+        try:
+            if where.kind == "settings":
+                settings = True
+                Settings.parse(load())
+            elif where.kind == "task":
+                if (found := _task_id(path)) is not None:
+                    homes.setdefault(found[1], []).append(path)
+                read_task(path, mode, load())
+            elif where.kind == "stray":
+                problems.append(_problem(path, f"{path}: {where.problem}"))
+            elif where.kind == "outside" and mode in FILE_MODES and looks_like_task(load()):
+                problems.append(_problem(path, outside_problem(path)))
+        except GitqueueError as exc:
+            problems.append(_problem(path, str(exc)))
+    for task_id, paths in homes.items():
+        for path in paths if len(paths) > 1 else ():
+            others = ", ".join(p for p in paths if p != path)
+            problems.append(_problem(path, f"{path}: task {task_id!r} is also in {others}: a task lives in one folder"))
+    if whole and not settings:
+        problems.append(Problem(SETTINGS_FILE, f"{SETTINGS_FILE}: missing, so this is not a gitqueue queue"))
+    return sorted(problems, key=lambda p: (p.path, p.message))
+
+
+def check_tree(store: GitStore, root: str | None) -> list[Problem]:
+    """Every file of a queue at one commit's tree."""
+    files = ((path, mode, _reader(store, sha)) for path, mode, sha in store.walk(root))
+    return check_files(files)
+
+
+def _reader(store: GitStore, sha: str) -> Callable[[], bytes]:
+    return lambda: store.read(sha)
+
+
+def check_disk(top: Path, paths: Iterable[Path] | None = None) -> list[Problem]:
+    """Files on disk in a clone whose top folder is ``top``: all of them, or ``paths`` (files
+    or folders). Symbolic links are reported, never followed."""
+    chosen = list(paths) if paths is not None else None
+    return check_files(_disk_files(top, chosen), whole=chosen is None)
+
+
+def _disk_files(top: Path, chosen: list[Path] | None) -> Iterator[File]:
+    for start in chosen if chosen is not None else [top]:
+        if start.is_dir() and not start.is_symlink():
+            for folder, dirs, names in os.walk(start):
+                dirs[:] = sorted(d for d in dirs if d != ".git" and not (Path(folder) / d).is_symlink())
+                links = [d for d in os.listdir(folder) if (Path(folder) / d).is_symlink() and d not in names]
+                for name in sorted([*names, *links]):
+                    yield _disk_file(top, Path(folder) / name)
+        else:
+            yield _disk_file(top, start)
+
+
+def _disk_file(top: Path, file: Path) -> File:
+    """A file on disk named by its path in the queue. One outside the clone (a draft) is
+    checked as if it were in pending/."""
+    real = Path(os.path.realpath(file.absolute().parent)) / file.name  # the link itself, not its target
+    try:
+        path = real.relative_to(top.resolve()).as_posix()
+    except ValueError:
+        path = f"pending/{file.name}"
+    mode = LINK_MODE if file.is_symlink() else b"100644"
+    return path, mode, file.read_bytes
+
+
+def queue_top(start: Path | None = None) -> Path | None:
+    """The top of the queue clone around ``start``: the nearest folder holding ``.git``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+# ---------------------------------------------------------------- changes (hooks, --staged, --since)
+
+
+@dataclass
+class _Side:
+    path: str
+    mode: bytes
+    blob: str
+    state: State
+
+
+def check_change(store: GitStore, old_root: str | None, new_root: str | None) -> list[Problem]:
+    """Problems a commit from tree ``old_root`` to ``new_root`` brings: its new or changed
+    files, and its moves. Reads only what differs between the two trees."""
+    problems: list[Problem] = []
+    removed: dict[str, list[_Side]] = {}
+    added: dict[str, list[_Side]] = {}
+    changed: list[tuple[_Side, _Side]] = []
+    for change in store.diff_trees(old_root, new_root):
+        path, where = change.path, place(change.path)
+        new = change.new
+        try:
+            if where.kind == "settings":
+                if new is None:
+                    problems.append(Problem(path, f"{path}: deleting it would unmake the queue"))
+                else:
+                    Settings.parse(store.read(new[1]))
+            elif where.kind == "stray" and new is not None:
+                problems.append(_problem(path, f"{path}: {where.problem}"))
+            elif where.kind == "outside" and new is not None and new[0] in FILE_MODES:
+                if looks_like_task(store.read(new[1])):
+                    problems.append(_problem(path, outside_problem(path)))
+            elif where.kind == "task":
+                if new is not None:
+                    read_task(path, new[0], store.read(new[1]))
+                found = _task_id(path)
+                if found is None:
+                    continue  # an invalid name: reported above if added; removing one is fine
+                state, task_id = found
+                old_side = _Side(path, *change.old, state) if change.old else None
+                new_side = _Side(path, *new, state) if new else None
+                if old_side and new_side:
+                    changed.append((old_side, new_side))
+                elif old_side:
+                    removed.setdefault(task_id, []).append(old_side)
+                elif new_side:
+                    added.setdefault(task_id, []).append(new_side)
+        except GitqueueError as exc:
+            problems.append(_problem(path, str(exc)))
+    for old_file, new_file in changed:
+        problems += _compare(store, old_file, new_file)
+    for task_id in sorted(removed.keys() | added.keys()):
+        olds, news = removed.get(task_id, []), added.get(task_id, [])
+        before, after = (olds[0] if olds else None), (news[0] if news else None)
+        for side in news:
+            twins = ", ".join(p for p in task_copies(store, new_root, task_id) if p != side.path)
+            if twins:
+                message = f"{side.path}: task {task_id!r} is also in {twins}: a task lives in one folder"
+                problems.append(_problem(side.path, message))
+        before_state, after_state = (before.state if before else None), (after.state if after else None)
+        moved = transition_problem(before_state, after_state)
+        if before and after:
+            problems += [_problem(after.path, f"{before.path} -> {after.path}: {moved}")] if moved else []
+            problems += [] if moved else _compare(store, before, after)
+        elif moved:
+            lone = after or before
+            assert lone is not None
+            problems.append(_problem(lone.path, f"{lone.path}: {moved}"))
+    return sorted(set(problems), key=lambda p: (p.path, p.message))
+
+
+def _compare(store: GitStore, before: _Side, after: _Side) -> list[Problem]:
+    """The rules for one task's file before and after a commit (both exist)."""
+    try:
+        old = read_task(before.path, before.mode, store.read(before.blob))
+        new = read_task(after.path, after.mode, store.read(after.blob))
+    except GitqueueError:
+        return []  # the old file was invalid (fixing it is welcome) or the new one is reported
+    label = after.path if before.path == after.path else f"{before.path} -> {after.path}"
+    if before.state is after.state:
+        problem = frozen_field_problem(old, new)
+    elif after.state is not State.PENDING and person_part(old.text) != person_part(new.text):
+        problem = (
+            f"moving a task to {after.state.value}/ keeps the lines its person wrote; "
+            "change them in a commit of their own"
+        )
+    else:
+        problem = None
+    return [_problem(after.path, f"{label}: {problem}")] if problem else []
+
+
+def task_copies(store: GitStore, root: str | None, task_id: str) -> list[str]:
+    """Every path at which ``task_id`` has a file in tree ``root``: flat or fanned, any state."""
+    found = []
+    top = store.tree(root) if root else {}
+    name, sub = f"{task_id}.yaml", fan(task_id)
+    for state in STATES:
+        entry = top.get(state)
+        if not entry or entry[0] != TREE_MODE:
+            continue
+        folder = store.tree(entry[1])
+        if name in folder and folder[name][0] != TREE_MODE:
+            found.append(f"{state}/{name}")
+        if sub in folder and folder[sub][0] == TREE_MODE:
+            inner = store.tree(folder[sub][1]).get(name)
+            if inner and inner[0] != TREE_MODE:
+                found.append(f"{state}/{sub}/{name}")
+    return sorted(found)
+
+
+def check_commits(store: GitStore, old: str | None, new: str) -> list[Problem]:
+    """Every commit in ``old..new`` (with no ``old``: every commit no ref has yet), each
+    checked against its parent. A merge passes if what it does to any one parent passes."""
+    problems: list[Problem] = []
+    for commit in store.new_commits(old, new):
+        tree, parents = store.commit_info(commit)
+        options = [check_change(store, store.commit_info(p)[0], tree) for p in parents] or [
+            check_change(store, None, tree)
+        ]
+        found = min(options, key=len)
+        tag = f" (commit {commit[:10]})"
+        problems += [Problem(p.path, p.message + tag) for p in found]
+    return problems
+
+
+# ---------------------------------------------------------------- what a worker checks
+
+
+class Reporter:
+    """Tells about each problem once (per worker process): a worker meets the same broken
+    file at every claim and must neither stop nor repeat itself."""
+
+    def __init__(self, tell: Callable[[Problem], None]) -> None:
+        self.tell = tell
+        self._told: set[tuple[str, str]] = set()
+
+    def __call__(self, problems: Iterable[Problem]) -> None:
+        for problem in problems:
+            key = (problem.path, problem.message)
+            if key not in self._told:
+                self._told.add(key)
+                self.tell(problem)
+
+
+def twin_problem(snap: Snapshot, task: Task) -> Problem | None:
+    """A problem if ``task``'s id also has a file elsewhere (a worker does not claim it)."""
+    twins = [p for p in task_copies(snap.store, snap.root, task.id) if p != task.path]
+    if not twins:
+        return None
+    return _problem(
+        task.path, f"{task.path}: task {task.id!r} is also in {', '.join(twins)}: not claimed until one is removed"
+    )
+
+
+def pending_strays(snap: Snapshot) -> list[Problem]:
+    """Files a worker would never run but a person may think are queued: task-looking YAML
+    at the top of the queue, and files in pending/ that are not task files. Cheap: reads
+    only the top folder's small files and the names in pending/ (trees are cached)."""
+    problems: list[Problem] = []
+    top = snap.store.tree(snap.root) if snap.root else {}
+    for name, (mode, sha) in top.items():
+        if place(name).kind == "outside" and mode in FILE_MODES and _looks_like_task_blob(snap.store, sha):
+            problems.append(_problem(name, outside_problem(name)))
+    pending = top.get(State.PENDING.value)
+    if pending and pending[0] == TREE_MODE:
+        problems += _strays_below(snap.store, pending[1], State.PENDING.value + "/")
+    return problems
+
+
+_STRAYS: dict[tuple[str, str], list[Problem]] = {}
+_TASKLIKE: dict[str, bool] = {}
+
+
+def _looks_like_task_blob(store: GitStore, blob: str) -> bool:
+    if blob not in _TASKLIKE:
+        if len(_TASKLIKE) > 10_000:
+            _TASKLIKE.clear()
+        _TASKLIKE[blob] = looks_like_task(store.read(blob))
+    return _TASKLIKE[blob]
+
+
+def _strays_below(store: GitStore, tree: str, prefix: str) -> list[Problem]:
+    """Stray entries below one folder, remembered by tree id (trees never change)."""
+    key = (tree, prefix)
+    if key not in _STRAYS:
+        if len(_STRAYS) > 10_000:
+            _STRAYS.clear()
+        _STRAYS[key] = _find_strays(store, tree, prefix)
+    return _STRAYS[key]
+
+
+def _find_strays(store: GitStore, tree: str, prefix: str) -> list[Problem]:
+    problems = []
+    for name, (mode, sha) in store.tree(tree).items():
+        path = prefix + name
+        if mode == TREE_MODE:
+            if path.count("/") < 2:
+                problems += _strays_below(store, sha, path + "/")
+            else:
+                problems.append(_problem(path, f"{path}/: nested too deep; tasks in it are never run"))
+            continue
+        where = place(path)
+        if where.kind == "stray":
+            problems.append(_problem(path, f"{path}: {where.problem}"))
+    return problems
+
+
+__all__ = [
+    "FROZEN_FIELDS",
+    "TRANSITIONS",
+    "Problem",
+    "Reporter",
+    "check_change",
+    "check_commits",
+    "check_disk",
+    "check_files",
+    "check_tree",
+    "edit_problem",
+    "pending_strays",
+    "place",
+    "transition_problem",
+    "twin_problem",
+]
