@@ -153,10 +153,11 @@ class GitStore:
     """
 
     def __init__(self, url: str, *, branch: str = "main", cache: Path | None = None) -> None:
-        self.url = url
+        # git runs in the cache folder, so a relative path must be made absolute first.
+        self.url = str(Path(url).expanduser().resolve()) if is_local_path(url) else url
         self.branch = branch
         root = cache or cache_root()
-        name = hashlib.sha1(f"{url}\0{branch}".encode()).hexdigest()[:16]
+        name = hashlib.sha1(f"{self.url}\0{branch}".encode()).hexdigest()[:16]
         self.path = root / name
         self._ensure_cache()
         self.namespace = f"refs/gitqueue/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
@@ -323,6 +324,22 @@ class GitStore:
 
     def read(self, sha: str) -> bytes:
         return self._repo.odb.stream(bytes.fromhex(sha)).read()
+
+    def read_many(self, shas: list[str]) -> dict[str, bytes]:
+        """Many objects at once: one ``git cat-file --batch`` pass instead of a round trip each."""
+        if len(shas) < 64:
+            return {sha: self.read(sha) for sha in shas}
+        proc = run_git(["cat-file", "--batch"], cwd=self.path, input="".join(f"{s}\n" for s in shas).encode())
+        out, pos, found = proc.stdout, 0, {}
+        for sha in shas:
+            end = out.index(b"\n", pos)
+            header = out[pos:end].split()
+            if len(header) != 3:
+                raise GitqueueError(f"object {sha} is missing from the local cache {self.path}")
+            size = int(header[2])
+            found[sha] = out[end + 1 : end + 1 + size]
+            pos = end + 1 + size + 1
+        return found
 
     def tree(self, sha: str) -> dict[str, tuple[bytes, str]]:
         """Entries of a tree object (cached: tree objects never change)."""

@@ -205,6 +205,7 @@ class Queue:
         self._transact(build)
 
     def close(self) -> None:
+        self.cache.close()
         self.store.close()
 
     def __enter__(self) -> Queue:
@@ -297,25 +298,29 @@ class Queue:
 
     def status(self) -> dict[str, Any]:
         """Counts per state, the oldest pending task, and who runs what for how long."""
-        problems: list[Problem] = []
         snap = self.snapshot()
         counts = {state.value: 0 for state in State}
-        oldest: Task | None = None
+        oldest: tuple[str, str] | None = None  # (submitted at, id)
         running = []
+        invalid = []
         now = self.clock()
-        for task in snap.tasks(None, problems):
-            counts[task.state.value] += 1
-            if task.state is State.PENDING:
-                if oldest is None or _submitted(task) < _submitted(oldest):
-                    oldest = task
-            elif task.state is State.RUNNING and task.run:
-                age = now - parse_time(task.run["claimed_at"]) if "claimed_at" in task.run else None
+        for entry, summary in snap.summaries():
+            if summary.error is not None:
+                invalid.append({"path": entry.path, "problem": summary.error})
+                continue
+            counts[entry.state.value] += 1
+            if entry.state is State.PENDING:
+                key = (summary.submitted_at or "", entry.id)
+                if oldest is None or key < oldest:
+                    oldest = key
+            elif entry.state is State.RUNNING:
+                age = now - parse_time(summary.claimed_at) if summary.claimed_at else None
                 running.append(
                     {
-                        "id": task.id,
-                        "worker": task.run.get("worker"),
-                        "attempt": task.run.get("attempt"),
-                        "claimed_at": task.run.get("claimed_at"),
+                        "id": entry.id,
+                        "worker": summary.worker,
+                        "attempt": summary.attempt,
+                        "claimed_at": summary.claimed_at,
                         "age": age,
                     }
                 )
@@ -323,11 +328,9 @@ class Queue:
             "queue": self.url,
             "counts": counts,
             "total": sum(counts.values()),
-            "oldest_pending": None
-            if oldest is None
-            else {"id": oldest.id, "submitted": (oldest.submitted or {}).get("at")},
+            "oldest_pending": None if oldest is None else {"id": oldest[1], "submitted": oldest[0] or None},
             "running": sorted(running, key=lambda r: r["id"]),
-            "invalid": [{"path": p.path, "problem": p.message} for p in problems],
+            "invalid": invalid,
         }
 
     # ------------------------------------------------------------ submitting
@@ -432,6 +435,7 @@ class Queue:
         def build(snap: Snapshot) -> Change | None:
             leases = self.store.leases()
             change: Change | None = None
+            reaped: list[str] = []
             for task in snap.tasks(State.RUNNING):
                 reason = self._lease_expired(task, leases.get(task.token or ""))
                 if reason is None:
@@ -440,6 +444,9 @@ class Queue:
                     snap, Report(task.id, task.token, "reaped", error=reason), lease_ref=task.token in leases
                 )
                 change = step if change is None else change.then(step)
+                reaped.append(task.id)
+            if change is not None:
+                change.value = reaped  # the ids, not the first step's Finished
             return change
 
         return self._transact(build, leases=True) or []
@@ -640,13 +647,24 @@ class Run:
 def best_pending(
     snap: Snapshot, labels: Mapping[str, str], eligible: Callable[[Task], bool] | None = None
 ) -> Task | None:
-    """Highest priority first, then lowest id, among valid pending tasks this worker may take."""
+    """Highest priority first, then lowest id, among valid pending tasks this worker may take.
+
+    Invalid files are skipped (never claimed). Each group of pending files is sorted once
+    per tree id, so this reads only the best few candidates of each group.
+    """
     best: Task | None = None
-    for task in snap.tasks(State.PENDING):
-        if best is not None and (-task.priority, task.id) >= (-best.priority, best.id):
-            continue
-        if task.matches(labels) and (eligible is None or eligible(task)):
-            best = task
+    summaries = snap.cache.summaries
+    for group in snap.pending_groups():
+        for rank, task_id, entry in group:
+            if best is not None and (rank, task_id) >= (-best.priority, best.id):
+                break
+            summary = summaries.get(entry)
+            if summary.error is not None or not summary.matches(labels):
+                continue
+            task = snap.cache.task(entry)
+            if eligible is None or eligible(task):
+                best = task
+                break
     return best
 
 
@@ -737,8 +755,6 @@ def _fan_pending(snap: Snapshot, files: dict[str, bytes | None]) -> None:
         files[f"pending/{fan(task_id)}/{task_id}.yaml"] = files.pop(path)
 
 
-def _submitted(task: Task) -> str:
-    return str((task.submitted or {}).get("at", ""))
 
 
 __all__ = ["Change", "GitqueueError", "Queue", "Run", "best_pending", "default_worker"]

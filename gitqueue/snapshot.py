@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
 from gitqueue.gitstore import BLOB_MODE, LINK_MODE, TREE_MODE, GitStore
+from gitqueue.index import Candidate, CandidateOrder, Summary, SummaryStore
 from gitqueue.task import State, Task, check_id, fan, parse_task
 
 # A state folder holds at most this many task files directly; more go to fan-out subfolders
@@ -54,20 +56,31 @@ class Problem:
 class TaskCache:
     """Parsed tasks keyed by (path, blob): shared by every snapshot of one queue."""
 
-    def __init__(self, store: GitStore, limit: int = 20_000) -> None:
+    def __init__(self, store: GitStore, limit: int = 4_000) -> None:
         self.store = store
         self.limit = limit
         self._tasks: dict[tuple[str, str], Task | InvalidTask] = {}
         self._settings: dict[str, Settings] = {}
+        self.summaries = SummaryStore(
+            store.path / "gitqueue-summaries.sqlite", read_blobs=store.read_many, parse=self._parse
+        )
+        self.order = CandidateOrder()
+
+    def close(self) -> None:
+        self.summaries.close()
+
+    @staticmethod
+    def _parse(entry: Entry, raw: bytes) -> Task:
+        if entry.mode not in FILE_MODES:
+            raise InvalidTask(entry.path, not_a_file(entry.mode))
+        return parse_task(raw, path=entry.path)
 
     def task(self, entry: Entry) -> Task:
         key = (entry.path, entry.blob)
         found = self._tasks.get(key)
         if found is None:
             try:
-                if entry.mode not in FILE_MODES:
-                    raise InvalidTask(entry.path, not_a_file(entry.mode))
-                found = parse_task(self.store.read(entry.blob), path=entry.path)
+                found = self._parse(entry, self.store.read(entry.blob))
             except InvalidTask as exc:
                 found = exc
             if len(self._tasks) >= self.limit:
@@ -119,6 +132,55 @@ class Snapshot:
                         yield Entry(f"{state.value}/{name}/{sub}", blob, state, sub[:-5], submode)
             elif name.endswith(".yaml"):
                 yield Entry(f"{state.value}/{name}", sha, state, name[:-5], mode)
+
+    def pending_groups(self) -> Iterator[list[Candidate]]:
+        """Pending tasks in groups that change independently (the flat files, each fan-out
+        folder), each sorted best first and remembered by its tree id."""
+        root = self.store.tree(self.root) if self.root else {}
+        pending = root.get(State.PENDING.value)
+        if pending is None or pending[0] != TREE_MODE:
+            return
+        folder = self.store.tree(pending[1])
+        unsorted = [
+            self._subfolder(name, sha)
+            for name, (mode, sha) in folder.items()
+            if mode == TREE_MODE and not self.cache.order.has(f"pending/{name}:{sha}")
+        ]
+        self.cache.summaries.load(entry for group in unsorted for entry in group)  # one bulk read, not one per group
+        flat = [name for name, (mode, _) in folder.items() if mode != TREE_MODE]
+        if flat:
+            yield self.cache.order.sorted(f"pending:{pending[1]}", lambda: self._rank(self.entries_flat(folder)))
+        for name, (mode, sha) in folder.items():
+            if mode == TREE_MODE:
+                yield self.cache.order.sorted(f"pending/{name}:{sha}", partial(self._rank_subfolder, name, sha))
+
+    def entries_flat(self, folder: dict[str, tuple[bytes, str]]) -> list[Entry]:
+        return [
+            Entry(f"pending/{name}", sha, State.PENDING, name[:-5], mode)
+            for name, (mode, sha) in folder.items()
+            if mode != TREE_MODE and name.endswith(".yaml")
+        ]
+
+    def _subfolder(self, name: str, sha: str) -> list[Entry]:
+        return [
+            Entry(f"pending/{name}/{sub}", blob, State.PENDING, sub[:-5], mode)
+            for sub, (mode, blob) in self.store.tree(sha).items()
+            if mode != TREE_MODE and sub.endswith(".yaml")
+        ]
+
+    def _rank_subfolder(self, name: str, sha: str) -> list[Candidate]:
+        return self._rank(self._subfolder(name, sha))
+
+    def _rank(self, entries: list[Entry]) -> list[Candidate]:
+        self.cache.summaries.load(entries)
+        return [(-self.cache.summaries.get(e).priority, e.id, e) for e in entries]
+
+    def summaries(self, state: State | None = None) -> Iterator[tuple[Entry, Summary]]:
+        """Every entry (in ``state``, or all) with its summary: what counting needs."""
+        entries = list(self.entries(state) if state else self.all_entries())
+        self.cache.summaries.load(entries)
+        for entry in entries:
+            yield entry, self.cache.summaries.get(entry)
 
     def all_entries(self) -> Iterator[Entry]:
         for state in State:

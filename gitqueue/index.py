@@ -1,0 +1,171 @@
+"""What choosing and counting need to know about every task, without keeping every task.
+
+A :class:`Summary` is the small part of a task file that claiming and ``status`` read:
+priority, requires, whether it has a ``cmd``, and the claim of a running task. Summaries
+are keyed by the file's path and blob id, so a summary never goes stale: a changed file is
+a new blob. They are kept in memory for the life of a process and in a SQLite file in the
+local cache, shared by every gitqueue process on the machine, so that a new worker or a
+``status`` call on a 100,000-task queue parses only what no process has parsed before.
+
+Claiming reads the pending folder as groups (the flat files, and each fan-out subfolder);
+each group's candidates are sorted once per tree id, so after a claim only the one or two
+groups whose trees changed are sorted again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gitqueue.errors import InvalidTask
+from gitqueue.task import Task
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The part of one task file that choosing a task and counting tasks need."""
+
+    priority: int = 0
+    requires: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    has_cmd: bool = False
+    submitted_at: str | None = None
+    worker: str | None = None
+    claimed_at: str | None = None
+    attempt: int | None = None
+    error: str | None = None  # the file is not a valid task: why
+
+    @classmethod
+    def of(cls, task: Task) -> Summary:
+        requires = tuple(
+            (str(k), tuple(str(o) for o in (v if isinstance(v, list) else [v]))) for k, v in task.requires.items()
+        )
+        run = task.run or {}
+        return cls(
+            priority=task.priority,
+            requires=requires,
+            has_cmd=task.cmd is not None,
+            submitted_at=(task.submitted or {}).get("at"),
+            worker=run.get("worker"),
+            claimed_at=run.get("claimed_at"),
+            attempt=run.get("attempt"),
+        )
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """True if a worker with ``labels`` satisfies this task's ``requires``."""
+        return all(k in labels and str(labels[k]) in options for k, options in self.requires)
+
+    def dump(self) -> str:
+        return json.dumps([getattr(self, name) for name in self.__slots__], separators=(",", ":"))
+
+    @classmethod
+    def load(cls, text: str) -> Summary:
+        values = json.loads(text)
+        summary = cls(*values)
+        if summary.requires:
+            object.__setattr__(summary, "requires", tuple((k, tuple(v)) for k, v in summary.requires))
+        return summary
+
+
+class SummaryStore:
+    """Summaries in memory, backed by a SQLite file shared by the machine's processes."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        read_blobs: Callable[[list[str]], dict[str, bytes]],
+        parse: Callable[[Any, bytes], Task],
+    ) -> None:
+        self.read_blobs = read_blobs
+        self.parse = parse
+        self._memory: dict[tuple[str, str], Summary] = {}
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            try:
+                self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=OFF")
+                self._db.execute("CREATE TABLE IF NOT EXISTS summary (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
+            except sqlite3.Error:
+                self._db = None  # a cache, not a source of truth: work without it
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def get(self, entry: Any) -> Summary:
+        """The summary of one entry (anything with ``path`` and ``blob``)."""
+        found = self._memory.get((entry.path, entry.blob))
+        if found is None:
+            self.load([entry])
+            found = self._memory[(entry.path, entry.blob)]
+        return found
+
+    def load(self, entries: Iterable[Any]) -> None:
+        """Make sure every entry has a summary: from memory, else SQLite, else by parsing."""
+        todo = {(e.path, e.blob): e for e in entries if (e.path, e.blob) not in self._memory}
+        if not todo:
+            return
+        missing = self._from_db(list(todo)) if self._db is not None else list(todo)
+        if not missing:
+            return
+        blobs = self.read_blobs(sorted({blob for _, blob in missing}))
+        made = {}
+        for key in missing:
+            try:
+                summary = Summary.of(self.parse(todo[key], blobs[key[1]]))
+            except InvalidTask as exc:
+                summary = Summary(error=str(exc))
+            made[key] = summary
+        self._memory.update(made)
+        if self._db is not None:
+            rows = [(f"{p}\0{b}", s.dump()) for (p, b), s in made.items()]
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
+            except sqlite3.Error:
+                pass
+
+    def _from_db(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        assert self._db is not None
+        wanted = {f"{p}\0{b}": (p, b) for p, b in keys}
+        names = list(wanted)
+        try:
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, data in self._db.execute(f"SELECT key, data FROM summary WHERE key IN ({marks})", chunk):
+                    self._memory[wanted[key]] = Summary.load(data)
+        except (sqlite3.Error, ValueError, TypeError, KeyError):
+            pass
+        return [key for key in keys if key not in self._memory]
+
+
+Candidate = tuple[int, str, Any]  # (-priority, id, entry): sorts best first
+
+
+class CandidateOrder:
+    """Sorted pending candidates per group of entries, remembered by the group's tree id."""
+
+    def __init__(self, limit: int = 2048) -> None:
+        self.limit = limit
+        self._sorted: OrderedDict[str, list[Candidate]] = OrderedDict()
+
+    def has(self, key: str) -> bool:
+        return key in self._sorted
+
+    def sorted(self, key: str, make: Callable[[], list[Candidate]]) -> list[Candidate]:
+        found = self._sorted.get(key)
+        if found is None:
+            found = sorted(make(), key=lambda c: (c[0], c[1]))
+            self._sorted[key] = found
+            if len(self._sorted) > self.limit:
+                self._sorted.popitem(last=False)
+        else:
+            self._sorted.move_to_end(key)
+        return found
