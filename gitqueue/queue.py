@@ -554,9 +554,13 @@ class Queue:
         def build(snap: Snapshot) -> Change:
             files: dict[str, bytes | None] = {}
             ids = []
+            also: list[str] = []
             for task_id in wanted:
                 task = snap.get(task_id)
-                files.update(self._move(snap, task, change(task, self.clock())))
+                after = change(task, self.clock())
+                files.update(self._move(snap, task, after))
+                if task.token and after.state is not State.RUNNING:
+                    also.append(f":{LEASE_REFS}/{task.token}")  # its run is cut off: drop its lease ref too
                 ids.append(task.id)
             subject = (
                 f"{verb} {ids[0]}"
@@ -568,6 +572,7 @@ class Queue:
                 files=files,
                 value=ids,
                 trailers={"Gitqueue-Action": verb, "Gitqueue-Task": " ".join(ids[:50])},
+                also=also,
             )
 
         return self._transact(build)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import dataclasses
 import inspect
 import json
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gitqueue.errors import GitqueueError, InvalidTask
+from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
 from gitqueue.task import State, Task, load_yaml, now_iso
 
@@ -127,6 +128,8 @@ class Worker:
         self.queue = queue
         self.options = options
         self.runner = runner or self._run_command
+        self.custom_runner = runner is not None
+        self.in_process = False  # a runner works in this thread: a signal interrupts it (KeyboardInterrupt)
         self.log = log or sys.stderr
         self.summary = Summary()
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
@@ -173,8 +176,8 @@ class Worker:
         while True:
             if self.signal is not None:
                 return 128 + self.signal
+            self._maybe_reap()  # busy workers too: a finish usually hands them their next run
             if run is None:
-                self._maybe_reap()
                 run = self.queue.claim(**self._claim_options())
             if run is None:
                 now = time.monotonic()
@@ -183,7 +186,7 @@ class Worker:
                 if not self.options.wait and (self.options.idle_timeout is None or waited >= self.options.idle_timeout):
                     self.say("nothing to claim")
                     return 0
-                self._pause(delay)
+                self._pause(min(delay, max(self.options.reap_every, 0.5)))
                 delay = min(delay * 2, self.options.poll_max)
                 self._maybe_reap(force=True)
                 continue
@@ -204,6 +207,8 @@ class Worker:
         return {"labels": self.options.labels, "eligible": self._eligible}
 
     def _eligible(self, task: Task) -> bool:
+        if self.custom_runner:  # e.g. a @loop function: it runs every task
+            return True
         if task.cmd is not None and self.options.allow_task_cmd:
             return True
         return bool(self.options.command)
@@ -289,7 +294,12 @@ class Worker:
             log.flush()
             try:
                 child = subprocess.Popen(
-                    argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+                    argv,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=_die_with(os.getpid()),
                 )
             except OSError as exc:
                 self.stop_code = EXIT_NO_COMMAND  # a broken worker must not burn the queue
@@ -309,7 +319,7 @@ class Worker:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         child.wait(timeout=0.2)
             except (Stop, TakenAway):
-                self._stop_child(child)
+                self._stop_child(child, first=self.signal or signal.SIGTERM)
                 for pump in pumps:
                     pump.join(timeout=5)
                 if self.signal is None:
@@ -336,9 +346,10 @@ class Worker:
             return None
         return value
 
-    def _stop_child(self, child: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the child's process group, then SIGKILL after the grace period."""
-        for sig, wait in ((signal.SIGTERM, self.options.grace), (signal.SIGKILL, 5.0)):
+    def _stop_child(self, child: subprocess.Popen[bytes], *, first: int = signal.SIGTERM) -> None:
+        """Signal the child's process group (the signal the worker got, else SIGTERM), then
+        SIGKILL it after the grace period."""
+        for sig, wait in ((first, self.options.grace), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -363,10 +374,13 @@ class Worker:
             return
 
         def handle(signum: int, frame: Any) -> None:
-            if self.signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now
-            self.signal = signum
-            self.say(f"got {signal.Signals(signum).name}: stopping the current run, returning its task")
+            again = self.signal is not None
+            if not again:
+                self.signal = signum
+                self.say(f"got {signal.Signals(signum).name}: stopping the current run, returning its task")
+            if self.in_process or (again and signum == signal.SIGINT):
+                self.in_process = False
+                raise KeyboardInterrupt  # stop a function running in this thread; a second Ctrl-C: stop now
 
         previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -404,16 +418,22 @@ class Watch:
         self.beat()
 
     def beat(self) -> None:
-        """Push a heartbeat, then make sure the run still holds its task."""
-        self.push_heartbeat()
+        """Make sure the run still holds its task, then push a heartbeat.
+
+        In that order, so that a run which lost its task never re-creates the lease ref
+        that the cancel, requeue or reap deleted.
+        """
         queue, run = self.worker.queue, self.run
         try:
             task = queue.get(run.id)
+        except TaskNotFound:
+            raise TakenAway("task file is gone from the queue, no longer held by this run") from None
         except GitqueueError:
-            return  # the remote is away: keep running, the next beat will try again
-        if task.state is not State.RUNNING or task.token != run.token:
+            task = None  # the remote is away: keep running and beating, the next beat looks again
+        if task is not None and (task.state is not State.RUNNING or task.token != run.token):
             how = "cancelled" if task.state is State.CANCELLED else f"{task.state.value} now"
             raise TakenAway(f"task is {how}, no longer held by this run")
+        self.push_heartbeat()
 
     def push_heartbeat(self) -> None:
         """Keep the lease alive; safe from a second thread (writes objects, runs git push)."""
@@ -424,22 +444,59 @@ class Watch:
             self.heartbeat = pushed
 
 
+def _die_with(worker_pid: int) -> Callable[[], None] | None:
+    """On Linux, the child gets SIGTERM if its worker dies without stopping it (SIGKILL, OOM).
+
+    The dead worker's task goes back to the queue and runs elsewhere; its orphaned child
+    must not run on beside the rerun (on the same GPU, say). Only the child itself is told,
+    not processes it started.
+    """
+    if _prctl is None:
+        return None
+
+    def arm() -> None:  # runs in the child between fork and exec: nothing but syscalls
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != worker_pid:  # the worker died before we armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = _load_prctl()
+
+
 def _pump(source: IO[bytes] | None, sink: IO[str], log: IO[bytes], tail: deque[bytes], lock: threading.Lock) -> None:
     """Copy a child's stream to our own stream and the run's log, keeping the last lines."""
     if source is None:
         return
     out = getattr(sink, "buffer", None)
+    echo = True
     for line in iter(source.readline, b""):
         with lock:
             log.write(line)
             log.flush()
             tail.append(line)
-        if out is not None:
-            out.write(line)
-            out.flush()
-        else:
-            sink.write(line.decode(errors="replace"))
-            sink.flush()
+        if not echo:
+            continue
+        try:
+            if out is not None:
+                out.write(line)
+                out.flush()
+            else:
+                sink.write(line.decode(errors="replace"))
+                sink.flush()
+        except (OSError, ValueError):  # our terminal or pipe went away: keep draining, or the child blocks
+            echo = False
 
 
 # ---------------------------------------------------------------- Python API
@@ -479,7 +536,10 @@ def loop(
     """
 
     def decorate(function: Callable[..., Any]) -> Callable[[], int]:
-        signature = inspect.signature(function)
+        try:  # scripts with `from __future__ import annotations` have strings for annotations
+            signature = inspect.signature(function, eval_str=True)
+        except (NameError, SyntaxError, TypeError):
+            signature = inspect.signature(function)
 
         def runner(run: Run, watch: Watch) -> Report:
             try:
@@ -488,7 +548,11 @@ def loop(
                 return Report(run.id, run.token, "failed", error=str(exc))
             beating = _BackgroundWatch(watch)
             token = _current.set(run)
+            worker = watch.worker
             try:
+                if worker.signal is not None:  # it came before the function started
+                    raise KeyboardInterrupt
+                worker.in_process = True  # from now on a SIGINT or SIGTERM raises KeyboardInterrupt here
                 value = function(**kwargs)
             except KeyboardInterrupt:
                 return Report(run.id, run.token, "interrupted", error="interrupted")
@@ -496,6 +560,7 @@ def loop(
                 text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                 return Report(run.id, run.token, "failed", error=text[-ERROR_TAIL:])
             finally:
+                worker.in_process = False
                 _current.reset(token)
                 beating.stop()
             result = value if isinstance(value, dict) or value is None else {"value": value}
@@ -551,6 +616,8 @@ def _convert(value: Any, annotation: Any, name: str) -> Any:
             if value.lower() in {"false", "no", "0", "off"}:
                 return False
             raise ValueError(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)  # int(2.5) would quietly run the experiment with 2
         if kind in (int, float, str, bool):
             return kind(value)
     except (TypeError, ValueError):

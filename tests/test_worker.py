@@ -1,0 +1,612 @@
+"""The worker with real processes: ``gitqueue work`` claims, runs, reports, and survives dead workers.
+
+Workers are real ``python -m gitqueue work`` processes, stopped with real signals, over real
+remotes; every test asserts on what the queue's remote holds afterwards. Nothing sleeps to
+wait for something: tests poll the remote (or a marker file the experiment writes) until a
+deadline. Leases are 3 seconds, or run out at once under an injected monotonic clock.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from conftest import RemoteRepo
+from typer.testing import CliRunner
+
+from gitqueue import Queue, State, Task
+from gitqueue.cli import app
+from gitqueue.queue import Report, Run
+from gitqueue.task import parse_task
+from gitqueue.testing import GitDaemon
+from gitqueue.worker import MissingArg, Options, Watch, Worker, expand
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+LEASE_REFS = "refs/gitqueue/leases"
+
+# A stand-in experiment, driven by its task's args (which it reads from GITQUEUE_ARGS):
+#   hold: [1, ...]  attempts that run until released (a file) -- "mid-task" for as long as a test needs
+#   exit: N         exit status
+#   result: json | yaml | list | score | none   what it writes to GITQUEUE_RESULT_FILE
+# It leaves marker files: <task>.<attempt>.pid when it starts, .stopped (the signal) when stopped.
+JOB = r'''
+import json, os, pathlib, signal, sys, time
+
+marks = pathlib.Path(sys.argv[1])
+task, attempt = os.environ["GITQUEUE_TASK_ID"], os.environ["GITQUEUE_ATTEMPT"]
+args = json.loads(os.environ["GITQUEUE_ARGS"])
+stem = str(marks / f"{task}.{attempt}")
+
+
+def stopped(signum, frame):
+    pathlib.Path(stem + ".stopped").write_text(str(signum))
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, stopped)
+signal.signal(signal.SIGINT, stopped)
+pathlib.Path(stem + ".pid").write_text(str(os.getpid()))
+print(f"stdout of {task}", flush=True)
+print(f"stderr of {task}", file=sys.stderr, flush=True)
+if int(attempt) in args.get("hold", []):
+    release = pathlib.Path(stem + ".release")
+    deadline = time.monotonic() + 60
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+out = pathlib.Path(os.environ["GITQUEUE_RESULT_FILE"])
+kind = args.get("result", "json")
+if kind == "json":
+    env = {k: v for k, v in os.environ.items() if k.startswith("GITQUEUE_")}
+    out.write_text(json.dumps({"argv": sys.argv[2:], "env": env}))
+elif kind == "yaml":
+    out.write_text("# metrics\nscore: 0.5\nname: yaml-result\nnested:\n  depth: 2\n  hist: [1, 2]\n")
+elif kind == "list":
+    out.write_text("[1, 2, 3]\n")
+elif kind == "score":
+    out.write_text(json.dumps({"score": args["x"] * 2, "tag": f"x{args['x']}"}))
+sys.exit(int(args.get("exit", 0)))
+'''
+
+
+def poll_until(check: Callable[[], T], *, what: str, timeout: float = 20.0) -> T:
+    """Call ``check`` until it returns something true, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.03)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class WorkerProcess:
+    """One ``gitqueue work`` process, its output kept in files."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], folder: Path) -> None:
+        self.name = name
+        self.popen = popen
+        self.folder = folder
+        self.log_dir = folder / "logs"
+
+    @property
+    def stdout(self) -> str:
+        return (self.folder / "stdout").read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return (self.folder / "stderr").read_text(errors="replace")
+
+    def send(self, sig: int) -> None:
+        os.kill(self.popen.pid, sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker {self.name} still runs after {timeout:.0f}s:\n{self.stderr}") from None
+
+
+class Lab:
+    """A queue, the stand-in experiment, and the worker processes started on the queue."""
+
+    def __init__(self, tmp_path: Path, url: str, remote: RemoteRepo) -> None:
+        self.tmp = tmp_path
+        self.url = url
+        self.remote = remote
+        self.marks = tmp_path / "marks"
+        self.marks.mkdir(exist_ok=True)
+        self.job = tmp_path / "job.py"
+        self.job.write_text(JOB)
+        self.workers: list[WorkerProcess] = []
+
+    def submit(self, *specs: dict[str, Any]) -> list[str]:
+        with Queue.open(self.url, worker="submitter") as q:
+            return q.submit(specs)
+
+    def command(self, *extra: str) -> list[str]:
+        return [sys.executable, str(self.job), str(self.marks), *extra]
+
+    def start(self, name: str, *flags: str, command: list[str] | None = None) -> WorkerProcess:
+        """Start ``gitqueue work --worker NAME FLAGS -- COMMAND`` (reaping every half second)."""
+        folder = self.tmp / "workers" / name
+        folder.mkdir(parents=True)
+        argv = [sys.executable, "-m", "gitqueue", "work", "--queue", self.url, "--worker", name]
+        argv += ["--log-dir", str(folder / "logs"), "--reap-every", "0.5", *flags, "--", *(command or self.command())]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
+            popen = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=self.tmp / "work")
+        worker = WorkerProcess(name, popen, folder)
+        self.workers.append(worker)
+        return worker
+
+    def started(self, task_id: str, attempt: int) -> bool:
+        return (self.marks / f"{task_id}.{attempt}.pid").exists()
+
+    def stopped_by(self, task_id: str, attempt: int) -> int | None:
+        """The signal that stopped an attempt's experiment, if one did."""
+        path = self.marks / f"{task_id}.{attempt}.stopped"
+        return int(path.read_text()) if path.exists() else None
+
+    def release(self, task_id: str, attempt: int) -> None:
+        (self.marks / f"{task_id}.{attempt}.release").write_text("")
+
+    def task(self, task_id: str) -> Task:
+        """The task as the remote's branch holds it."""
+        [path] = self.remote.locations()[task_id]
+        return parse_task(self.remote.read(path).encode(), path=path)
+
+    def lease_refs(self) -> list[str]:
+        return self.remote.git("for-each-ref", "--format=%(refname)", LEASE_REFS).split()
+
+    def subjects(self, task_id: str | None = None) -> list[str]:
+        subjects = self.remote.log()
+        return subjects if task_id is None else [s for s in subjects if re.search(rf"\b{re.escape(task_id)}\b", s)]
+
+    def cleanup(self) -> None:
+        """Kill whatever a test left running: workers and experiments."""
+        for worker in self.workers:
+            if worker.popen.poll() is None:
+                worker.popen.kill()
+            worker.popen.wait(10)
+        for pid_file in self.marks.glob("*.pid"):
+            pid = int(pid_file.read_text() or 0)
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.job).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path, bare_remote: Path, remote_repo: RemoteRepo) -> Iterator[Callable[[str], Lab]]:
+    """Labs on an initialised queue at a URL of the test's choosing; no process outlives the test."""
+    labs: list[Lab] = []
+
+    def make(url: str) -> Lab:
+        Queue.init(url, worker="init").close()
+        lab = Lab(tmp_path, url, remote_repo)
+        labs.append(lab)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.cleanup()
+
+
+@pytest.fixture
+def lab(make_lab: Callable[[str], Lab], bare_remote: Path) -> Lab:
+    """A lab on a queue whose remote is a bare repository reached by path."""
+    return make_lab(str(bare_remote))
+
+
+def attempt_summary(task: Task) -> list[tuple[int, str, str]]:
+    return [(a["attempt"], a["outcome"], a["worker"]) for a in task.attempts]
+
+
+# ---------------------------------------------------------------- dead workers
+
+
+def test_sigkilled_worker_task_comes_back_after_its_lease_and_another_worker_finishes_it(lab: Lab) -> None:
+    lab.submit({"id": "victim", "args": {"hold": [1]}, "lease": 3})
+    w1 = lab.start("w1")
+    poll_until(lambda: lab.started("victim", 1), what="the first attempt to start")
+    poll_until(lab.lease_refs, what="w1's first heartbeat")
+    assert lab.remote.states()["victim"] == "running"
+
+    w1.send(signal.SIGKILL)
+    assert w1.wait() == -signal.SIGKILL
+    # Its experiment dies with it rather than run on beside the rerun.
+    assert poll_until(lambda: lab.stopped_by("victim", 1), what="the orphaned experiment to stop") == signal.SIGTERM
+
+    w2 = lab.start("w2", "--wait", "--max-tasks", "1")
+    assert w2.wait() == 0
+    assert "victim: its lease ran out; returned to the queue" in w2.stderr
+
+    task = lab.task("victim")
+    assert task.state is State.DONE and task.result["env"]["GITQUEUE_ATTEMPT"] == "2"
+    assert attempt_summary(task) == [(1, "reaped", "w1"), (2, "done", "w2")]
+    assert "lease expired: no sign of life from w1" in task.attempts[0]["error"]
+    assert lab.subjects("victim") == [
+        "submit victim",
+        "claim victim by w1 (attempt 1)",
+        "reap victim by w1 (attempt 1): will retry",
+        "claim victim by w2 (attempt 2)",
+        "done victim by w2 (attempt 2)",
+    ]
+    [reap] = [body for body in lab.remote.log("%B") if body.startswith("reap victim")]
+    assert "Gitqueue-Worker: w2" in reap
+    assert lab.lease_refs() == []
+    lab.remote.fsck()
+
+
+def test_black_box_workers_over_git_daemon_drain_a_sweep_while_one_is_sigkilled(
+    make_lab: Callable[[str], Lab], tmp_path: Path
+) -> None:
+    with GitDaemon(tmp_path / "srv") as daemon:
+        lab = make_lab(daemon.url("queue.git"))
+        gq = [sys.executable, "-m", "gitqueue"]
+        subprocess.run([*gq, "init", lab.url], cwd=tmp_path / "work", check=True, capture_output=True)
+        sweep = [*gq, "submit", "--queue", lab.url, "--lease", "3", "--grid", "x=1,2,3", "--grid", "y=a,b,c"]
+        subprocess.run([*sweep, "result=score"], check=True, capture_output=True)
+        victim = [*gq, "submit", "--queue", lab.url, "--id", "victim", "--lease", "3", "--priority", "9"]
+        subprocess.run([*victim, "x=0", "y=z", "hold=[1]", "result=score"], check=True, capture_output=True)
+        ids = [t.id for t in Queue.open(lab.url).tasks()]
+        assert len(ids) == 10
+
+        workers = {name: lab.start(name, "--wait", command=lab.command("{x}", "{y}")) for name in ("w0", "w1", "w2")}
+        poll_until(lambda: lab.started("victim", 1), what="the victim's first attempt to start")
+        holder = lab.task("victim").run["worker"]
+        workers[holder].send(signal.SIGKILL)
+        assert workers.pop(holder).wait() == -signal.SIGKILL
+
+        poll_until(lambda: set(lab.remote.states().values()) == {"done"}, what="every task to be done", timeout=40)
+        for worker in workers.values():
+            worker.send(signal.SIGTERM)  # idle: nothing to give back
+        assert {name: w.wait() for name, w in workers.items()} == dict.fromkeys(workers, 128 + signal.SIGTERM)
+
+    assert lab.remote.states() == dict.fromkeys(ids, "done")
+    subjects = lab.subjects()
+    for task_id in ids:
+        assert sum(f"done {task_id} by " in s for s in subjects) == 1, task_id
+        task = lab.task(task_id)
+        assert task.result == {"score": task.args["x"] * 2, "tag": f"x{task.args['x']}"}
+    victim_task = lab.task("victim")
+    assert [a["outcome"] for a in victim_task.attempts] == ["reaped", "done"]
+    assert victim_task.attempts[0]["worker"] == holder and victim_task.attempts[1]["worker"] != holder
+    assert f"reap victim by {holder} (attempt 1): will retry" in subjects
+    assert lab.stopped_by("victim", 1) == signal.SIGTERM
+    assert lab.lease_refs() == []
+    lab.remote.fsck()
+
+
+def test_reap_judges_leases_by_its_own_monotonic_clock(queue: Queue, bare_remote: Path) -> None:
+    queue.submit([{"id": "dead", "args": {}, "lease": 5}, {"id": "alive", "args": {}, "lease": 5}])
+    runs = {run.id: run for run in (queue.claim(), queue.claim()) if run is not None}
+    alive = runs["alive"]
+    clock = FakeClock()
+    with Queue(str(bare_remote), worker="reaper", monotonic=clock) as reaper:
+        assert reaper.reap() == []  # first sight of both runs
+        heartbeat: str | None = None
+        for _ in range(10):  # a live run is never reclaimed, however long it runs
+            clock.now += 4
+            heartbeat = queue.store.heartbeat(alive.token, parent=heartbeat, message="beat\n", author=queue.identity)
+            assert heartbeat is not None
+            assert reaper.reap() == (["dead"] if clock.now == 1008 else [])
+    tasks = {t.id: t for t in queue.tasks()}
+    assert tasks["dead"].state is State.PENDING and tasks["alive"].state is State.RUNNING
+    [reaped] = tasks["dead"].attempts
+    assert reaped["outcome"] == "reaped" and reaped["worker"] == "test-box/0"
+    assert reaped["error"].startswith("lease expired: no sign of life from test-box/0 for 8s (lease 5s)")
+    assert tasks["dead"].attempts_spent == 1
+
+
+def test_reap_trusts_a_heartbeat_timestamp_within_max_skew(queue: Queue, bare_remote: Path) -> None:
+    queue.submit([{"id": "t", "args": {}, "lease": 5, "max_attempts": 1}])
+    run = queue.claim()
+    assert run is not None
+    queue.store.heartbeat(run.token, parent=None, message="beat\n", author=queue.identity)
+    skewed = FakeClock()
+    skewed.now = time.time() + 5 + 20  # this machine's clock runs 20 s ahead of the worker's
+    with Queue(str(bare_remote), worker="ahead", clock=skewed, max_skew=30) as reaper:
+        assert reaper.reap() == []  # never watched, and within lease + max_skew
+        skewed.now += 11
+        assert reaper.reap() == ["t"]  # silent for more than lease + max_skew by the heartbeat's time
+    task = queue.get("t")
+    assert task.state is State.FAILED and attempt_summary(task) == [(1, "reaped", "test-box/0")]
+    assert subprocess.run(["git", "for-each-ref", LEASE_REFS], cwd=bare_remote, capture_output=True).stdout == b""
+
+
+def test_a_busy_worker_reaps_as_it_goes(queue: Queue, bare_remote: Path) -> None:
+    queue.submit([{"id": "z-dead", "args": {}, "lease": 5}])
+    assert queue.claim() is not None  # and this run never shows a sign of life again
+    queue.submit([{"id": f"busy-{i}", "args": {}, "priority": 1} for i in range(3)])
+    clock = FakeClock()
+    log = io.StringIO()
+
+    def runner(run: Run, watch: Watch) -> Report:
+        clock.now += 10  # each task takes ten (fake) seconds
+        return Report(run.id, run.token, "done", result={"i": run.id})
+
+    with Queue(str(bare_remote), worker="busy", monotonic=clock) as q:
+        options = Options(reap_every=0, max_tasks=3)
+        assert Worker(q, options, runner=runner, log=log).run() == 0
+    task = queue.get("z-dead")
+    assert task.state is State.PENDING and [a["outcome"] for a in task.attempts] == ["reaped"], log.getvalue()
+    assert "z-dead: its lease ran out" in log.getvalue()
+
+
+# ---------------------------------------------------------------- stopping a run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_returns_the_task_without_spending_an_attempt(lab: Lab, sig: int) -> None:
+    lab.submit({"id": "long", "args": {"hold": [1]}, "lease": 3})
+    worker = lab.start("w1", "--grace", "5")
+    poll_until(lambda: lab.started("long", 1), what="the run to start")
+    commits = lab.remote.count()
+    poll_until(lab.lease_refs, what="a heartbeat")
+    assert lab.remote.count() == commits  # heartbeats leave the branch's history alone
+
+    worker.send(sig)
+    assert worker.wait() == 128 + sig
+    assert lab.stopped_by("long", 1) == sig  # forwarded to the experiment
+    task = lab.task("long")
+    assert task.state is State.PENDING and attempt_summary(task) == [(1, "interrupted", "w1")]
+    assert task.attempts_spent == 0
+    assert lab.subjects("long")[-1] == "return long by w1 (attempt 1)"
+    assert lab.lease_refs() == []
+    assert f"got {signal.Signals(sig).name}" in worker.stderr
+    with Queue.open(lab.url) as q:
+        again = q.claim()
+    assert again is not None and again.attempt == 2
+
+
+@pytest.mark.parametrize("how", ["cli", "by hand"])
+def test_cancelling_a_running_task_stops_its_experiment_and_the_worker_goes_on(lab: Lab, how: str) -> None:
+    lab.submit({"id": "a-long", "args": {"hold": [1]}, "lease": 3, "priority": 1}, {"id": "b-next", "args": {}})
+    worker = lab.start("w1", "--grace", "3")
+    poll_until(lambda: lab.started("a-long", 1), what="the run to start")
+    poll_until(lab.lease_refs, what="a heartbeat")
+    cancelled_at = time.monotonic()
+    if how == "cli":
+        result = CliRunner().invoke(app, ["cancel", "a-long", "--queue", lab.url])
+        assert result.exit_code == 0, result.output
+    else:
+        text = lab.remote.read("running/a-long.yaml")
+        lab.remote.person_commit({"running/a-long.yaml": None, "cancelled/a-long.yaml": text}, "drop a-long")
+    assert poll_until(lambda: lab.stopped_by("a-long", 1), what="the experiment to stop") == signal.SIGTERM
+    assert time.monotonic() - cancelled_at < 1 + 3  # within a heartbeat (lease / 3), give or take a fetch
+
+    assert worker.wait() == 0
+    assert lab.remote.states() == {"a-long": "cancelled", "b-next": "done"}
+    assert "a-long: task is cancelled, no longer held by this run; stopped it, nothing reported" in worker.stderr
+    assert lab.task("b-next").attempts[0]["worker"] == "w1"
+    if how == "cli":
+        assert attempt_summary(lab.task("a-long")) == [(1, "cancelled", "w1")]
+    elif lab.lease_refs():
+        pytest.xfail("known: a run cut off by a hand-made move leaves its lease ref behind (git I/O lacks a delete)")
+    assert lab.lease_refs() == []
+
+
+def test_a_late_report_from_a_reaped_run_changes_nothing(lab: Lab) -> None:
+    # A lease of 60 s: the worker's first heartbeat would come after 20 s, long after this test.
+    lab.submit({"id": "slow", "args": {"hold": [1]}, "lease": 60})
+    worker = lab.start("w1")
+    poll_until(lambda: lab.started("slow", 1), what="the run to start")
+    clock = FakeClock()
+    with Queue.open(lab.url, worker="reaper", monotonic=clock) as reaper:
+        assert reaper.reap() == []
+        clock.now += 61
+        assert reaper.reap() == ["slow"]
+    with Queue.open(lab.url, worker="w2") as other:
+        second = other.claim()
+        assert second is not None and (second.id, second.attempt) == ("slow", 2)
+        tip = lab.remote.tip()
+
+        lab.release("slow", 1)  # the first run finishes and reports
+        assert worker.wait() == 0
+        assert lab.remote.tip() == tip
+        assert re.search(r"slow: run \w+ no longer holds task slow: run \w+ of w2 holds it now", worker.stderr)
+        assert "✓ slow done" in worker.stderr  # it did finish; it just does not count
+        held = lab.task("slow")
+        assert held.state is State.RUNNING and held.token == second.token
+        assert attempt_summary(held) == [(1, "reaped", "w1")]
+        second.done({"by": "w2"})
+    task = lab.task("slow")
+    assert task.result == {"by": "w2"} and attempt_summary(task) == [(1, "reaped", "w1"), (2, "done", "w2")]
+    assert [s for s in lab.subjects("slow") if s.startswith("done")] == ["done slow by w2 (attempt 2)"]
+
+
+# ---------------------------------------------------------------- running commands
+
+
+def test_max_failures_stops_after_consecutive_failures_only(lab: Lab) -> None:
+    lab.submit(
+        {"id": "f1", "args": {"exit": 3}, "priority": 5, "max_attempts": 1},
+        {"id": "ok", "args": {}, "priority": 4},
+        {"id": "f2", "args": {"exit": 3}, "priority": 3, "max_attempts": 1},
+        {"id": "f3", "args": {"exit": 4}, "priority": 2, "max_attempts": 1},
+        {"id": "f4", "args": {"exit": 5}, "priority": 1, "max_attempts": 1},
+    )
+    worker = lab.start("w1", "--max-failures", "2")
+    assert worker.wait() == 1
+    assert lab.remote.states() == {"f1": "failed", "ok": "done", "f2": "failed", "f3": "failed", "f4": "pending"}
+    assert "2 failures in a row (--max-failures 2)" in worker.stderr
+    failed = lab.task("f3").attempts[0]
+    assert failed["exit_code"] == 4 and failed["error"].startswith("exit status 4")
+    assert "stdout of f3" in failed["error"] and "stderr of f3" in failed["error"]
+    assert lab.task("f4").attempts == []
+
+
+def test_command_placeholders_env_result_files_and_logs(lab: Lab) -> None:
+    model = {"name": "resnet", "depth": 18}
+    lab.submit(
+        {"id": "t-json", "args": {"result": "json", "model": model, "lr": 0.1, "on": True}},
+        {"id": "t-list", "args": {"result": "list", "model": model, "lr": 1, "on": False}},
+        {"id": "t-none", "args": {"result": "none", "model": model, "lr": 2, "on": False}},
+        {"id": "t-yaml", "args": {"result": "yaml", "model": {"name": "vit", "depth": 12}, "lr": 0.01, "on": True}},
+    )
+    command = lab.command("--model", "{model.name}", "--depth={model.depth}", "{lr}", "{on}", "{{lit}}", "{model}")
+    worker = lab.start("w1", command=command)
+    assert worker.wait() == 0
+    assert lab.remote.states() == dict.fromkeys(["t-json", "t-list", "t-none", "t-yaml"], "done")
+
+    task = lab.task("t-json")
+    assert task.result["argv"] == ["--model", "resnet", "--depth=18", "0.1", "true", "{lit}", json.dumps(model)]
+    env = task.result["env"]
+    assert (env["GITQUEUE_TASK_ID"], env["GITQUEUE_ATTEMPT"], env["GITQUEUE_WORKER"]) == ("t-json", "1", "w1")
+    assert json.loads(env["GITQUEUE_ARGS"]) == task.args
+    assert Path(env["GITQUEUE_RESULT_FILE"]) == worker.log_dir / "t-json.1.result"
+    assert lab.task("t-yaml").result == {"score": 0.5, "name": "yaml-result", "nested": {"depth": 2, "hist": [1, 2]}}
+    assert lab.task("t-list").result is None
+    assert re.search(r"t-list: result file ignored: .*t-list\.1\.result holds a list, not a mapping", worker.stderr)
+    assert lab.task("t-none").result is None
+    assert task.attempts[0]["duration"] > 0
+
+    log = (worker.log_dir / "t-json.1.log").read_text()
+    assert log.startswith("# ") and "t-json attempt 1" in log.splitlines()[0]
+    assert "stdout of t-json\n" in log and "stderr of t-json\n" in log
+    assert "stdout of t-yaml" in worker.stdout and "stderr of t-yaml" in worker.stderr  # streamed live
+    assert re.search(r"▶ t-json \(attempt 1\) result=json model=\{.*\} lr=0.1 on=true", worker.stderr)
+    assert re.search(r"✓ t-yaml done in \d+\.\ds", worker.stderr)
+    assert re.search(r"stopping: 4 done, 0 failed, 0 taken away", worker.stderr)
+
+
+def test_a_placeholder_naming_a_missing_arg_fails_the_task_without_running_anything(lab: Lab) -> None:
+    lab.submit(
+        {"id": "good", "args": {"a": 1, "b": {"c": 2}}},
+        {"id": "no-b", "args": {"a": 1}, "max_attempts": 1},
+        {"id": "flat-b", "args": {"a": 1, "b": 5}, "max_attempts": 1},
+    )
+    worker = lab.start("w1", command=lab.command("{a}", "{b.c}"))
+    assert worker.wait() == 0
+    assert lab.remote.states() == {"good": "done", "no-b": "failed", "flat-b": "failed"}
+    assert lab.task("good").result["argv"] == ["1", "2"]
+    for task_id, have in (("no-b", "a"), ("flat-b", "a, b")):
+        [attempt] = lab.task(task_id).attempts
+        assert attempt["error"] == f"placeholder {{b.c}} names an arg the task lacks (its args: {have})"
+        assert "exit_code" not in attempt
+        assert not lab.started(task_id, 1) and not (worker.log_dir / f"{task_id}.1.log").exists()
+    assert "no-b: placeholder {b.c} names an arg the task lacks (its args: a); not run" in worker.stderr
+
+
+def test_labels_take_only_tasks_whose_requires_they_satisfy(lab: Lab) -> None:
+    lab.submit(
+        {"id": "a100", "args": {}, "requires": {"gpu": "a100"}},
+        {"id": "v100", "args": {}, "requires": {"gpu": "v100"}},
+        {"id": "big", "args": {}, "requires": {"gpu": ["a100", "h100"], "mem": 80}},
+        {"id": "bigger", "args": {}, "requires": {"mem": 160}},
+        {"id": "anywhere", "args": {}},
+    )
+    worker = lab.start("w1", "--label", "gpu=a100", "--label", "mem=80")
+    assert worker.wait() == 0
+    states = {"a100": "done", "v100": "pending", "big": "done", "bigger": "pending", "anywhere": "done"}
+    assert lab.remote.states() == states
+    assert lab.task("v100").attempts == [] and lab.task("bigger").attempts == []
+
+
+def test_finishing_and_the_next_claim_share_one_commit(lab: Lab) -> None:
+    ids = lab.submit(*({"args": {"i": i, "result": "none"}} for i in range(5)))
+    before = lab.remote.count()  # init and submit
+    worker = lab.start("w1")
+    assert worker.wait() == 0
+    assert lab.remote.count() == before + len(ids) + 1
+    expected = [f"claim {ids[0]} by w1 (attempt 1)"]
+    expected += [f"done {a} by w1 (attempt 1); claim {b} by w1 (attempt 1)" for a, b in itertools.pairwise(ids)]
+    expected += [f"done {ids[-1]} by w1 (attempt 1)"]
+    assert lab.remote.log()[before:] == expected
+
+
+def test_a_command_that_cannot_start_returns_the_task_and_stops_the_worker(lab: Lab) -> None:
+    lab.submit({"id": "t", "args": {"x": 1}})
+    worker = lab.start("w1", command=[str(lab.tmp / "no-such-program"), "{x}"])
+    assert worker.wait() == 127
+    task = lab.task("t")
+    assert task.state is State.PENDING and task.attempts_spent == 0
+    assert [a["outcome"] for a in task.attempts] == ["interrupted"]
+    assert "cannot start" in worker.stderr
+
+
+def test_results_as_csv_and_json_rows(lab: Lab) -> None:
+    lab.submit(
+        {"id": "r1", "args": {"x": 1, "result": "score"}},
+        {"id": "r2", "args": {"x": 2, "result": "score"}},
+        {"id": "r3", "args": {"x": 3, "result": "score", "exit": 2}, "max_attempts": 1},
+    )
+    assert lab.start("w1").wait() == 0
+    runner = CliRunner()
+
+    done = runner.invoke(app, ["results", "--queue", lab.url, "--format", "json"])
+    assert done.exit_code == 0, done.output
+    rows = json.loads(done.stdout)
+    assert [r["id"] for r in rows] == ["r1", "r2"]
+    for row, x in zip(rows, (1, 2), strict=True):
+        assert {k: row[k] for k in ("args.x", "args.result", "result.score", "result.tag", "worker", "attempts")} == {
+            "args.x": x, "args.result": "score", "result.score": 2 * x, "result.tag": f"x{x}", "worker": "w1",
+            "attempts": 1,
+        }  # fmt: skip
+        assert row["duration"] > 0
+
+    table = runner.invoke(app, ["results", "--queue", lab.url, "--format", "csv"])
+    assert table.exit_code == 0, table.output
+    read = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert [(r["id"], r["args.x"], r["result.score"], r["worker"], r["attempts"]) for r in read] == [
+        ("r1", "1", "2", "w1", "1"),
+        ("r2", "2", "4", "w1", "1"),
+    ]
+
+    failed = runner.invoke(app, ["results", "--queue", lab.url, "--state", "failed", "--format", "json"])
+    assert failed.exit_code == 0, failed.output
+    [row] = json.loads(failed.stdout)
+    assert row["id"] == "r3" and row["args.x"] == 3 and row["attempts"] == 1 and "result.score" not in row
+    assert row["error"] == "stderr of r3"  # the last line of the output's tail
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+@pytest.mark.parametrize(
+    ("argv", "expanded"),
+    [
+        (["--lr={lr}", "{bs}"], ["--lr=0.01", "32"]),
+        (["{model.name}/{model.layers}"], ["resnet/[1, 2]"]),
+        (["{flag}", "{none}", "{{lr}}", "}}{{"], ["true", "", "{lr}", "}{"]),
+        (["{model}"], ['{"name": "resnet", "layers": [1, 2]}']),
+        (["no placeholders", "{ not one }"], ["no placeholders", "{ not one }"]),
+    ],
+)
+def test_expand_fills_placeholders_into_argv_items(argv: list[str], expanded: list[str]) -> None:
+    args = {"lr": 0.01, "bs": 32, "model": {"name": "resnet", "layers": [1, 2]}, "flag": True, "none": None}
+    assert expand(argv, args) == expanded
+
+
+def test_expand_names_the_missing_arg() -> None:
+    with pytest.raises(MissingArg, match=r"placeholder \{model.depth\} names an arg the task lacks \(its args: model"):
+        expand(["{model.depth}"], {"model": {"name": "x"}})
+    with pytest.raises(MissingArg, match=r"its args: none"):
+        expand(["{lr}"], {})
