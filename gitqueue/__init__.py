@@ -17,6 +17,7 @@ from gitqueue.task import State, Task
 
 if TYPE_CHECKING:
     from gitqueue.queue import Queue, Run
+    from gitqueue.worker import current_task, loop
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,8 @@ __all__ = [
     "TaskExists",
     "TaskNotFound",
     "__version__",
+    "current_task",
+    "loop",
 ]
 
 
@@ -44,4 +47,8 @@ def __getattr__(name: str) -> Any:
         from gitqueue import queue
 
         return getattr(queue, name)
+    if name in ("loop", "current_task"):  # the experiment-script API (issue 3): @gitqueue.loop
+        from gitqueue import worker
+
+        return getattr(worker, name)
     raise AttributeError(f"module 'gitqueue' has no attribute {name!r}")

@@ -606,7 +606,7 @@ def _bind(signature: inspect.Signature, args: Mapping[str, Any]) -> dict[str, An
 
 
 def _convert(value: Any, annotation: Any, name: str) -> Any:
-    kind = annotation if isinstance(annotation, type) else None
+    kind = annotation if annotation in (int, float, str, bool) else None  # not Any, list[int], MyClass, ...
     if kind is None or isinstance(value, kind):
         return value
     try:
