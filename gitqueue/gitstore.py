@@ -13,12 +13,14 @@ connection) is decided by fetching and looking for our commit.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -162,6 +164,9 @@ class GitStore:
         self._ensure_cache()
         self.namespace = f"refs/gitqueue/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
         self.ref = f"{self.namespace}/tip"
+        self._objects = str(self.path / "objects")
+        self._tmp_names = itertools.count()
+        self._tmp_prefix = f".tmp-{os.getpid()}-{random.randrange(16**8):08x}"  # unique across hosts sharing a cache
         import git  # here, not at the top: a server hook reading objects should not pay for GitPython
 
         self._repo = git.Repo(self.path)
@@ -357,16 +362,20 @@ class GitStore:
         return head[5:].decode()
 
     def _store(self, kind: bytes, data: bytes) -> str:
+        """Write one loose object in-process (no git spawn); a no-op if it exists."""
         header = kind + b" " + str(len(data)).encode() + b"\0"
         sha = hashlib.sha1(header + data).hexdigest()
-        path = self.path / "objects" / sha[:2] / sha[2:]
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as out:
-                out.write(zlib.compress(header + data, 1))
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, path)
+        folder = f"{self._objects}/{sha[:2]}"
+        path = f"{folder}/{sha[2:]}"
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            tmp = f"{folder}/{self._tmp_prefix}-{threading.get_ident()}-{next(self._tmp_names)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            try:
+                os.write(fd, zlib.compress(header + data, 1))
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)  # atomic: a reader sees all of the object or none
         return sha
 
     def write_blob(self, data: bytes) -> str:
