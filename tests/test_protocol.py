@@ -1,0 +1,395 @@
+"""The claim protocol over real transports, with real races between processes.
+
+Tests that take ``remote_url`` run over a bare repository by path, ``git daemon`` and git's
+smart HTTP backend. Races are between real worker processes, and the outage is a real git
+server stopped and started again. Every test checks the remote's branch afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RemoteRepo
+
+from gitqueue import NotHeld, Queue, State
+from gitqueue.gitstore import PushOutcome
+from gitqueue.testing import GitDaemon, make_bare_repo
+
+# A worker process: claim and finish until nothing is pending, logging each step as a JSON line.
+# "separate": claim and done are two commits (the primitives `gitqueue claim` / `done` use);
+# "combined": each done and the next claim share one commit (what `gitqueue work` does).
+# Fetches that find the remote unreachable are logged too, so a test can see an outage bite.
+WORKER = r"""
+import json, sys
+from gitqueue import Queue
+from gitqueue.errors import RemoteUnavailable
+from gitqueue.gitstore import GitStore
+from gitqueue.queue import Report
+
+url, name, log_path, shape = sys.argv[1:5]
+log = open(log_path, "a", buffering=1)
+
+def note(event, **fields):
+    log.write(json.dumps({"event": event, **fields}) + "\n")
+
+real_fetch = GitStore.fetch
+
+def fetch(self, **options):
+    try:
+        return real_fetch(self, **options)
+    except RemoteUnavailable:
+        note("unreachable")
+        raise
+
+GitStore.fetch = fetch
+with Queue.open(url, worker=name, patience=90) as q:
+    run = q.claim()
+    while run is not None:
+        note("claimed", id=run.id, token=run.token)
+        if shape == "separate":
+            run.done({"worker": name})
+            following = q.claim()
+        else:
+            finished = q.finish(Report(run.id, run.token, "done", result={"worker": name}), then_claim={})
+            assert finished.lost is None, finished.lost
+            following = finished.next
+        note("done", id=run.id)
+        run = following
+    note("empty", pushes=q.store.pushes, rejected=q.store.rejected_pushes)
+"""
+
+
+def trailers(message: str) -> dict[str, str]:
+    return dict(re.findall(r"^(Gitqueue-[\w-]+): (.*)$", message, re.MULTILINE))
+
+
+def actions(repo: RemoteRepo) -> Counter[tuple[str, str]]:
+    """(action, task id) -> how many commits on the branch did that (a commit may do several)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for message in repo.log("%B"):
+        found = trailers(message)
+        verbs, ids = found.get("Gitqueue-Action", "").split(), found.get("Gitqueue-Task", "").split()
+        if len(verbs) == len(ids):
+            counts.update(zip(verbs, ids, strict=True))
+        elif len(verbs) == 1:
+            counts.update((verbs[0], i) for i in ids)
+    return counts
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    return value
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
+
+
+class Workers:
+    """Worker processes draining one queue, each logging to its own file."""
+
+    def __init__(self, url: str, folder: Path, count: int, shape: str = "separate") -> None:
+        self.logs = [folder / f"racer-{i}.log" for i in range(count)]
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, url, f"racer/{i}", str(log), shape],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i, log in enumerate(self.logs)
+        ]
+
+    def events(self) -> list[list[dict[str, Any]]]:
+        return [read_events(log) for log in self.logs]
+
+    def finish(self, timeout: float) -> list[list[dict[str, Any]]]:
+        deadline = time.monotonic() + timeout
+        outputs = []
+        for proc in self.procs:
+            try:
+                outputs.append(proc.communicate(timeout=max(0.1, deadline - time.monotonic()))[0])
+            except subprocess.TimeoutExpired:
+                self.kill()
+                pytest.fail(f"workers still running after {timeout}s: {self.events()}")
+        for proc, output in zip(self.procs, outputs, strict=True):
+            assert proc.returncode == 0, f"a worker failed:\n{output}"
+        return self.events()
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Workers]]:
+    """Worker processes a test starts; none outlives the test."""
+    started: list[Workers] = []
+    yield started
+    for group in started:
+        group.kill()
+
+
+def assert_drained_exactly_once(repo: RemoteRepo, url: str, ids: list[str], events: list[list[dict]]) -> None:
+    """Every task claimed once, finished once, in done/ only: by the branch and by the workers."""
+    claimed = Counter(e["id"] for log in events for e in log if e["event"] == "claimed")
+    finished = Counter(e["id"] for log in events for e in log if e["event"] == "done")
+    assert claimed == finished == Counter(ids), "each task must be claimed and finished by exactly one run"
+    assert all(log and log[-1]["event"] == "empty" for log in events), "every worker ran until the queue was empty"
+    counts = actions(repo)
+    assert {i: counts[("claim", i)] for i in ids} == dict.fromkeys(ids, 1), "one claim commit per task"
+    assert {i: counts[("done", i)] for i in ids} == dict.fromkeys(ids, 1), "one done commit per task"
+    assert repo.states() == dict.fromkeys(ids, "done"), "each task in exactly one folder: done/"
+    assert repo.git("rev-list", "--merges", "main").strip() == "", "the history is linear"
+    claimer = {e["id"]: i for i, log in enumerate(events) for e in log if e["event"] == "claimed"}
+    with Queue.open(url, worker="checker/0") as q:
+        done = q.tasks(State.DONE)
+    assert len(done) == len(ids)
+    for task in done:
+        [attempt] = task.attempts
+        assert task.result == {"worker": attempt["worker"]} == {"worker": f"racer/{claimer[task.id]}"}
+    repo.fsck()
+
+
+# ---------------------------------------------------------------- one writer, each transport
+
+
+def test_claim_done_fail_over_transport(remote_url: str, remote_repo: RemoteRepo) -> None:
+    with Queue.init(remote_url, worker="box/0") as q:
+        ids = q.submit([{"args": {"n": i}, "priority": i, "max_attempts": 1} for i in range(3)])
+        first = q.claim()
+        assert first is not None and first.id == ids[2]
+        first.done({"acc": 0.9})
+        second = q.claim()
+        assert second is not None and second.id == ids[1]
+        second.fail("boom", exit_code=2)
+        third = q.claim()
+        assert third is not None and third.id == ids[0]
+        assert q.claim() is None
+        assert [t.id for t in q.tasks(State.RUNNING)] == [ids[0]]
+    assert remote_repo.states() == {ids[2]: "done", ids[1]: "failed", ids[0]: "running"}
+    assert remote_repo.log()[-5:] == [
+        f"claim {ids[2]} by box/0 (attempt 1)",
+        f"done {ids[2]} by box/0 (attempt 1)",
+        f"claim {ids[1]} by box/0 (attempt 1)",
+        f"fail {ids[1]} by box/0 (attempt 1): out of attempts",
+        f"claim {ids[0]} by box/0 (attempt 1)",
+    ]
+    remote_repo.fsck()
+
+
+def test_stale_token_over_transport(remote_url: str, remote_repo: RemoteRepo) -> None:
+    with Queue.init(remote_url, worker="box/0") as q:
+        [task_id] = q.submit([{"args": {"n": 1}}])
+        old = q.claim()
+        assert old is not None
+        q.requeue([task_id])
+        new = q.claim()
+        assert new is not None and new.token != old.token
+        tip = remote_repo.tip()
+        with pytest.raises(NotHeld):
+            old.done()
+        assert remote_repo.tip() == tip
+        new.done()
+    assert remote_repo.states() == {task_id: "done"}
+
+
+# ---------------------------------------------------------------- lost races, made to happen
+
+
+def test_a_lost_race_is_rebuilt_on_the_new_tip(remote_url: str, remote_repo: RemoteRepo, tmp_path: Path) -> None:
+    """Two machines (own caches) claim at once: the slower push is rejected and rebuilt."""
+    with (
+        Queue.init(remote_url, worker="slow/0", cache=tmp_path / "cache-a") as slow,
+        Queue.open(remote_url, worker="fast/0", cache=tmp_path / "cache-b") as fast,
+    ):
+        ids = slow.submit([{"args": {"n": i}} for i in range(2)])
+        real_push = slow.store.push
+        interleaved: list[str] = []
+        settled = watch_settling(slow.store)
+
+        def push_after_the_other(new: str, old: str | None, **options: Any) -> PushOutcome:
+            if not interleaved:  # the other worker claims between our fetch and our push
+                run = fast.claim()
+                assert run is not None
+                interleaved.append(run.id)
+            return real_push(new, old, **options)
+
+        slow.store.push = push_after_the_other  # type: ignore[method-assign]
+        pushes, rejected = slow.store.pushes, slow.store.rejected_pushes
+        run = slow.claim()
+        assert interleaved == [ids[0]] and run is not None and run.id == ids[1]
+        assert (slow.store.pushes - pushes, slow.store.rejected_pushes - rejected) == (2, 1)
+        assert settled == [], "a rejection must be recognised as a lost race, not an unknown outcome"
+    counts = actions(remote_repo)
+    assert counts[("claim", ids[0])] == counts[("claim", ids[1])] == 1
+    assert remote_repo.log()[-2:] == [f"claim {ids[0]} by fast/0 (attempt 1)", f"claim {ids[1]} by slow/0 (attempt 1)"]
+    assert remote_repo.states() == dict.fromkeys(ids, "running")
+
+
+def test_identical_work_on_one_tip_makes_distinct_commits(remote_url: str, remote_repo: RemoteRepo) -> None:
+    """Same worker name, same clock, same parent: the commits still differ (a nonce), so the
+    second push is rejected instead of "succeeding" as up to date."""
+    frozen = 1_700_000_000.0
+    with (
+        Queue.init(remote_url, worker="twin/0", clock=lambda: frozen) as one,
+        Queue.open(remote_url, worker="twin/0", clock=lambda: frozen) as two,
+    ):
+        [task_id] = one.submit([{"args": {"n": 1}}])
+        snap = one.snapshot()
+        change = one._claim_change(snap)
+        assert change is not None
+        first, second = one._commit(snap, change), two._commit(snap, change)
+        assert first != second
+        assert one.store.push(first, snap.tip) is PushOutcome.LANDED
+        assert two.store.push(second, snap.tip) is PushOutcome.LOST_RACE
+    assert remote_repo.tip() == first
+    assert actions(remote_repo)[("claim", task_id)] == 1
+
+
+# ---------------------------------------------------------------- pushes whose outcome is unknown
+
+
+def install_hook(repo: Path, name: str, script: str) -> Path:
+    """A server hook (``script`` is a POSIX shell script); its parent is ``git receive-pack``."""
+    hook = repo / "hooks" / name
+    hook.write_text("#!/bin/sh\n" + script)
+    hook.chmod(0o755)
+    return hook
+
+
+def watch_settling(store: Any) -> list[PushOutcome]:
+    """Record what each unknown push outcome was settled as (by fetching)."""
+    outcomes: list[PushOutcome] = []
+    real = store._settle
+
+    def settle(new: str) -> PushOutcome:
+        outcomes.append(real(new))
+        return outcomes[-1]
+
+    store._settle = settle
+    return outcomes
+
+
+def test_push_that_landed_but_was_never_confirmed(remote_url: str, remote_repo: RemoteRepo) -> None:
+    """The server updates the branch, then dies before it can say so: the worker fetches,
+    finds its own commit on the branch, and counts the claim as made (no second claim)."""
+    with Queue.init(remote_url, worker="box/0") as q:
+        ids = q.submit([{"args": {"n": i}} for i in range(2)])
+        # reference-transaction runs inside receive-pack once the branch is updated
+        hook = install_hook(
+            remote_repo.path, "reference-transaction", '[ "$1" = committed ] || exit 0\nrm -f "$0"\nkill -9 $PPID\n'
+        )
+        pushes, rejected = q.store.pushes, q.store.rejected_pushes
+        settled = watch_settling(q.store)
+        run = q.claim()
+        assert not hook.exists(), "the server must have been cut off mid-push"
+        assert settled == [PushOutcome.LANDED]
+        assert run is not None and run.id == ids[0]
+        assert (q.store.pushes - pushes, q.store.rejected_pushes - rejected) == (1, 0)
+        assert q.get(ids[0]).token == run.token
+        run.done()
+    counts = actions(remote_repo)
+    assert counts[("claim", ids[0])] == 1 and counts[("claim", ids[1])] == 0
+    assert remote_repo.states() == {ids[0]: "done", ids[1]: "pending"}
+    remote_repo.fsck()
+
+
+def test_push_that_died_before_landing(remote_url: str, remote_repo: RemoteRepo) -> None:
+    """The server dies after receiving the objects but before touching the branch: the worker
+    fetches, does not find its commit, and claims again on the tip it sees."""
+    with Queue.init(remote_url, worker="box/0") as q:
+        ids = q.submit([{"args": {"n": i}} for i in range(2)])
+        tip = remote_repo.tip()
+        hook = install_hook(remote_repo.path, "pre-receive", 'rm -f "$0"\nkill -9 $PPID\nexit 1\n')
+        pushes, rejected = q.store.pushes, q.store.rejected_pushes
+        settled = watch_settling(q.store)
+        run = q.claim()
+        assert not hook.exists(), "the server must have been cut off mid-push"
+        assert settled == [PushOutcome.LOST_RACE]
+        assert run is not None and run.id == ids[0]
+        assert (q.store.pushes - pushes, q.store.rejected_pushes - rejected) == (2, 1)
+        assert remote_repo.git("rev-parse", "main~1").strip() == tip
+    counts = actions(remote_repo)
+    assert counts[("claim", ids[0])] == 1 and counts[("claim", ids[1])] == 0
+    assert remote_repo.states() == {ids[0]: "running", ids[1]: "pending"}
+    remote_repo.fsck()
+
+
+# ---------------------------------------------------------------- many processes racing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("transport", "shape"), [("path", "separate"), ("daemon", "combined")])
+def test_eight_processes_drain_300_tasks_exactly_once(
+    transport: str, shape: str, tmp_path: Path, remote_repo: RemoteRepo, workers: list[Workers]
+) -> None:
+    make_bare_repo(remote_repo.path)
+    with GitDaemon(remote_repo.path.parent) if transport == "daemon" else nullcontext() as server:
+        url = server.url("queue.git") if server else str(remote_repo.path)
+        with Queue.init(url, worker="submitter/0") as q:
+            ids = q.submit([{"args": {"seed": i}} for i in range(300)])
+        group = Workers(url, tmp_path, 8, shape)
+        workers.append(group)
+        events = group.finish(timeout=240)
+    assert_drained_exactly_once(remote_repo, str(remote_repo.path), ids, events)
+    if shape == "separate":
+        assert remote_repo.count() == 2 + 2 * 300
+    else:  # a worker's first claim and last done stand alone; the rest share commits
+        assert 2 + 300 < remote_repo.count() <= 2 + 300 + 2 * 8
+    racers = sum(1 for log in events if any(e["event"] == "done" for e in log))
+    rejected = sum(log[-1]["rejected"] for log in events)
+    assert racers >= 2 and rejected > 0, "the workers really raced"
+
+
+@pytest.mark.slow
+def test_workers_recover_when_the_server_goes_away(
+    tmp_path: Path, remote_repo: RemoteRepo, workers: list[Workers]
+) -> None:
+    make_bare_repo(remote_repo.path)
+    server = GitDaemon(remote_repo.path.parent)
+    server.start()
+    try:
+        url = server.url("queue.git")
+        with Queue.init(url, worker="submitter/0") as q:
+            ids = q.submit([{"args": {"seed": i}} for i in range(60)])
+        group = Workers(url, tmp_path, 4)
+        workers.append(group)
+        wait_for(lambda: remote_repo.count() >= 2 + 20, 60, "the drain to get going")
+        server.stop()  # an outage in the middle of the drain: connections in flight are cut
+        stopped_at = [len(log) for log in group.events()]
+        wait_for(
+            lambda: all(
+                any(e["event"] == "unreachable" for e in log[seen:]) or (log and log[-1]["event"] == "empty")
+                for log, seen in zip(group.events(), stopped_at, strict=True)
+            ),
+            60,
+            "every worker to find the server gone",
+        )
+        outage_commits = remote_repo.count()
+        server.start()
+        events = group.finish(timeout=180)
+    finally:
+        server.stop()
+    assert sum(e["event"] == "unreachable" for log in events for e in log) >= 1
+    assert remote_repo.count() > outage_commits, "the drain went on after the outage"
+    assert_drained_exactly_once(remote_repo, str(remote_repo.path), ids, events)
