@@ -158,10 +158,14 @@ def _write_profile(profiler: cProfile.Profile, path: Path, tasks: int, how: str)
 
 
 def _profile_points(profiler: cProfile.Profile, tasks: int) -> list[tuple[str, float, int]]:
-    """(label, cumulative seconds per task, calls per task) for PROFILE_POINTS."""
+    return _points(profiler, tasks, PROFILE_POINTS)
+
+
+def _points(profiler: cProfile.Profile, tasks: int, wanted: list[tuple[str, str, str]]) -> list[tuple[str, float, int]]:
+    """(label, cumulative seconds per task, calls per task) for the ``wanted`` functions."""
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     out = []
-    for suffix, name, label in PROFILE_POINTS:
+    for suffix, name, label in wanted:
         cum = calls = 0.0
         for (filename, _, func), (_, ncalls, _, ct, _) in stats.items():
             if func == name and filename.endswith(suffix):
@@ -197,3 +201,56 @@ def measure(t: Transport, root: Path, *, tasks: int, cycles: int, budget: float,
             remote.url, root / f"gq-{t.kind}", how=how, cycles=cycles, budget=budget, profile=profile
         )
     return CycleResult(t.kind, raw, ours)
+
+
+# Functions that explain the time of `gitqueue work`'s loop beyond the API cycle.
+WORKER_POINTS = [
+    ("gitqueue/worker.py", "_loop", "Worker._loop (everything)"),
+    ("gitqueue/worker.py", "_execute", "Worker._execute (run the command)"),
+    ("subprocess.py", "__init__", "subprocess.Popen() (start `true`, start git)"),
+    ("threading.py", "join", "Thread.join (output pumps)"),
+    ("subprocess.py", "wait", "Popen.wait"),
+    ("gitqueue/worker.py", "_finish", "Worker._finish (finish + next claim)"),
+    ("gitqueue/queue.py", "claim", "Queue.claim"),
+    ("gitqueue/worker.py", "_maybe_reap", "Worker._maybe_reap"),
+    ("gitqueue/gitstore.py", "fetch", "GitStore.fetch"),
+    ("gitqueue/gitstore.py", "push", "GitStore.push"),
+    ("gitqueue/worker.py", "say", "Worker.say (log lines)"),
+]
+
+
+def worker_loop(t: Transport, root: Path, *, tasks: int) -> tuple[float, list[tuple[str, float, int]]]:
+    """`gitqueue work -- true`'s loop in-process: (seconds per task unprofiled, profile points)."""
+    import os
+
+    from gitqueue import Queue
+    from gitqueue.worker import Options, Worker
+
+    per_task = float("nan")
+    points: list[tuple[str, float, int]] = []
+    for profiled in (False, True):
+        remote = t.new_remote("worker-loop")
+        seed_queue(remote.url, tasks + 1, root / f"seed-worker-{profiled}")
+        options = Options(command=["true"], max_tasks=tasks + 1, log_dir=root / "worker-logs")
+        with open(os.devnull, "w") as devnull, Queue(remote.url, worker="bench-w", cache=root / "cache-w") as q:
+            worker = Worker(q, options, log=devnull)
+            first = q.claim  # the first claim fetches the whole queue: keep it out of the figure
+            start: list[float] = []
+
+            def claim(*a: Any, _first: Any = first, _start: list[float] = start, **k: Any) -> Any:
+                run = _first(*a, **k)
+                _start.append(time.perf_counter())
+                return run
+
+            q.claim = claim  # type: ignore[method-assign]
+            profiler = cProfile.Profile()
+            if profiled:
+                profiler.enable()
+            began = time.perf_counter()
+            worker.run()
+            profiler.disable()
+            if not profiled:
+                per_task = (time.perf_counter() - (start[0] if start else began)) / tasks
+            else:
+                points = _points(profiler, tasks, WORKER_POINTS)
+    return per_task, points

@@ -81,7 +81,8 @@ class Report:
             f"- date: {m['date']}",
             f"- machine: {m['nproc']} cores, {m['cpu']}, {m['memory']}",
             f"- git {m['git']}, Python {m['python']}, gitqueue {m['gitqueue']} (commit {m['commit']})",
-            f"- command: `{self.command}`",
+            f"- command: `{self.command}`, took {m.get('took', '?')}",
+            f"- load average before → after: {m.get('load', '?')} (other work on the machine skews figures)",
             "",
         ]
         if self.failures:

@@ -29,8 +29,8 @@ class ScaleResult:
     tasks: int
     build: float = float("nan")  # seconds for the one submit that built the queue
     raw_cycle: float = float("nan")
-    first_ready: float = float("nan")  # fresh cache: open, fetch, list pending, choose
-    first_claim: float = float("nan")  # then the first claim (a push)
+    first_fetch: float = float("nan")  # fresh cache: open the queue and fetch the branch
+    first_ready: float = float("nan")  # fresh cache: open, fetch, first claim landed
     claim: float = float("nan")  # warm worker: q.claim() median
     finish_claim: float = float("nan")  # warm worker: finish + next claim in one commit, median
     claims: int = 0
@@ -121,7 +121,7 @@ def worker_memory(url: str, folder: Path, *, tasks: int, budget: float) -> tuple
 
 def measure(t: Transport, root: Path, *, tasks: int, claims: int, budget: float) -> ScaleResult:
     from gitqueue import Queue
-    from gitqueue.queue import Report, best_pending
+    from gitqueue.queue import Report
 
     res = ScaleResult(t.kind, tasks)
     remote = t.new_remote(f"scale-{tasks}")
@@ -139,12 +139,10 @@ def measure(t: Transport, root: Path, *, tasks: int, claims: int, budget: float)
 
     start = time.perf_counter()
     with Queue(remote.url, worker="bench-new", cache=folder / "cache-new") as q:
-        snap = q.snapshot()
-        best_pending(snap, {})
-        res.first_ready = time.perf_counter() - start
-        t0 = time.perf_counter()
+        q.snapshot()
+        res.first_fetch = time.perf_counter() - start
         run = q.claim()
-        res.first_claim = time.perf_counter() - t0
+        res.first_ready = time.perf_counter() - start
         deadline = time.monotonic() + budget / 2
         claim_times: list[float] = []
         cycle_times: list[float] = []

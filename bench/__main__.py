@@ -1,0 +1,342 @@
+"""``python -m bench``: run the benchmark set, write bench/results/latest.md and print it.
+
+The quick set (default) takes a few minutes on a 2-core machine; ``--full`` adds the drains
+over git daemon and smart HTTP, the 100,000-task queue and the Labtasker comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import cycle, drain, scale
+from bench.env import TRANSPORTS, machine, sandbox, transport
+from bench.report import Report, median, ms
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = "abcdef"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="gitqueue benchmarks, each beside raw git measured in the same run (see bench/README.md).",
+    )
+    p.add_argument("--full", action="store_true", help="everything: all transports, 100,000 tasks, Labtasker")
+    p.add_argument("--parts", default=None, help=f"which parts, e.g. 'ab' or 'c,d' (of {PARTS}; b implies a)")
+    p.add_argument("--transports", default=None, help="for (a)-(c): path,daemon,http")
+    p.add_argument("--workers", default="1,4,16", help="worker counts for (c) [1,4,16]")
+    p.add_argument("--tasks", type=int, default=500, help="tasks per drain in (c) [500]")
+    p.add_argument("--sizes", default=None, help="queue sizes for (d) [1000,10000; --full adds 100000]")
+    p.add_argument("--cycles", type=int, default=None, help="cycles per loop in (a)/(b) [30; --full 100]")
+    p.add_argument("--grid", type=int, default=100, help="(e) submits a SIDE x SIDE grid [100]")
+    p.add_argument("--shared-cache", action="store_true", help="(c) workers share one cache, as on one machine")
+    p.add_argument("--labtasker-venv", type=Path, help="(f) reuse or create Labtasker's venv here")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.md", help="Markdown output [bench/results/latest.md]")
+    p.add_argument("--no-profile", action="store_true", help="skip cProfile of the one-worker cycle")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (repositories, logs)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse(argv)
+    parts = set((opts.parts or (PARTS if opts.full else "abcde")).replace(",", ""))
+    if "b" in parts:
+        parts.add("a")
+    transports = (opts.transports or ",".join(TRANSPORTS)).split(",")
+    drain_transports = (opts.transports or (",".join(TRANSPORTS) if opts.full else "path")).split(",")
+    sizes = [int(s) for s in (opts.sizes or ("1000,10000,100000" if opts.full else "1000,10000")).split(",")]
+    cycles = opts.cycles or (100 if opts.full else 30)
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    report = Report(machine=machine(), command=command.strip())
+    report.machine["load"] = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    profile = None if opts.no_profile else RESULTS / "profile-cycle.txt"
+    if profile:
+        profile.unlink(missing_ok=True)
+    started = time.monotonic()
+    with sandbox(keep=opts.keep) as root:
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if "a" in parts:
+            steps.append(("(a)/(b) cycles", lambda: part_cycles(report, root, transports, cycles, profile)))
+        if "c" in parts:
+            workers = [int(w) for w in opts.workers.split(",")]
+            steps.append(("(c) drains", lambda: part_drains(report, root, drain_transports, workers, opts)))
+        if "d" in parts:
+            steps.append(("(d) scale", lambda: part_scale(report, root, sizes, opts.full)))
+        if "e" in parts:
+            steps.append(("(e) grid", lambda: part_grid(report, root, opts.grid)))
+        if "f" in parts:
+            steps.append(("(f) labtasker", lambda: part_labtasker(report, root, opts)))
+        for name, step in steps:
+            t0 = time.monotonic()
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            try:
+                step()
+            except Exception as exc:  # one broken part must not hide the others' figures
+                traceback.print_exc()
+                report.failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            print(f"bench: {name} took {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
+    report.machine["load"] += " → {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    report.machine["took"] = f"{time.monotonic() - started:.0f}s"
+    text = report.markdown()
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(text)
+    print(text)
+    print(f"bench: wrote {opts.out}", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+# ---------------------------------------------------------------- (a) and (b)
+
+
+def part_cycles(report: Report, root: Path, transports: list[str], cycles: int, profile: Path | None) -> None:
+    raw = report.section(
+        "(a) Raw-git ceiling: fetch, build a one-file-move commit with git plumbing, push (one client)",
+        ["transport", "build", "cycles/s", "cycle", "fetch", "build", "push", "cycles"],
+    )
+    ours = report.section(
+        "(b) gitqueue, one worker, Python API (per task; ratio to the raw ceiling of the same transport)",
+        ["transport", "loop", "per task", "tasks/s", "x raw cycle", "x raw per commit", "pushes/task",
+         "fetches/task", "fetch/task", "push/task", "rest/task"],
+    )  # fmt: skip
+    results = []
+    for kind in transports:
+        with transport(kind, root / "srv" / f"cycles-{kind}") as t:
+            res = cycle.measure(
+                t, root, tasks=max(200, 2 * cycles + 20), cycles=cycles, budget=60.0,
+                profile=profile if kind == "path" else None,
+            )  # fmt: skip
+        results.append(res)
+        for how, p in res.raw.items():
+            c = median(p.cycle)
+            raw.add(kind, how, 1 / c, ms(c), ms(median(p.fetch)), ms(median(p.build)), ms(median(p.push)), len(p.cycle))
+        best_how, best = res.raw_best()
+        for how, q in res.gitqueue.items():
+            n = len(q.per_task)
+            per = median(q.per_task)
+            commits = 2 if how == "claim+done" else 1
+            ours.add(
+                kind, how, ms(per), 1 / per, per / best, per / (best * commits), q.pushes / n, q.fetches / n,
+                ms(q.fetch / n), ms(q.push / n), ms(q.other() / n),
+            )  # fmt: skip
+        ratio = median(res.gitqueue["finish+claim"].per_task) / best
+        report.target(
+            f"one worker's cycle ≤ 1.25x raw plumbing cycle ({kind})",
+            f"finish+claim {ms(median(res.gitqueue['finish+claim'].per_task))} vs raw ({best_how}) {ms(best)}: "
+            f"{ratio:.2f}x; claim+done {median(res.gitqueue['claim+done'].per_task) / best:.2f}x (2 commits)",
+            ratio <= 1.25,
+        )
+    raw.notes.append(
+        "Medians. `index`: temporary index (read-tree, update-index, write-tree) + commit-tree; "
+        "`mktree`: ls-tree/mktree of the changed trees + commit-tree. The ceiling is the faster of the two. "
+        "Pure rename (same blob); fetch with protocol v0 like gitqueue."
+    )
+    ours.notes.append(
+        "`claim+done`: q.claim() then run.done() (2 commits per task). `finish+claim`: q.finish(report, "
+        "then_claim={}) (1 commit per task, what `gitqueue work` does). `x raw per commit` divides by "
+        "commits per task. `rest` = per-task time minus git fetch and push: choosing, YAML, objects."
+    )
+    if cycle.phases_profile:
+        where = report.section(
+            "Where the time goes: one worker's cycle on a path remote (cProfile, cumulative per task)",
+            ["loop", "function", "per task", "calls/task"],
+        )
+        for how, points in cycle.phases_profile.items():
+            for label, seconds, calls in points:
+                where.add(how, label, ms(seconds), calls)
+        path_res = next((r for r in results if r.transport == "path"), None)
+        if path_res:
+            for how, p in path_res.raw.items():
+                where.notes.append(
+                    f"Raw git ({how}) on the same remote: fetch {ms(median(p.fetch))}, build {ms(median(p.build))}, "
+                    f"push {ms(median(p.push))} per cycle."
+                )
+        where.notes.append("cProfile slows Python code; the full listing is in bench/results/profile-cycle.txt.")
+    if "path" in transports and profile is not None:
+        with transport("path", root / "srv" / "worker-loop") as t:
+            per_task, points = cycle.worker_loop(t, root, tasks=cycles)
+        loop = report.section(
+            "Where the time goes: `gitqueue work -- true`'s loop in-process, path remote (cProfile per task)",
+            ["function", "per task", "calls/task"],
+        )
+        for label, seconds, calls in points:
+            loop.add(label, ms(seconds), calls)
+        loop.notes.append(
+            f"Unprofiled, the same loop takes {ms(per_task)} per task ({1 / per_task:.1f} tasks/s) in one process; "
+            "compare the API's finish+claim above and the 1-worker drain in (c), which adds process start-up."
+        )
+
+
+# ---------------------------------------------------------------- (c)
+
+
+def part_drains(
+    report: Report, root: Path, transports: list[str], workers: list[int], opts: argparse.Namespace
+) -> None:
+    section = report.section(
+        f"(c) Draining {opts.tasks} trivial tasks with `gitqueue work -- true` processes",
+        ["transport", "workers", "tasks/s", "tasks/s (wall)", "vs 1 worker", "push attempts/task",
+         "rejected/task", "landed commits/task", "exactly once", "time"],
+    )  # fmt: skip
+    for kind in transports:
+        base: float | None = None
+        with transport(kind, root / "srv" / f"drain-{kind}") as t:
+            for n in workers:
+                r = drain.drain(t, root, workers=n, tasks=opts.tasks, budget=240.0, shared_cache=opts.shared_cache)
+                if n == 1:
+                    base = r.tasks_per_s
+                rel = r.tasks_per_s / base if base else float("nan")
+                done = "" if r.finished else " (timed out)"
+                section.add(
+                    kind, n, r.tasks_per_s, r.wall_tasks_per_s, rel, r.pushes / r.tasks, r.rejected / r.tasks,
+                    r.check.commits / r.tasks, r.check.summary(), f"{r.wall:.1f}s{done}",
+                )  # fmt: skip
+                if not r.check.ok:
+                    report.failures.append(f"(c) {kind} {n} workers: exactly-once check {r.check.summary()}")
+                if n == 16 and base:
+                    report.target(
+                        f"16 workers ≥ 0.8x one worker's tasks/s ({kind})",
+                        f"{r.tasks_per_s:.1f} vs {base:.1f} tasks/s: {rel:.2f}x",
+                        rel >= 0.8,
+                    )
+                if n == 1:
+                    report.target(
+                        f"at most one push per task, one worker ({kind})",
+                        f"{r.pushes / r.tasks:.3f} push attempts/task, {r.check.commits / r.tasks:.3f} landed",
+                        r.pushes / r.tasks <= 1.0 + 2 / r.tasks,  # the last finish and the final empty claim
+                    )
+    section.notes.append(
+        "tasks/s: from the first worker ready (queue opened) to the last worker's exit; (wall) also counts "
+        "process start-up. Push attempts and rejections come from each worker's GITQUEUE_STATS_FILE; landed "
+        "commits and the exactly-once check from the remote's branch (`git log`, `git ls-tree`): every task in "
+        "done/ once, no id in two folders, one claim per task unless retried."
+        + (" Workers share one cache." if opts.shared_cache else " Each worker has its own cache.")
+    )
+
+
+# ---------------------------------------------------------------- (d) and (e)
+
+
+def part_scale(report: Report, root: Path, sizes: list[int], full: bool) -> None:
+    results = []
+    with transport("path", root / "srv" / "scale") as t:
+        for n in sizes:
+            budget = 600.0 if n >= 100_000 else 180.0
+            print(f"bench:   {n:,} tasks", file=sys.stderr, flush=True)
+            results.append(scale.measure(t, root, tasks=n, claims=20, budget=budget))
+    section = report.section(
+        "(d) Scale: one queue of N pending tasks on a local bare remote", ["figure", *(f"{r.tasks:,}" for r in results)]
+    )
+
+    def row(label: str, get: Callable[[scale.ScaleResult], object]) -> None:
+        section.add(label, *(get(r) for r in results))
+
+    def secs(v: float) -> str:
+        return f"> {-v:.0f} s (timed out)" if v < 0 else f"{v:.2f} s"
+
+    row("build the queue: one submit of N tasks (API)", lambda r: secs(r.build))
+    row("raw-git cycle at this size (mktree)", lambda r: ms(r.raw_cycle))
+    row("claim, warm worker (median)", lambda r: ms(r.claim))
+    row("finish + next claim, one commit (median)", lambda r: ms(r.finish_claim))
+    row("claim ÷ raw cycle", lambda r: r.claim / r.raw_cycle)
+    row("new worker (fresh cache): open + first fetch", lambda r: secs(r.first_fetch))
+    row("new worker (fresh cache): open until its first claim landed", lambda r: secs(r.first_ready))
+    row("packed bytes per state change (repack -ad)", lambda r: f"{r.packed_per_change:,.0f} B")
+    row("loose bytes per state change on the server", lambda r: f"{r.loose_per_change:,.0f} B")
+    row("largest folder (entries)", lambda r: f"{r.largest_folder[1]:,} ({r.largest_folder[0]})")
+    for name in results[0].cli if results else []:
+        row(f"`gitqueue {name}`", lambda r, name=name: secs(r.cli.get(name, float("nan"))))
+    row(
+        "`gitqueue work` peak RSS (own / with git children)",
+        lambda r: f"{r.worker_rss_mb:.0f} / {r.worker_tree_rss_mb:.0f} MB",
+    )
+    section.notes.append(
+        "State changes for the growth figures: the claims measured here (claim, finish+claim, finish), "
+        "counted on the remote. CLI times include Python start-up; `status`/`ls`/`results` after one run "
+        "warmed the CLI's cache. RSS: VmHWM of the worker process (10 tasks, fresh cache)."
+    )
+    if not results:
+        return
+    small, big = results[0], results[-1]
+    at = f"at {big.tasks:,}"
+    final = big.tasks >= 100_000
+    note = "" if final else " (100,000 is in --full)"
+
+    def judge(ok: bool) -> bool | None:
+        return ok if final else None
+
+    ratio = big.claim / small.claim
+    report.target(
+        f"claim at 100,000 ≤ 1.5x claim at 1,000{note}",
+        f"{ms(big.claim)} {at} vs {ms(small.claim)} at {small.tasks:,}: {ratio:.2f}x",
+        judge(ratio <= 1.5),
+    )
+    report.target(
+        f"≤ 2 KB packed per state change{note}",
+        f"{big.packed_per_change:,.0f} B {at}",
+        judge(big.packed_per_change <= 2048),
+    )
+    report.target(
+        f"no folder over 1,000 entries{note}", f"{big.largest_folder[1]:,} {at}", judge(big.largest_folder[1] <= 1000)
+    )
+    report.target(
+        f"new worker ready < 10 s{note}",
+        f"{big.first_ready:.2f} s {at} to its first claim (first fetch {big.first_fetch:.2f} s)",
+        judge(0 <= big.first_ready < 10),
+    )
+    status = big.cli.get("status", float("nan"))
+    cold = big.cli.get("status (fresh cache)", float("nan"))
+    report.target(f"`status` < 2 s{note}", f"{status:.2f} s {at} (fresh cache {cold:.2f} s)", judge(0 <= status < 2))
+    report.target(f"worker memory < 150 MB{note}", f"{big.worker_rss_mb:.0f} MB {at}",
+                  judge(big.worker_rss_mb < 150))  # fmt: skip
+
+
+def part_grid(report: Report, root: Path, side: int) -> None:
+    with transport("path", root / "srv" / "grid") as t:
+        g = scale.grid(t, root, side=side, budget=300.0)
+    section = report.section(
+        f"(e) Submitting a {g.tasks:,}-task grid with the CLI (local bare remote)",
+        ["what", "seconds", "tasks/s", "commits"],
+    )
+    section.add(f"`gitqueue submit --grid a=… --grid b=…` ({side}x{side})", g.cli, g.tasks / g.cli, g.commits)
+    section.add("raw git: fast-import of the same files + push", g.raw, g.tasks / g.raw, 1)
+    section.notes.append(f"gitqueue ÷ raw git: {g.cli / g.raw:.1f}x. The CLI time includes Python start-up.")
+
+
+# ---------------------------------------------------------------- (f)
+
+
+def part_labtasker(report: Report, root: Path, opts: argparse.Namespace) -> None:
+    from bench import labtasker_compare as lc
+
+    bin_dir = lc.ensure_venv(opts.labtasker_venv or root / "labtasker-venv")
+    lab = lc.drain_labtasker(bin_dir, root / "labtasker", tasks=opts.tasks, workers=4, budget=300.0)
+    with transport("path", root / "srv" / "labtasker-gq") as t:
+        ours = drain.drain(t, root, workers=4, tasks=opts.tasks, budget=300.0)
+    section = report.section(
+        f"(f) Labtasker {lc.VERSION} beside gitqueue: {opts.tasks} trivial tasks, 4 workers, same run",
+        ["system", "tasks/s (wall)", "time", "done", "exactly once"],
+    )
+    section.add(
+        f"Labtasker {lc.VERSION} (SQLite server, Unix socket; `labtasker loop -- true`)",
+        lab.tasks_per_s,
+        f"{lab.wall:.1f}s",
+        lab.succeeded,
+        "ok" if lab.exactly_once else f"attempts {lab.attempts}",
+    )
+    section.add("gitqueue (local bare remote; `gitqueue work -- true`)", ours.wall_tasks_per_s, f"{ours.wall:.1f}s",
+                ours.check.done, ours.check.summary())  # fmt: skip
+    section.notes.append("Both timed from launching the 4 workers to the last one's exit (start-up included).")
+    ratio = ours.wall_tasks_per_s / lab.tasks_per_s
+    measured = f"{ours.wall_tasks_per_s:.1f} vs {lab.tasks_per_s:.1f} tasks/s: {ratio:.2f}x"
+    report.target("4 workers on a local bare remote ≥ Labtasker 2.8", measured, ratio >= 1.0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
