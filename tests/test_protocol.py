@@ -52,6 +52,14 @@ def fetch(self, **options):
         raise
 
 GitStore.fetch = fetch
+real_settle = GitStore._settle
+
+def settle(self, new):
+    outcome = real_settle(self, new)
+    note("settled", outcome=outcome.value)
+    return outcome
+
+GitStore._settle = settle
 with Queue.open(url, worker=name, patience=90) as q:
     run = q.claim()
     while run is not None:
@@ -66,6 +74,31 @@ with Queue.open(url, worker=name, patience=90) as q:
         note("done", id=run.id)
         run = following
     note("empty", pushes=q.store.pushes, rejected=q.store.rejected_pushes)
+"""
+
+# The same loop as a script would write it around the installed command: `gitqueue claim
+# --format json` until it exits 3, and `gitqueue done ID --token TOKEN` for each task.
+CLI_WORKER = r"""
+import json, shutil, subprocess, sys
+
+url, name, log_path, _ = sys.argv[1:5]
+log = open(log_path, "a", buffering=1)
+exe = shutil.which("gitqueue")
+common = ["--queue", url, "--worker", name]
+while True:
+    claim = subprocess.run([exe, "claim", "--format", "json", *common], capture_output=True, text=True)
+    if claim.returncode == 3:
+        break
+    assert claim.returncode == 0, claim.stderr
+    task = json.loads(claim.stdout)
+    log.write(json.dumps({"event": "claimed", "id": task["id"], "token": task["token"]}) + "\n")
+    done = subprocess.run(
+        [exe, "done", task["id"], "--token", task["token"], "--result", f"worker={name}", *common],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    log.write(json.dumps({"event": "done", "id": task["id"]}) + "\n")
+log.write(json.dumps({"event": "empty", "rejected": None}) + "\n")
 """
 
 
@@ -109,7 +142,7 @@ class Workers:
         self.logs = [folder / f"racer-{i}.log" for i in range(count)]
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-c", WORKER, url, f"racer/{i}", str(log), shape],
+                [sys.executable, "-c", CLI_WORKER if shape == "cli" else WORKER, url, f"racer/{i}", str(log), shape],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -362,6 +395,24 @@ def test_eight_processes_drain_300_tasks_exactly_once(
 
 
 @pytest.mark.slow
+def test_claim_and_done_loops_of_the_installed_command(
+    tmp_path: Path, remote_repo: RemoteRepo, workers: list[Workers]
+) -> None:
+    """The black-box check: several shell-style `gitqueue claim` / `gitqueue done` loops over
+    git daemon end with every task in done/ exactly once."""
+    make_bare_repo(remote_repo.path)
+    with GitDaemon(remote_repo.path.parent) as server:
+        url = server.url("queue.git")
+        with Queue.init(url, worker="submitter/0") as q:
+            ids = q.submit([{"args": {"seed": i}} for i in range(24)])
+        group = Workers(url, tmp_path, 4, "cli")
+        workers.append(group)
+        events = group.finish(timeout=180)
+    assert_drained_exactly_once(remote_repo, str(remote_repo.path), ids, events)
+    assert remote_repo.count() == 2 + 2 * 24
+
+
+@pytest.mark.slow
 def test_workers_recover_when_the_server_goes_away(
     tmp_path: Path, remote_repo: RemoteRepo, workers: list[Workers]
 ) -> None:
@@ -372,8 +423,20 @@ def test_workers_recover_when_the_server_goes_away(
         url = server.url("queue.git")
         with Queue.init(url, worker="submitter/0") as q:
             ids = q.submit([{"args": {"seed": i}} for i in range(60)])
+        # Two pushes will be in flight when the server goes: the server holds the first at
+        # pre-receive (objects sent, branch not moved) and the next right after the branch
+        # moved (reference-transaction "committed"), until the outage cuts them off.
+        held = {"pre-receive": tmp_path / "held-pre", "reference-transaction": tmp_path / "held-ref"}
+        for hook, marker in held.items():
+            armed = tmp_path / f"armed-{hook}"
+            armed.mkdir()
+            first = '[ "$1" = committed ] || exit 0\n' if hook == "reference-transaction" else ""
+            install_hook(
+                remote_repo.path, hook, f"{first}rmdir {armed} 2>/dev/null || exit 0\ntouch {marker}\nexec sleep 600\n"
+            )
         group = Workers(url, tmp_path, 4)
         workers.append(group)
+        wait_for(lambda: all(m.exists() for m in held.values()), 60, "two pushes to be held by the server")
         wait_for(lambda: remote_repo.count() >= 2 + 20, 60, "the drain to get going")
         server.stop()  # an outage in the middle of the drain: connections in flight are cut
         stopped_at = [len(log) for log in group.events()]
@@ -391,5 +454,8 @@ def test_workers_recover_when_the_server_goes_away(
     finally:
         server.stop()
     assert sum(e["event"] == "unreachable" for log in events for e in log) >= 1
+    settled = Counter(e["outcome"] for log in events for e in log if e["event"] == "settled")
+    assert settled["landed"] >= 1, "the push cut off after the branch moved is found to have landed"
+    assert settled["lost race"] >= 1, "the push cut off before the branch moved is found not to have"
     assert remote_repo.count() > outage_commits, "the drain went on after the outage"
     assert_drained_exactly_once(remote_repo, str(remote_repo.path), ids, events)
