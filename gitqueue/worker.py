@@ -186,6 +186,9 @@ class Worker:
                 if not self.options.wait and (self.options.idle_timeout is None or waited >= self.options.idle_timeout):
                     self.say("nothing to claim")
                     return 0
+                if waited == 0:
+                    patience = "" if self.options.wait else f" for up to {self.options.idle_timeout:g}s"
+                    self.say(f"nothing to claim; waiting for tasks{patience}")
                 self._pause(min(delay, max(self.options.reap_every, 0.5)))
                 delay = min(delay * 2, self.options.poll_max)
                 self._maybe_reap(force=True)
@@ -325,6 +328,9 @@ class Worker:
                 if self.signal is None:
                     raise
                 return Report(run.id, run.token, "interrupted", error=f"worker stopped by signal {self.signal}")
+            except BaseException:  # anything else ends the worker: never leave the child running
+                self._stop_child(child, first=signal.SIGKILL)
+                raise
             for pump in pumps:
                 pump.join(timeout=5)
         code = child.returncode
@@ -348,13 +354,19 @@ class Worker:
 
     def _stop_child(self, child: subprocess.Popen[bytes], *, first: int = signal.SIGTERM) -> None:
         """Signal the child's process group (the signal the worker got, else SIGTERM), then
-        SIGKILL it after the grace period."""
-        for sig, wait in ((first, self.options.grace), (signal.SIGKILL, 5.0)):
+        SIGKILL it after the grace period. A second Ctrl-C meanwhile cuts the grace short."""
+        try:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, sig)
+                os.killpg(child.pid, first)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=wait)
+                child.wait(timeout=self.options.grace)
                 return
+        except KeyboardInterrupt:
+            self.say("stopping the run now")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5.0)
 
     # ------------------------------------------------------------ plumbing
 
