@@ -34,7 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", default="1,4,16", help="worker counts for (c) [1,4,16]")
     p.add_argument("--tasks", type=int, default=500, help="tasks per drain in (c) [500]")
     p.add_argument("--sizes", default=None, help="queue sizes for (d) [1000,10000; --full adds 100000]")
-    p.add_argument("--cycles", type=int, default=None, help="cycles per loop in (a)/(b) [30; --full 100]")
+    p.add_argument("--cycles", type=int, default=None, help="cycles per loop in (a)/(b) [20; --full 100]")
     p.add_argument("--grid", type=int, default=100, help="(e) submits a SIDE x SIDE grid [100]")
     p.add_argument("--shared-cache", action="store_true", help="(c) workers share one cache, as on one machine")
     p.add_argument("--labtasker-venv", type=Path, help="(f) reuse or create Labtasker's venv here")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     transports = (opts.transports or ",".join(TRANSPORTS)).split(",")
     drain_transports = (opts.transports or (",".join(TRANSPORTS) if opts.full else "path")).split(",")
     sizes = [int(s) for s in (opts.sizes or ("1000,10000,100000" if opts.full else "1000,10000")).split(",")]
-    cycles = opts.cycles or (100 if opts.full else 30)
+    cycles = opts.cycles or (100 if opts.full else 20)
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     report = Report(machine=machine(), command=command.strip())
     report.machine["load"] = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
@@ -188,7 +188,8 @@ def part_drains(
         base: float | None = None
         with transport(kind, root / "srv" / f"drain-{kind}") as t:
             for n in workers:
-                r = drain.drain(t, root, workers=n, tasks=opts.tasks, budget=240.0, shared_cache=opts.shared_cache)
+                budget = 300.0 if opts.full else 120.0
+                r = drain.drain(t, root, workers=n, tasks=opts.tasks, budget=budget, shared_cache=opts.shared_cache)
                 if n == 1:
                     base = r.tasks_per_s
                 rel = r.tasks_per_s / base if base else float("nan")

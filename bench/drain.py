@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -115,6 +116,9 @@ def drain(
     wall, finished, stats = run_workers(remote.url, folder, workers=workers, budget=budget, shared_cache=shared_cache)
     steady = max(s["ended"] for s in stats) - min(s["started"] for s in stats) if stats else wall
     steady = min(steady, wall) if steady > 0 else wall
+    check = exactly_once(remote.path, ids, seed)
+    for done_with in (folder, remote.path):  # caches, logs, rejected pushes: tens of thousands of files
+        shutil.rmtree(done_with, ignore_errors=True)
     return DrainResult(
         transport=t.kind,
         workers=workers,
@@ -125,5 +129,5 @@ def drain(
         pushes=int(sum(s["pushes"] for s in stats)),
         rejected=int(sum(s["rejected_pushes"] for s in stats)),
         stats_files=len(stats),
-        check=exactly_once(remote.path, ids, seed),
+        check=check,
     )

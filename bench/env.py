@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -62,7 +63,9 @@ def sandbox(*, keep: bool = False) -> Iterator[Path]:
         if keep:
             print(f"bench: kept {root}")
         else:
+            t = time.monotonic()
             shutil.rmtree(root, ignore_errors=True)
+            print(f"bench: removed {root} in {time.monotonic() - t:.0f}s", file=sys.stderr)
 
 
 def git(
@@ -184,7 +187,5 @@ def seed_queue(url: str, tasks: int, folder: Path, *, args: str = "i") -> tuple[
 
 def gitqueue_command() -> list[str]:
     """The installed ``gitqueue`` entry point, else ``python -m gitqueue``."""
-    import sys
-
     found = shutil.which("gitqueue")
     return [found] if found else [sys.executable, "-m", "gitqueue"]
