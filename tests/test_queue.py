@@ -92,6 +92,20 @@ def test_embedded_queue_needs_no_url(tmp_path: Path) -> None:
         assert [t.id for t in q.tasks(State.PENDING)] == ["000001-x1"]
 
 
+def test_init_creates_a_missing_local_remote_and_takes_file_urls(tmp_path: Path) -> None:
+    fresh = tmp_path / "new" / "queue.git"
+    with Queue.init(str(fresh), worker="w/0") as q:
+        q.submit([{"id": "one", "args": {"a": 1}}])
+    assert RemoteRepo(fresh).git("rev-parse", "--is-bare-repository").strip() == "true"
+    assert RemoteRepo(fresh).states() == {"one": "pending"}
+    with Queue.init(fresh.as_uri(), worker="w/1") as q:
+        run = q.claim()
+        assert run is not None and run.id == "one"
+        run.done()
+    assert RemoteRepo(fresh).states() == {"one": "done"}
+    assert RemoteRepo(fresh).count() == 4
+
+
 def test_open_refuses_what_is_not_a_queue(tmp_path: Path, bare_remote: Path) -> None:
     with pytest.raises(QueueNotFound, match="not a gitqueue queue yet"):
         Queue.open(str(bare_remote))
