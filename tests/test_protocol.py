@@ -403,12 +403,12 @@ def test_claim_and_done_loops_of_the_installed_command(
     with GitDaemon(remote_repo.path.parent) as server:
         url = server.url("queue.git")
         with Queue.init(url, worker="submitter/0") as q:
-            ids = q.submit([{"args": {"seed": i}} for i in range(24)])
+            ids = q.submit([{"args": {"seed": i}} for i in range(16)])
         group = Workers(url, tmp_path, 4, "cli")
         workers.append(group)
         events = group.finish(timeout=180)
     assert_drained_exactly_once(remote_repo, str(remote_repo.path), ids, events)
-    assert remote_repo.count() == 2 + 2 * 24
+    assert remote_repo.count() == 2 + 2 * 16
 
 
 @pytest.mark.slow
