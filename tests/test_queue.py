@@ -186,6 +186,28 @@ def test_submitting_an_id_with_different_content_commits_nothing(queue: Queue, r
     assert remote_repo.states() == {"exp-1": "pending"}
 
 
+def test_a_submit_that_loses_a_race_numbers_its_ids_again(
+    bare_remote: Path, remote_repo: RemoteRepo, tmp_path: Path
+) -> None:
+    with (
+        Queue.init(str(bare_remote), worker="a/0", cache=tmp_path / "a") as one,
+        Queue.open(str(bare_remote), worker="b/0", cache=tmp_path / "b") as two,
+    ):
+        real_push = one.store.push
+        theirs: list[str] = []
+
+        def push_after_the_other(new: str, old: str | None, **options: object) -> object:
+            if not theirs:
+                theirs.extend(two.submit([{"args": {"who": "b"}}, {"args": {"who": "b2"}}]))
+            return real_push(new, old, **options)  # type: ignore[arg-type]
+
+        one.store.push = push_after_the_other  # type: ignore[method-assign]
+        ours = one.submit([{"args": {"who": "a"}}])
+    assert theirs == ["000001-whob", "000002-whob2"] and ours == ["000003-whoa"]
+    assert remote_repo.states() == dict.fromkeys([*theirs, *ours], "pending")
+    assert remote_repo.log()[1:] == ["submit 2 tasks", "submit 000003-whoa"]
+
+
 @pytest.mark.parametrize(
     ("spec", "error"),
     [

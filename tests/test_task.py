@@ -301,6 +301,20 @@ def test_comments_and_key_order_survive_claim_and_done(queue: Queue, remote_repo
     assert task.attempts[0]["token"] == run.token
 
 
+def test_a_persons_edit_to_a_running_task_survives_its_finish(queue: Queue, remote_repo: RemoteRepo) -> None:
+    remote_repo.person_commit({"pending/warm.yaml": HAND_WRITTEN})
+    run = queue.claim()
+    assert run is not None
+    running = remote_repo.read("running/warm.yaml")
+    edited = running.replace("tags: [sweep-7]\n", "tags: [sweep-7, promising]  # looks good so far\n")
+    assert edited != running
+    remote_repo.person_commit({"running/warm.yaml": edited}, "tag a promising run")
+    run.done({"loss": 0.1})
+    final = remote_repo.read("done/warm.yaml")
+    assert final.startswith(edited.partition(MARKER)[0] + MARKER)
+    assert parse_task(final.encode(), path="done/warm.yaml").tags == ["sweep-7", "promising"]
+
+
 def test_comments_survive_fail_requeue_and_cancel(queue: Queue, remote_repo: RemoteRepo) -> None:
     remote_repo.person_commit({"pending/warm.yaml": HAND_WRITTEN})
     run = queue.claim()
