@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,8 +19,11 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from gitqueue import __version__
-from gitqueue.errors import GitqueueError, InvalidTask, NothingToClaim
+from gitqueue import __version__, hooks
+from gitqueue import validate as validate_rules
+from gitqueue.config import SETTINGS_FILE
+from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
+from gitqueue.gitstore import LocalRepo
 from gitqueue.queue import Queue, default_worker
 from gitqueue.task import State, Task, load_yaml
 
@@ -58,6 +62,10 @@ WorkerOpt = Annotated[
 TokenOpt = Annotated[
     str | None,
     typer.Option("--token", envvar="GITQUEUE_TOKEN", help="The run's token from `claim`; without it, any run."),
+]
+WhereOpt = Annotated[
+    str | None,
+    typer.Option("--where", "-W", help="""A filter like 'args.lr < 0.01 and "s3" in tags' (see ls --help)."""),
 ]
 err = Console(stderr=True)
 # In a terminal tables fit its width; piped into a file or a pager, rows stay whole.
@@ -312,35 +320,46 @@ def fail(
 
 @app.command()
 def requeue(
-    task_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
+    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    where: WhereOpt = None,
     queue: QueueOpt = None,
 ) -> None:
     """Send tasks back to pending: to rerun done ones, retry failed ones, revive cancelled ones.
 
-    A running task's run is cut off: its later report changes nothing.
+    A running task's run is cut off: its later report changes nothing. With --where, every
+    task the filter matches that is not pending, in the same one commit.
 
     \b
-    Example:
+    Examples:
       gitqueue requeue 000007-lr0.1-bs64 000008-lr0.1-bs128
+      gitqueue requeue --where 'state == "failed" and args.lr < 0.1'
     """
+    if not task_ids and where is None:
+        raise typer.BadParameter("name tasks, or select them with --where", param_hint="ID")
     with Queue.open(queue) as q:
-        ids = q.requeue(task_ids)
+        ids = q.requeue(task_ids or [], where=where)
     typer.echo(f"requeued {len(ids)}: {' '.join(ids)}")
 
 
 @app.command()
 def cancel(
-    task_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
+    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    where: WhereOpt = None,
     queue: QueueOpt = None,
 ) -> None:
     """Withdraw pending or running tasks (a running task's worker stops it).
 
+    With --where, every pending or running task the filter matches, in one commit.
+
     \b
-    Example:
+    Examples:
       gitqueue cancel 000012-lr0.001-bs32
+      gitqueue cancel --where 'args.lr >= 0.1 and "sweep-3" in tags'
     """
+    if not task_ids and where is None:
+        raise typer.BadParameter("name tasks, or select them with --where", param_hint="ID")
     with Queue.open(queue) as q:
-        ids = q.cancel(task_ids)
+        ids = q.cancel(task_ids or [], where=where)
     typer.echo(f"cancelled {len(ids)}: {' '.join(ids)}")
 
 
@@ -350,6 +369,7 @@ def ls(
         str | None, typer.Option("--state", "-s", help="pending, running, done, failed, cancelled.")
     ] = None,
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
+    where: WhereOpt = None,
     queue: QueueOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
@@ -359,12 +379,21 @@ def ls(
     Examples:
       gitqueue ls --state pending
       gitqueue ls --tag sweep-1 --format json
+      gitqueue ls --where 'args.lr < 0.01 and "sweep-3" in tags'
+      gitqueue ls --where 'state in ["failed", "cancelled"] or result.acc >= 0.9'
+
+    \b
+    --where fields: id state priority tags args.NAME requires.NAME max_attempts lease
+      cmd result.NAME attempts (runs so far) worker submitted.at submitted.by
+    operators: < <= > >= == != in, not in, and, or, not, ( ); literals: 0.01 "text"
+      true false null [lists]. A missing field is null and never orders: args.lr < 1
+      skips tasks without lr. Numbers compare with numbers, strings with strings.
     """
     _check_format(fmt, ("table", "json", "ids"))
     if state is not None and state not in {s.value for s in State}:
         raise typer.BadParameter(f"{state!r}: one of {', '.join(s.value for s in State)}", param_hint="--state")
     with Queue.open(queue) as q:
-        tasks = [t for t in q.tasks(state) if tag is None or tag in t.tags]
+        tasks = [t for t in q.tasks(state, where=where) if tag is None or tag in t.tags]
     if fmt == "json":
         _print_json([t.to_dict() for t in tasks])
     elif fmt == "ids":
@@ -547,6 +576,7 @@ def reap(
 def results(
     state: Annotated[str, typer.Option("--state", "-s", help="State of the tasks to show.")] = "done",
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
+    where: WhereOpt = None,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
 ) -> None:
@@ -557,12 +587,13 @@ def results(
       gitqueue results
       gitqueue results --format csv > sweep.csv
       gitqueue results --state failed --format json
+      gitqueue results --where 'result.acc >= 0.9 and args.lr < 0.01'
     """
     _check_format(fmt, ("table", "csv", "json"))
     if state not in {s.value for s in State}:
         raise typer.BadParameter(f"{state!r}: one of {', '.join(s.value for s in State)}", param_hint="--state")
     with Queue.open(queue) as q:
-        rows = [_result_row(t) for t in q.tasks(state) if tag is None or tag in t.tags]
+        rows = [_result_row(t) for t in q.tasks(state, where=where) if tag is None or tag in t.tags]
     if fmt == "json":
         _print_json(rows)
         return
@@ -594,6 +625,183 @@ def _result_row(task: Task) -> dict[str, Any]:
     if task.state is not State.DONE and last.get("error"):
         row["error"] = str(last["error"]).strip().splitlines()[-1][:200]
     return row
+
+
+# ---------------------------------------------------------------- people in the loop: validate, hooks, edit, set, log
+
+
+@app.command()
+def validate(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(metavar="[PATH]...", help="Task files or folders on disk.")
+    ] = None,
+    all_files: Annotated[bool, typer.Option("--all", help="Every file of the queue (the default).")] = False,
+    staged: Annotated[bool, typer.Option("--staged", help="What `git commit` would add in this clone.")] = False,
+    since: Annotated[
+        str | None, typer.Option(metavar="REV", help="Each commit after REV up to HEAD, as the server hook checks.")
+    ] = None,
+    queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
+) -> None:
+    """Check task files and print one line per problem; exit 1 if there is any.
+
+    Malformed YAML (with line and column), unknown or wrongly typed fields, bad ids, a task
+    in two folders, task-looking files outside the state folders, symlinks. In a clone of
+    the queue, checks the files on disk; elsewhere, the queue's remote (--queue, else
+    GITQUEUE_QUEUE, else ./.gitqueue). Workers and the git hooks apply the same checks.
+
+    \b
+    Examples:
+      gitqueue validate                       # every file of this clone (or the queue)
+      gitqueue validate pending/lr0.01.yaml   # one file, e.g. before you commit it
+      gitqueue validate --staged              # what the pre-commit hook checks
+      gitqueue validate --since origin/main   # new commits, as the server hook checks them
+    """
+    _check_format(fmt, ("text", "json"))
+    top = validate_rules.queue_top()
+    if (staged or since) and top is None:
+        raise typer.BadParameter("--staged and --since work in a clone of the queue", param_hint="--staged/--since")
+    if staged or since:
+        with LocalRepo(top or Path.cwd()) as repo:
+            problems = validate_rules.check_staged(repo) if staged else validate_rules.check_since(repo, since or "")
+    elif paths:
+        problems = validate_rules.check_disk(top or Path.cwd(), paths)
+    elif queue is None and top is not None and (top / SETTINGS_FILE).exists():
+        problems = validate_rules.check_disk(top)
+    else:
+        with Queue.open(queue) as q:
+            problems = q.validate()
+    if fmt == "json":
+        _print_json([{"path": validate_rules.display(p.path), "problem": p.message} for p in problems])
+    else:
+        for problem in problems:
+            typer.echo(problem.message)
+        files = len({p.path for p in problems})
+        plural = "s" * (len(problems) != 1), "s" * (files != 1)
+        err.print(f"{len(problems)} problem{plural[0]} in {files} file{plural[1]}" if problems else "no problems")
+    if problems:
+        raise typer.Exit(1)
+
+
+hooks_app = typer.Typer(
+    help="Git hooks that refuse changes leaving the queue invalid.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(hooks_app, name="hooks")
+
+
+@hooks_app.command("install")
+def hooks_install(
+    server: Annotated[
+        Path | None, typer.Option(metavar="BARE_REPO", help="The repository that serves the queue: pre-receive.")
+    ] = None,
+    client: Annotated[
+        Path | None, typer.Option(metavar="CLONE", help="A clone people edit by hand: pre-commit.")
+    ] = None,
+    branch: Annotated[str, typer.Option(help="The queue's branch.")] = "main",
+    force: Annotated[bool, typer.Option("--force", help="Replace a hook gitqueue did not write.")] = False,
+) -> None:
+    """Install git hooks that run `gitqueue validate`'s checks.
+
+    --server writes a pre-receive hook into a self-hosted remote (a bare repository): it
+    refuses, with a message naming each file and problem, any push that would leave the
+    queue invalid or make a state change no gitqueue command makes, deletes the branch or
+    rewrites its history. --client writes a pre-commit hook into a clone. Forges without
+    server hooks (github.com, gitlab.com): see examples/ci/.
+
+    \b
+    Examples:
+      gitqueue hooks install --server /srv/git/sweeps.git
+      gitqueue hooks install --client .
+    """
+    for path in hooks.install(server=server, client=client, branch=branch, force=force):
+        typer.echo(f"installed {path}")
+
+
+def _editor(text: str) -> str | None:
+    import click  # typer's own foundation: its editor honours $VISUAL and $EDITOR
+
+    edited = click.edit(text, extension=".yaml", require_save=True)
+    return edited if isinstance(edited, str) else None
+
+
+@app.command()
+def edit(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    queue: QueueOpt = None,
+) -> None:
+    """Edit a task's file in $EDITOR, then commit and push it (one commit).
+
+    The file is checked when you save; if it is invalid the editor opens again with the
+    reason on top. Change the lines above gitqueue's marker only. A running or done task's
+    args and cmd cannot change. If the task was claimed while you edited, your lines go on
+    the moved file. Also fixes a file `gitqueue validate` reports.
+
+    \b
+    Example:
+      EDITOR=nano gitqueue edit 000003-lr0.01-bs32
+    """
+    with Queue.open(queue) as q:
+        try:
+            task = q.edit(task_id, _editor)
+        except EditConflict as exc:
+            kept = Path(tempfile.mkstemp(prefix="gitqueue-edit-", suffix=".yaml")[1])
+            kept.write_text(exc.text)
+            raise GitqueueError(f"{exc} Your version is kept in {kept}") from None
+    typer.echo("nothing changed" if task is None else f"{task.id}: edited ({task.path})")
+
+
+@app.command("set")
+def set_fields(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="priority=50, args.lr=0.02, tags=[a,b].")],
+    queue: QueueOpt = None,
+) -> None:
+    """Change fields of one task in place, for scripts (one commit).
+
+    Only the changed lines are rewritten: comments and the other lines stay as written.
+    Values are YAML: 50 is a number, [a, b] a list, "50" a string.
+
+    \b
+    Examples:
+      gitqueue set 000003-lr0.01-bs32 priority=50
+      gitqueue set 000003-lr0.01-bs32 args.lr=0.02 tags=[sweep-3,rerun]
+    """
+    changes = parse_pairs(pairs, "KEY=VALUE")
+    with Queue.open(queue) as q:
+        task = q.set_fields(task_id, changes)
+    typer.echo(
+        "nothing changed" if task is None else f"{task.id}: " + ", ".join(f"{k}={v}" for k, v in changes.items())
+    )
+
+
+@app.command()
+def log(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """A task's life from the queue's git history: submit, claims, results, people's edits.
+
+    One line per commit, oldest first, with its id, time and author; the task's file is
+    followed across folders. Works for deleted tasks too (give the full id).
+
+    \b
+    Example:
+      gitqueue log 000003-lr0.01-bs32
+    """
+    _check_format(fmt, ("table", "json"))
+    with Queue.open(queue) as q:
+        events = q.log(task_id)
+    if fmt == "json":
+        _print_json([event.to_dict() for event in events])
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("COMMIT", "WHEN", "AUTHOR", "WHAT"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        what = event.action + (" (by hand)" if event.by_hand else "") + (f": {event.detail}" if event.detail else "")
+        table.add_row(event.commit[:10], event.when, event.author, what)
+    out.print(table)
 
 
 def main() -> None:

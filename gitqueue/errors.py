@@ -80,4 +80,11 @@ class InvalidFilter(GitqueueError):
 
 
 class EditConflict(GitqueueError):
-    """Someone else changed a task's lines while a person was editing them; nothing was written."""
+    """Someone else changed a task's lines while a person was editing them; nothing was written.
+
+    ``text`` is the person's version, so that it is not lost.
+    """
+
+    def __init__(self, message: str, *, text: str = "") -> None:
+        super().__init__(message)
+        self.text = text

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gitqueue.errors import GitqueueError
 from gitqueue.gitstore import ZERO_SHA, GitStore, LocalRepo
-from gitqueue.validate import check_change, check_commits
+from gitqueue.validate import check_commits, check_staged
 
 MARK = "installed by gitqueue"
 DEFAULT_BRANCH = "main"
@@ -74,9 +74,7 @@ def pre_receive(store: GitStore, updates: Iterable[str], *, branch: str = DEFAUL
 
 def pre_commit(store: LocalRepo) -> list[str]:
     """Problems the staged files would bring, compared with the commit they go on top of."""
-    head = store.rev_parse("HEAD")
-    old_root = store.commit_info(head)[0] if head else None
-    return [p.message for p in check_change(store, old_root, store.index_tree())]
+    return [p.message for p in check_staged(store)]
 
 
 def _refuse(what: str, problems: list[str], advice: str) -> int:

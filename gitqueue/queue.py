@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gitqueue import config
+from gitqueue import config, edits, filters, history
+from gitqueue import validate as rules
 from gitqueue.errors import (
+    EditConflict,
     GitqueueError,
     InvalidTask,
     InvalidTransition,
@@ -31,8 +33,9 @@ from gitqueue.errors import (
     QueueNotFound,
     RemoteUnavailable,
     TaskExists,
+    TaskNotFound,
 )
-from gitqueue.gitstore import LEASE_REFS, GitStore, Identity, PushOutcome, init_bare, is_local_path
+from gitqueue.gitstore import BLOB_MODE, LEASE_REFS, GitStore, Identity, PushOutcome, init_bare, is_local_path
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
     PERSON_FIELDS,
@@ -147,6 +150,7 @@ class Queue:
         self._seen: dict[tuple[str, str | None], float] = {}  # (run token, heartbeat) -> first seen
         self._landed: tuple[str, float] | None = None  # our last landed commit, and when
         self._identity: Identity | None = None
+        self.checks = rules.WorkerChecks()  # broken files a worker skips, reported once each
 
     # ------------------------------------------------------------ opening
 
@@ -286,10 +290,16 @@ class Queue:
 
     # ------------------------------------------------------------ reading
 
-    def tasks(self, state: State | str | None = None, *, problems: list[Problem] | None = None) -> list[Task]:
-        """Valid tasks, highest priority first then by id; bad files go to ``problems``."""
+    def tasks(
+        self, state: State | str | None = None, *, problems: list[Problem] | None = None, where: str | None = None
+    ) -> list[Task]:
+        """Valid tasks, highest priority first then by id; bad files go to ``problems``.
+
+        ``where`` keeps only the tasks a filter expression matches (see :mod:`gitqueue.filters`).
+        """
+        match = filters.where(where)
         snap = self.snapshot()
-        found = snap.tasks(State(state) if state else None, problems)
+        found = (t for t in snap.tasks(State(state) if state else None, problems) if match is None or match(t))
         return sorted(found, key=lambda t: (list(State).index(t.state), -t.priority, t.id))
 
     def get(self, task_id: str) -> Task:
@@ -471,7 +481,7 @@ class Queue:
         lease: int | None = None,
         eligible: Callable[[Task], bool] | None = None,
     ) -> Change | None:
-        task = best_pending(snap, labels or {}, eligible)
+        task = best_pending(snap, labels or {}, self.checks.guard(snap, eligible))
         if task is None:
             return None
         record = {
@@ -516,8 +526,11 @@ class Queue:
 
     # ------------------------------------------------------------ what people do
 
-    def requeue(self, task_ids: Iterable[str]) -> list[str]:
-        """Send tasks back to pending (from running, done, failed or cancelled) in one commit."""
+    def requeue(self, task_ids: Iterable[str] = (), *, where: str | None = None) -> list[str]:
+        """Send tasks back to pending (from running, done, failed or cancelled) in one commit.
+
+        ``where`` adds every task a filter matches that can be requeued (e.g. ``state == "failed"``).
+        """
 
         def change(task: Task, now: float) -> Task:
             if task.state is State.PENDING:
@@ -529,10 +542,13 @@ class Queue:
             requeued = {"at": now_iso(now), "by": self.identity.name, "from": task.state.value, "after_attempt": last}
             return task.evolve(state=State.PENDING, run=None, attempts=attempts, result=None, requeued=requeued)
 
-        return self._bulk(task_ids, "requeue", change)
+        return self._bulk(task_ids, "requeue", change, where=where, target=State.PENDING)
 
-    def cancel(self, task_ids: Iterable[str]) -> list[str]:
-        """Withdraw pending or running tasks (a running one's worker stops it) in one commit."""
+    def cancel(self, task_ids: Iterable[str] = (), *, where: str | None = None) -> list[str]:
+        """Withdraw pending or running tasks (a running one's worker stops it) in one commit.
+
+        ``where`` adds every pending or running task a filter matches (e.g. ``args.lr > 0.1``).
+        """
 
         def change(task: Task, now: float) -> Task:
             if task.state in (State.DONE, State.FAILED):
@@ -544,19 +560,35 @@ class Queue:
                 attempts = [*attempts, _attempt_record(task, "cancelled", now)]
             return task.evolve(state=State.CANCELLED, run=None, attempts=attempts)
 
-        return self._bulk(task_ids, "cancel", change)
+        return self._bulk(task_ids, "cancel", change, where=where, target=State.CANCELLED)
 
-    def _bulk(self, task_ids: Iterable[str], verb: str, change: Callable[[Task, float], Task]) -> list[str]:
+    def _bulk(
+        self,
+        task_ids: Iterable[str],
+        verb: str,
+        change: Callable[[Task, float], Task],
+        *,
+        where: str | None = None,
+        target: State | None = None,
+    ) -> list[str]:
         wanted = list(dict.fromkeys(task_ids))
-        if not wanted:
+        match = filters.where(where)
+        if not wanted and match is None:
             return []
+        # A filter picks only tasks the move is allowed for (rules.TRANSITIONS), never an error.
+        movable = {before for before, after in rules.TRANSITIONS if after is target and before not in (None, target)}
 
-        def build(snap: Snapshot) -> Change:
+        def build(snap: Snapshot) -> Change | None:
             files: dict[str, bytes | None] = {}
             ids = []
             also: list[str] = []
-            for task_id in wanted:
-                task = snap.get(task_id)
+            chosen = [snap.get(task_id) for task_id in wanted]
+            if match is not None:
+                named = {task.id for task in chosen}
+                chosen += [t for t in snap.tasks() if t.state in movable and t.id not in named and match(t)]
+            if not chosen:
+                return None
+            for task in chosen:
                 after = change(task, self.clock())
                 files.update(self._move(snap, task, after))
                 if task.token and after.state is not State.RUNNING:
@@ -575,7 +607,117 @@ class Queue:
                 also=also,
             )
 
+        return self._transact(build) or []
+
+    def set_fields(self, task_id: str, changes: Mapping[str, Any]) -> Task | None:
+        """Change a task's fields in place, in one commit: ``{"priority": 50}``, ``{"args.lr": 0.02}``.
+
+        Only the changed lines are rewritten; the person's comments and other lines stay.
+        A running or done task's ``args`` and ``cmd`` are refused (its run or result uses
+        them). Returns the task as changed, or None if nothing changed.
+        """
+        wanted = dict(changes)
+
+        def build(snap: Snapshot) -> Change | None:
+            task = snap.get(task_id)
+            text = edits.set_fields(task.text, wanted, path=task.path)
+            return self._edit_change(task.path, task, text, verb="set")
+
         return self._transact(build)
+
+    def edit(self, task_id: str, editor: Callable[[str], str | None]) -> Task | None:
+        """Let a person edit a task's file: ``editor(text)`` returns the new text (None or
+        empty gives up). An invalid result goes back to the editor with the reason on top.
+
+        Commits and pushes with retries, one commit. If the task moved meanwhile (claimed,
+        say), the person's lines are put on the moved file, and refused if they would
+        corrupt its run. If someone else changed the person's lines meanwhile, nothing is
+        written: :class:`EditConflict` carries the person's text. Also fixes a file that is
+        invalid now. Returns the task as changed, or None if nothing changed.
+        """
+        path, text, task = self._task_file(self.snapshot(), task_id)
+        new = self._edited(path, text, task, editor)
+        if new is None:
+            return None
+        task_id = path.rsplit("/", 1)[-1][: -len(".yaml")]
+
+        def build(snap: Snapshot) -> Change | None:
+            now_path, now_text, now_task = self._task_file(snap, task_id)
+            mine = rules.person_part(new)
+            if now_text == text:
+                merged = new
+            elif rules.person_part(now_text) == rules.person_part(text):
+                merged = mine + now_text[len(rules.person_part(now_text)) :]
+            else:
+                raise EditConflict(
+                    f"{now_path} changed while you edited it; nothing was written. Edit it again.", text=new
+                )
+            return self._edit_change(now_path, now_task, merged, verb="edit")
+
+        return self._transact(build)
+
+    def log(self, task_id: str) -> list[history.Event]:
+        """A task's life from the queue's git history, oldest first (also of deleted tasks)."""
+        snap = self.snapshot()
+        try:
+            resolved = snap.get(task_id).id
+        except (TaskNotFound, InvalidTask):
+            resolved = check_id(task_id)
+        events = history.task_history(self.store, snap.tip, resolved) if snap.tip else []
+        if not events:
+            raise TaskNotFound(f"no task {task_id!r} in the queue or its history")
+        return events
+
+    def validate(self) -> list[Problem]:
+        """Every problem of the queue at the remote's tip (see :mod:`gitqueue.validate`)."""
+        return rules.check_tree(self.store, self.snapshot().root)
+
+    def _task_file(self, snap: Snapshot, task_id: str) -> tuple[str, str, Task | None]:
+        """A task's path, text and parsed task; for an invalid file, None for the task."""
+        try:
+            task = snap.get(task_id)
+            return task.path, task.text, task
+        except InvalidTask:
+            entry = snap.locate(task_id)
+            if entry is None:
+                raise
+            return entry.path, self.store.read(entry.blob).decode("utf-8", "replace"), None
+
+    def _edited(self, path: str, text: str, task: Task | None, editor: Callable[[str], str | None]) -> str | None:
+        shown, refused = text, None
+        while True:
+            answer = editor(shown)
+            if answer is None or not edits.strip_notes(answer).strip():
+                return None
+            if refused is not None and answer == shown:
+                raise refused  # saved unchanged after a refusal: the person gives up
+            new = edits.strip_notes(answer)
+            if new == text:
+                return None
+            try:
+                self._check_edit(path, task, new)
+                return new
+            except (InvalidTask, InvalidTransition) as exc:
+                refused, shown = exc, edits.with_notes(new, str(exc))
+
+    def _check_edit(self, path: str, before: Task | None, text: str) -> Task:
+        after = rules.read_task(path, BLOB_MODE, text.encode())
+        problem = rules.edit_problem(before, after) if before is not None else None
+        if problem:
+            raise InvalidTransition(f"{path}: {problem}")
+        return after
+
+    def _edit_change(self, path: str, before: Task | None, text: str, *, verb: str) -> Change | None:
+        if before is not None and text == before.text:
+            return None
+        after = self._check_edit(path, before, text)
+        what = edits.describe(before, after) if before is not None else "a valid file again"
+        return Change(
+            subject=f"{verb} {after.id} by {self.identity.name}: {what}",
+            files={path: text.encode()},
+            trailers={"Gitqueue-Action": "edit", "Gitqueue-Task": after.id},
+            value=after,
+        )
 
     # ------------------------------------------------------------ helpers
 

@@ -14,6 +14,7 @@ Nothing here deletes, moves or rewrites a file: problems are reported, never "fi
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from pathlib import Path
 
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask
-from gitqueue.gitstore import LINK_MODE, TREE_MODE, GitStore
-from gitqueue.snapshot import FILE_MODES, Problem, Snapshot, not_a_file
+from gitqueue.gitstore import LINK_MODE, TREE_MODE, GitStore, LocalRepo
+from gitqueue.snapshot import FILE_MODES, Entry, Problem, Snapshot, not_a_file
 from gitqueue.task import MARKER, State, Task, fan, load_yaml, parse_task, split_task_path
 
 STATES = frozenset(state.value for state in State)
@@ -363,6 +364,21 @@ def task_copies(store: GitStore, root: str | None, task_id: str) -> list[str]:
     return sorted(found)
 
 
+def check_staged(repo: LocalRepo) -> list[Problem]:
+    """What the staged files of a clone would bring, against the commit they go on top of
+    (what the pre-commit hook checks)."""
+    head = repo.rev_parse("HEAD")
+    return check_change(repo, repo.commit_info(head)[0] if head else None, repo.index_tree())
+
+
+def check_since(repo: LocalRepo, rev: str, tip: str = "HEAD") -> list[Problem]:
+    """Every commit after ``rev`` up to ``tip`` in a clone, as the server hook checks a push."""
+    old, new = repo.rev_parse(rev), repo.rev_parse(tip)
+    if old is None or new is None:
+        raise GitqueueError(f"no commit {rev if old is None else tip!r} in {repo.path}")
+    return check_commits(repo, old, new)
+
+
 def check_commits(store: GitStore, old: str | None, new: str) -> list[Problem]:
     """Every commit in ``old..new`` (with no ``old``: every commit no ref has yet), each
     checked against its parent. A merge passes if what it does to any one parent passes."""
@@ -381,20 +397,75 @@ def check_commits(store: GitStore, old: str | None, new: str) -> list[Problem]:
 # ---------------------------------------------------------------- what a worker checks
 
 
-class Reporter:
-    """Tells about each problem once (per worker process): a worker meets the same broken
-    file at every claim and must neither stop nor repeat itself."""
+def warn(problem: Problem) -> None:
+    """The default way a worker tells about a problem: a warning on the ``gitqueue`` logger
+    (printed on stderr when logging is not set up)."""
+    logging.getLogger("gitqueue").warning("skipping %s", problem.message)
 
-    def __init__(self, tell: Callable[[Problem], None]) -> None:
+
+class WorkerChecks:
+    """What a worker checks at each claim, telling about each problem once per process: a
+    worker meets the same broken file at every claim and must neither stop nor repeat itself.
+
+    Invalid pending files (the worker's own parse), pending files that are not task files,
+    task-looking YAML at the top of the queue, and ids that sit in two folders. A pending
+    folder (or fan-out subfolder) is scanned once per tree id, so a claim re-reads only the
+    folders that changed. Set ``tell`` to report somewhere else than the log.
+    """
+
+    def __init__(self, tell: Callable[[Problem], None] = warn) -> None:
         self.tell = tell
         self._told: set[tuple[str, str]] = set()
+        self._scanned: set[str] = set()
 
-    def __call__(self, problems: Iterable[Problem]) -> None:
+    def report(self, problems: Iterable[Problem]) -> None:
         for problem in problems:
             key = (problem.path, problem.message)
             if key not in self._told:
                 self._told.add(key)
                 self.tell(problem)
+
+    def scan(self, snap: Snapshot) -> None:
+        self.report(pending_strays(snap))
+        top = snap.store.tree(snap.root).get(State.PENDING.value) if snap.root else None
+        if top is None or top[0] != TREE_MODE:
+            return
+        if len(self._scanned) > 10_000:
+            self._scanned.clear()
+        entries: list[Entry] = []
+        for prefix, tree in [("pending/", top[1])] + [
+            (f"pending/{name}/", sha) for name, (mode, sha) in snap.store.tree(top[1]).items() if mode == TREE_MODE
+        ]:
+            if tree in self._scanned:
+                continue
+            self._scanned.add(tree)
+            entries += [
+                Entry(prefix + name, sha, State.PENDING, name[: -len(".yaml")], mode)
+                for name, (mode, sha) in snap.store.tree(tree).items()
+                if mode != TREE_MODE and name.endswith(".yaml")
+            ]
+        problems = []
+        for entry in entries:
+            try:
+                snap.cache.task(entry)
+            except GitqueueError as exc:
+                problems.append(_problem(entry.path, str(exc)))
+        self.report(problems)
+
+    def guard(self, snap: Snapshot, eligible: Callable[[Task], bool] | None) -> Callable[[Task], bool]:
+        """Scan ``snap``, then ``eligible`` plus: not a task whose id is in two folders."""
+        self.scan(snap)
+
+        def allowed(task: Task) -> bool:
+            if eligible is not None and not eligible(task):
+                return False
+            twin = twin_problem(snap, task)
+            if twin is not None:
+                self.report([twin])
+                return False
+            return True
+
+        return allowed
 
 
 def twin_problem(snap: Snapshot, task: Task) -> Problem | None:
@@ -464,11 +535,13 @@ __all__ = [
     "FROZEN_FIELDS",
     "TRANSITIONS",
     "Problem",
-    "Reporter",
+    "WorkerChecks",
     "check_change",
     "check_commits",
     "check_disk",
     "check_files",
+    "check_since",
+    "check_staged",
     "check_tree",
     "edit_problem",
     "pending_strays",

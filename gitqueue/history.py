@@ -1,0 +1,141 @@
+"""A task's life, read from the queue branch's history: ``gitqueue log ID``.
+
+Every state change is one commit, so a task's history is the list of commits that touched
+its file, wherever the file was: submit, each claim, each finish or failure, requeues,
+cancels and the edits people made by hand (which carry no gitqueue trailers, only their
+author). The file is followed across state folders and fan-out subfolders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+
+from gitqueue.edits import describe
+from gitqueue.errors import GitqueueError
+from gitqueue.gitstore import GitStore, LogEntry, TreeChange
+from gitqueue.task import MARKER, State, fan, parse_task, split_task_path
+
+# What a move means when the commit does not say (a person's hand edit).
+_MOVES = {
+    (None, State.PENDING): "add",
+    (State.PENDING, State.RUNNING): "claim",
+    (State.RUNNING, State.DONE): "done",
+    (State.RUNNING, State.FAILED): "fail",
+    (State.RUNNING, State.PENDING): "return",
+    (State.PENDING, State.CANCELLED): "cancel",
+    (State.RUNNING, State.CANCELLED): "cancel",
+    (State.PENDING, None): "delete",
+}
+_VERBS = {"failed": "fail", "reaped": "reap", "interrupted": "return"}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One commit in a task's life."""
+
+    commit: str
+    time: float
+    author: str
+    email: str
+    action: str  # submit, add, claim, done, fail, reap, return, requeue, cancel, edit, delete, move
+    before: str | None  # the state before the commit (None: the task did not exist)
+    after: str | None  # the state after it (None: the file was deleted)
+    path: str  # the file after the commit (before it, for a deletion)
+    by_hand: bool  # made with plain git, not a gitqueue command
+    detail: str
+    subject: str
+
+    @property
+    def when(self) -> str:
+        return dt.datetime.fromtimestamp(self.time).astimezone().isoformat(timespec="seconds")
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "when": self.when}
+
+
+def paths_of(task_id: str) -> list[str]:
+    """Every path the task's file can have: each state folder, flat or fanned out."""
+    return [f"{state.value}/{sub}{task_id}.yaml" for state in State for sub in ("", f"{fan(task_id)}/")]
+
+
+def task_history(store: GitStore, tip: str, task_id: str) -> list[Event]:
+    """The events of ``task_id`` up to commit ``tip``, oldest first."""
+    paths = paths_of(task_id)
+    wanted = set(paths)
+    events = []
+    for entry in store.history(tip, paths):
+        changes = [c for c in entry.changes if c.path in wanted]
+        if changes:
+            events.append(_event(store, entry, task_id, changes))
+    return events
+
+
+def _state(path: str) -> State:
+    return split_task_path(path)[0]
+
+
+def _event(store: GitStore, entry: LogEntry, task_id: str, changes: list[TreeChange]) -> Event:
+    gone = [c for c in changes if c.new is None]
+    came = [c for c in changes if c.old is None]
+    kept = [c for c in changes if c.old is not None and c.new is not None]
+    before = _state((gone or kept)[0].path) if gone or kept else None
+    after = _state((came or kept)[0].path) if came or kept else None
+    path = (came or kept or gone)[0].path
+    said = _action_said(entry, task_id)
+    if said:
+        action = said
+    elif before is not None and before == after:
+        action = "edit"
+    elif after is State.PENDING and before in (State.DONE, State.FAILED, State.CANCELLED):
+        action = "requeue"
+    else:
+        action = _MOVES.get((before, after), "move")
+    detail = ""
+    if kept and before == after:
+        detail = _edit_detail(store, kept[0])
+    elif before != after:
+        detail = f"{before.value if before else 'new'} -> {after.value if after else 'deleted'}"
+    return Event(
+        commit=entry.commit,
+        time=entry.time,
+        author=entry.author,
+        email=entry.email,
+        action=action,
+        before=before.value if before else None,
+        after=after.value if after else None,
+        path=path,
+        by_hand=entry.trailer("Gitqueue-Action") is None,
+        detail=detail,
+        subject=entry.subject,
+    )
+
+
+def _action_said(entry: LogEntry, task_id: str) -> str | None:
+    """The action a gitqueue commit names for this task (a commit may act on several)."""
+    actions = (entry.trailer("Gitqueue-Action") or "").split()
+    tasks = (entry.trailer("Gitqueue-Task") or "").split()
+    if not actions:
+        return None
+    if len(actions) == len(tasks) and task_id in tasks:
+        action = actions[tasks.index(task_id)]
+    elif len(actions) == 1:
+        action = actions[0]
+    else:
+        return None
+    return _VERBS.get(action, action)
+
+
+def _edit_detail(store: GitStore, change: TreeChange) -> str:
+    assert change.old is not None and change.new is not None
+    try:
+        old = parse_task(store.read(change.old[1]), path=change.path)
+        new = parse_task(store.read(change.new[1]), path=change.path)
+    except GitqueueError as exc:
+        return f"(the file was invalid: {exc})"
+    if old.text.partition(MARKER)[0] == new.text.partition(MARKER)[0]:
+        return ""  # only gitqueue's record changed
+    return describe(old, new)
+
+
+__all__ = ["Event", "paths_of", "task_history"]
