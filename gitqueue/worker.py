@@ -234,7 +234,12 @@ class Worker:
         return None
 
     def _finish(self, report: Report, *, claim_next: bool) -> Run | None:
-        finished = self.queue.finish(report, then_claim=self._claim_options() if claim_next else None)
+        try:
+            finished = self.queue.finish(report, then_claim=self._claim_options() if claim_next else None)
+        except InvalidTask as exc:  # a person broke the running task's file: theirs to mend, not ours
+            self.summary.lost += 1
+            self.say(f"{report.task_id}: cannot record how the run ended ({report.outcome}): {exc}")
+            return None
         if finished.lost is not None:
             self.summary.lost += 1
             self.say(f"{report.task_id}: {finished.lost}")

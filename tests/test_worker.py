@@ -43,7 +43,7 @@ LEASE_REFS = "refs/gitqueue/leases"
 #   exit: N         exit status
 #   result: json | yaml | list | score | none   what it writes to GITQUEUE_RESULT_FILE
 # It leaves marker files: <task>.<attempt>.pid when it starts, .stopped (the signal) when stopped.
-JOB = r'''
+JOB = r"""
 import json, os, pathlib, signal, sys, time
 
 marks = pathlib.Path(sys.argv[1])
@@ -80,7 +80,7 @@ elif kind == "list":
 elif kind == "score":
     out.write_text(json.dumps({"score": args["x"] * 2, "tag": f"x{args['x']}"}))
 sys.exit(int(args.get("exit", 0)))
-'''
+"""
 
 
 def poll_until(check: Callable[[], T], *, what: str, timeout: float = 20.0) -> T:
@@ -467,6 +467,18 @@ def test_a_late_report_from_a_reaped_run_changes_nothing(lab: Lab) -> None:
     task = lab.task("slow")
     assert task.result == {"by": "w2"} and attempt_summary(task) == [(1, "reaped", "w1"), (2, "done", "w2")]
     assert [s for s in lab.subjects("slow") if s.startswith("done")] == ["done slow by w2 (attempt 2)"]
+
+
+def test_a_running_task_file_broken_by_hand_does_not_stop_the_worker(lab: Lab) -> None:
+    lab.submit({"id": "a-broken", "args": {"hold": [1]}, "lease": 60, "priority": 1}, {"id": "b-next", "args": {}})
+    worker = lab.start("w1")
+    poll_until(lambda: lab.started("a-broken", 1), what="the run to start")
+    lab.remote.person_commit({"running/a-broken.yaml": "args: [not closed\n"}, "oops")
+    lab.release("a-broken", 1)
+    assert worker.wait() == 0, worker.stderr
+    assert lab.remote.read("running/a-broken.yaml") == "args: [not closed\n"  # left for the person to mend
+    assert lab.remote.states()["b-next"] == "done"
+    assert "a-broken: cannot record how the run ended" in worker.stderr
 
 
 # ---------------------------------------------------------------- running commands
