@@ -353,6 +353,21 @@ def test_reap_trusts_a_heartbeat_timestamp_within_max_skew(queue: Queue, bare_re
     assert subprocess.run(["git", "for-each-ref", LEASE_REFS], cwd=bare_remote, capture_output=True).stdout == b""
 
 
+def test_gitqueue_reap_returns_a_silent_run_by_its_claim_time(lab: Lab) -> None:
+    lab.submit({"id": "t", "args": {}, "lease": 1})
+    with Queue.open(lab.url, worker="ghost") as ghost:
+        assert ghost.claim() is not None  # and never a heartbeat
+
+    def reap() -> str:
+        result = CliRunner().invoke(app, ["reap", "--queue", lab.url, "--max-skew", "0"])
+        assert result.exit_code == 0, result.output
+        return result.stdout.strip() if result.stdout.strip() != "reaped 0" else ""
+
+    assert poll_until(reap, what="the lease to run out", timeout=10) == "reaped 1: t"
+    task = lab.task("t")
+    assert task.state is State.PENDING and attempt_summary(task) == [(1, "reaped", "ghost")]
+
+
 def test_a_busy_worker_reaps_as_it_goes(queue: Queue, bare_remote: Path) -> None:
     queue.submit([{"id": "z-dead", "args": {}, "lease": 5}])
     assert queue.claim() is not None  # and this run never shows a sign of life again
