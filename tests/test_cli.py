@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -357,16 +358,22 @@ def test_status_table_json_and_watch(cli_queue: str, monkeypatch: pytest.MonkeyP
     assert "pending 2  running 1  done 0  failed 0  cancelled 0" in table
     assert re.search(r"000001-n1\s+box/2\s+1\s+\d+s", table)
 
+    # --watch sleeps `--interval` between refreshes: stop it at the second one. (time.sleep is
+    # the time module's, shared with subprocess's own short waits, which keep really sleeping.)
     refreshes = []
+    real_sleep = time.sleep
 
-    def interrupt_after_two(seconds: float) -> None:
+    def interrupt_at_the_second_refresh(seconds: float) -> None:
+        if seconds != 0.75:
+            return real_sleep(seconds)
         refreshes.append(seconds)
         if len(refreshes) == 2:
             raise KeyboardInterrupt
+        return None
 
-    monkeypatch.setattr(gitqueue.cli.time, "sleep", interrupt_after_two)
-    watched = gq("status", "--watch", "--interval", "0.5")
-    assert refreshes == [0.5, 0.5] and "pending 2" in watched.stdout
+    monkeypatch.setattr(gitqueue.cli.time, "sleep", interrupt_at_the_second_refresh)
+    watched = gq("status", "--watch", "--interval", "0.75")
+    assert refreshes == [0.75, 0.75] and "pending 2" in watched.stdout
 
 
 # ---------------------------------------------------------------- the installed command
