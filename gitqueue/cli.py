@@ -516,6 +516,9 @@ def work(
     ] = False,
     log_dir: Annotated[Path, typer.Option(help="Where each run's output is logged.")] = Path("gitqueue-logs"),
     grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a run.")] = 10.0,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Short tasks: hold up to N claims and report them in one push (1: one by one).")
+    ] = 16,
     reap_every: Annotated[
         float, typer.Option(hidden=True, help="Seconds between looks for runs whose lease ran out.")
     ] = 30.0,
@@ -547,6 +550,7 @@ def work(
         log_dir=log_dir,
         grace=grace,
         reap_every=reap_every,
+        max_batch=max_batch,
     )
     with Queue.open(queue, worker=worker or default_worker()) as q:
         code = Worker(q, options).run()

@@ -58,6 +58,10 @@ class NotHeld(GitqueueError):
 
     exit_code = 4
 
+    def __init__(self, message: str, *, task_id: str = "") -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
 
 class NothingToClaim(GitqueueError):
     """No pending task this worker may take."""

@@ -12,6 +12,7 @@ connection) is decided by fetching and looking for our commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -309,6 +310,11 @@ class GitStore:
         except subprocess.TimeoutExpired:
             return None
         return commit if proc.returncode == 0 else None
+
+    def drop_lease(self, token: str) -> None:
+        """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run_git(["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"], cwd=self.path)
 
     def commit_time(self, commit: str) -> float:
         """The committer time of ``commit`` (as the committing machine's clock had it)."""

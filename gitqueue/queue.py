@@ -9,6 +9,7 @@ growing moment and rebuild from the new tip (never rebase an old commit).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 import random
@@ -17,7 +18,8 @@ import secrets
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,24 +75,38 @@ class Change:
     trailers: dict[str, str] = field(default_factory=dict)
     value: Any = None
     also: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # subjects of the changes joined by then()
 
     def then(self, other: Change) -> Change:
         """Both changes in one commit (e.g. a finish and the next claim); keeps this value."""
         trailers = dict(self.trailers)
         for key, value in other.trailers.items():
             trailers[key] = f"{trailers[key]} {value}" if key in trailers else value
+        parts = [p for p in (*(self.parts or [self.subject]), *(other.parts or [other.subject])) if p]
         return Change(
-            subject="; ".join(part for part in (self.subject, other.subject) if part),
+            subject="; ".join(parts),
             files={**self.files, **other.files},
             trailers=trailers,
             value=self.value,
             also=[*self.also, *other.also],
+            parts=parts,
         )
+
+    def message(self, trailers: Mapping[str, str]) -> str:
+        """Subject, body and trailers. Many joined changes get a counting subject and are
+        listed one per line in the body, so the history stays readable on a forge."""
+        subject, body = self.subject, ""
+        if len(self.parts) > 2:
+            verbs = Counter(part.split(" ", 1)[0] for part in self.parts)
+            subject = ", ".join(f"{verb} {n}" for verb, n in verbs.items()) + f" tasks by {trailers['Gitqueue-Worker']}"
+            body = "\n".join(self.parts) + "\n\n"
+        return subject + "\n\n" + body + "".join(f"{k}: {v}\n" for k, v in trailers.items())
 
 
 @dataclass(frozen=True)
 class Report:
-    """How a run ended: ``done``, ``failed``, ``interrupted`` (not counted) or ``reaped``."""
+    """How a run ended: ``done``, ``failed``, ``interrupted`` (not counted), ``reaped``, or
+    ``released`` (claimed in a batch and given back before it started)."""
 
     task_id: str
     token: str | None
@@ -103,17 +119,30 @@ class Report:
 
 @dataclass
 class Finished:
-    """What a report did: the task as it now stands, or why nothing changed; the next run."""
+    """What reports did: the tasks as they now stand, why nothing changed for runs that no
+    longer held their task, and the runs claimed in the same commit."""
 
-    task: Task | None
-    lost: NotHeld | None = None
-    next: Run | None = None
+    tasks: list[Task] = field(default_factory=list)
+    losses: list[NotHeld | InvalidTask] = field(default_factory=list)
+    claimed: list[Run] = field(default_factory=list)
+
+    @property
+    def task(self) -> Task | None:
+        return self.tasks[0] if self.tasks else None
+
+    @property
+    def lost(self) -> NotHeld | InvalidTask | None:
+        return self.losses[0] if self.losses else None
+
+    @property
+    def next(self) -> Run | None:
+        return self.claimed[0] if self.claimed else None
 
     def raise_lost(self) -> Task:
-        if self.lost is not None:
-            raise self.lost
-        assert self.task is not None
-        return self.task
+        if self.losses:
+            raise self.losses[0]
+        assert self.tasks
+        return self.tasks[0]
 
 
 class Queue:
@@ -279,8 +308,9 @@ class Queue:
         blobs = {path: None if data is None else self.store.write_blob(data) for path, data in change.files.items()}
         tree = self.store.edit_tree(snap.root, blobs)
         trailers = {**change.trailers, "Gitqueue-Worker": self.worker, "Gitqueue-Nonce": secrets.token_hex(8)}
-        message = change.subject + "\n\n" + "".join(f"{k}: {v}\n" for k, v in trailers.items())
-        return self.store.write_commit(tree=tree, parent=snap.tip, message=message, author=self.identity)
+        return self.store.write_commit(
+            tree=tree, parent=snap.tip, message=change.message(trailers), author=self.identity
+        )
 
     @property
     def identity(self) -> Identity:
@@ -400,25 +430,45 @@ class Queue:
 
         ``labels`` must satisfy a task's ``requires``; ``eligible`` may refuse more tasks.
         """
-        return self._transact(lambda snap: self._claim_change(snap, labels, lease, eligible))
+        runs = self.claim_batch(1, labels=labels, lease=lease, eligible=eligible)
+        return runs[0] if runs else None
 
-    def finish(self, report: Report, *, then_claim: Mapping[str, Any] | None = None) -> Finished:
-        """Record how a run ended and, with ``then_claim`` (``claim``'s options), claim the
-        next task in the same commit and push.
+    def claim_batch(
+        self,
+        count: int,
+        *,
+        labels: Mapping[str, str] | None = None,
+        lease: int | None = None,
+        eligible: Callable[[Task], bool] | None = None,
+    ) -> list[Run]:
+        """Claim up to ``count`` tasks in one commit (the best ones, in order)."""
+        return self._transact(lambda snap: self._claim_change(snap, labels, lease, eligible, count)) or []
 
-        A report from a run that no longer holds its task changes nothing: ``lost`` says why.
+    def finish(
+        self, reports: Report | Sequence[Report], *, then_claim: Mapping[str, Any] | None = None
+    ) -> Finished:
+        """Record how runs ended and, with ``then_claim`` (``claim_batch``'s options, ``count``
+        included), claim the next tasks: all in one commit and one push.
+
+        A report from a run that no longer holds its task changes nothing: ``losses`` say why.
         """
+        batch = [reports] if isinstance(reports, Report) else list(reports)
 
         def build(snap: Snapshot) -> Change | None:
-            try:
-                change = self._finish_change(snap, report)
-            except NotHeld as exc:
-                change = Change(subject="", value=Finished(task=None, lost=exc))
+            change = Change(subject="", value=Finished())
+            for report in batch:
+                try:
+                    step = self._finish_change(snap, report)
+                except (NotHeld, InvalidTask) as exc:  # taken away, or its file broken by hand
+                    change.value.losses.append(exc)
+                    continue
+                change = change.then(step)
+                change.value.tasks.append(step.value)
             if then_claim is not None:
                 claim = self._claim_change(snap, **then_claim)
                 if claim is not None:
                     change = change.then(claim)
-                    change.value = Finished(task=change.value.task, lost=change.value.lost, next=claim.value)
+                    change.value.claimed = claim.value
             return change
 
         return self._transact(build)
@@ -480,24 +530,40 @@ class Queue:
         labels: Mapping[str, str] | None = None,
         lease: int | None = None,
         eligible: Callable[[Task], bool] | None = None,
+        count: int = 1,
     ) -> Change | None:
-        task = best_pending(snap, labels or {}, self.checks.guard(snap, eligible))
-        if task is None:
-            return None
-        record = {
-            "token": secrets.token_hex(8),
-            "worker": self.worker,
-            "claimed_at": now_iso(self.clock()),
-            "lease": lease or task.lease or snap.settings.lease,
-            "attempt": task.next_attempt,
-        }
-        claimed = task.evolve(state=State.RUNNING, run=record)
-        return Change(
-            subject=f"claim {task.id} by {self.worker} (attempt {record['attempt']})",
-            files=self._move(snap, task, claimed),
-            trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": str(record["token"])},
-            value=Run(queue=self, task=claimed, record=record),
-        )
+        """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
+
+        A batch takes at most a fair share of what is pending (split among the workers seen
+        running), so that one worker does not hold tasks that idle workers could run.
+        """
+        if count > 1:
+            pending = sum(len(group) for group in snap.pending_groups())
+            workers = {summary.worker for _, summary in snap.summaries(State.RUNNING)} | {self.worker}
+            count = max(1, min(count, pending // len(workers)))
+        change: Change | None = None
+        runs: list[Run] = []
+        for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible)):
+            record = {
+                "token": secrets.token_hex(8),
+                "worker": self.worker,
+                "claimed_at": now_iso(self.clock()),
+                "lease": lease or task.lease or snap.settings.lease,
+                "attempt": task.next_attempt,
+            }
+            claimed = task.evolve(state=State.RUNNING, run=record)
+            step = Change(
+                subject=f"claim {task.id} by {self.worker} (attempt {record['attempt']})",
+                files=self._move(snap, task, claimed),
+                trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": str(record["token"])},
+            )
+            change = step if change is None else change.then(step)
+            runs.append(Run(queue=self, task=claimed, record=record))
+            if len(runs) >= count:
+                break
+        if change is not None:
+            change.value = runs
+        return change
 
     def _finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
         """The commit that records ``report``; NotHeld if its run no longer holds the task."""
@@ -509,18 +575,22 @@ class Queue:
         elif report.outcome in SPENT_OUTCOMES:
             spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
             after.state = State.FAILED if spent_all else State.PENDING
+        elif report.outcome == "released":  # claimed in a batch, never started: no attempt at all
+            after = task.evolve(state=State.PENDING, run=None)
         else:  # interrupted: the attempt does not count
             after.state = State.PENDING
-        verb = {"done": "done", "failed": "fail", "reaped": "reap", "interrupted": "return"}[report.outcome]
-        subject = f"{verb} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
+        verb = {"done": "done", "failed": "fail", "reaped": "reap", "interrupted": "return", "released": "release"}
+        subject = f"{verb[report.outcome]} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
         if report.outcome in SPENT_OUTCOMES:
             subject += ": out of attempts" if after.state is State.FAILED else ": will retry"
+        elif report.outcome == "released":
+            subject += ": not started"
         also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
         return Change(
             subject=subject,
             files=self._move(snap, task, after),
             trailers={"Gitqueue-Action": report.outcome, "Gitqueue-Task": task.id, "Gitqueue-Run": str(task.token)},
-            value=Finished(task=after),
+            value=after,
             also=also,
         )
 
@@ -794,25 +864,29 @@ class Run:
 def best_pending(
     snap: Snapshot, labels: Mapping[str, str], eligible: Callable[[Task], bool] | None = None
 ) -> Task | None:
-    """Highest priority first, then lowest id, among valid pending tasks this worker may take.
+    """Highest priority first, then lowest id, among valid pending tasks this worker may take."""
+    return next(pending_in_order(snap, labels, eligible), None)
 
-    Invalid files are skipped (never claimed). Each group of pending files is sorted once
-    per tree id, so this reads only the best few candidates of each group.
+
+def pending_in_order(
+    snap: Snapshot, labels: Mapping[str, str], eligible: Callable[[Task], bool] | None = None
+) -> Iterator[Task]:
+    """Valid pending tasks this worker may take, best first (invalid files are never claimed).
+
+    Each group of pending files is sorted once per tree id and the groups are merged
+    lazily, so taking the first few reads only the first few of each group.
     """
-    best: Task | None = None
     summaries = snap.cache.summaries
-    for group in snap.pending_groups():
-        for rank, task_id, entry in group:
-            if best is not None and (rank, task_id) >= (-best.priority, best.id):
-                break
-            summary = summaries.get(entry)
-            if summary.error is not None or not summary.matches(labels):
-                continue
+    for _rank, _task_id, entry in heapq.merge(*snap.pending_groups(), key=lambda c: (c[0], c[1])):
+        summary = summaries.get(entry)
+        if summary.error is not None or not summary.matches(labels):
+            continue
+        try:
             task = snap.cache.task(entry)
-            if eligible is None or eligible(task):
-                best = task
-                break
-    return best
+        except GitqueueError:
+            continue
+        if eligible is None or eligible(task):
+            yield task
 
 
 def held_task(snap: Snapshot, task_id: str, token: str | None) -> Task:
@@ -820,12 +894,16 @@ def held_task(snap: Snapshot, task_id: str, token: str | None) -> Task:
     task = snap.get(task_id)
     if task.state is not State.RUNNING:
         if token:
-            raise NotHeld(f"run {token} no longer holds task {task.id}: it is {task.state.value} now; nothing changed")
+            raise NotHeld(
+                f"run {token} no longer holds task {task.id}: it is {task.state.value} now; nothing changed",
+                task_id=task.id,
+            )
         raise InvalidTransition(f"task {task.id} is {task.state.value}, not running; nothing to finish")
     if token and task.token != token:
         raise NotHeld(
             f"run {token} no longer holds task {task.id}: run {task.token} of {task.run and task.run.get('worker')} "
-            "holds it now; nothing changed"
+            "holds it now; nothing changed",
+            task_id=task.id,
         )
     return task
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
+from gitqueue.errors import GitqueueError, InvalidTask, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
 from gitqueue.task import State, Task, load_yaml, now_iso
 
@@ -93,6 +93,8 @@ class Options:
     heartbeat: float | None = None  # seconds between heartbeats (default: a third of the lease)
     reap_every: float = 30.0  # seconds between looks for runs whose lease ran out
     poll_max: float = 30.0  # longest wait between polls of an idle queue
+    max_batch: int = 16  # short tasks: hold up to this many claims, report them in one push
+    batch_seconds: float = 1.0  # size a batch to take about this long
 
 
 @dataclass
@@ -132,6 +134,9 @@ class Worker:
         self.in_process = False  # a runner works in this thread: a signal interrupts it (KeyboardInterrupt)
         self.log = log or sys.stderr
         self.summary = Summary()
+        self.held: deque[Run] = deque()  # claimed in a batch, not started yet
+        self.reports: list[Report] = []  # runs that ended, not reported yet
+        self._seconds_per_task: float | None = None  # moving average: sizes the next batch
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
         self.stop_code: int | None = None  # set when the worker itself is broken
         self._last_reap = float("-inf")
@@ -170,16 +175,16 @@ class Worker:
             Path(path).write_text(json.dumps(stats))
 
     def _loop(self) -> int:
-        run: Run | None = None
         delay = 1.0
         idle_since: float | None = None
         while True:
             if self.signal is not None:
+                self._flush(claim=0)
                 return 128 + self.signal
             self._maybe_reap()  # busy workers too: a finish usually hands them their next run
-            if run is None:
-                run = self.queue.claim(**self._claim_options())
-            if run is None:
+            if not self.held:
+                self.held.extend(self._flush(claim=self._batch_size()))
+            if not self.held:
                 now = time.monotonic()
                 idle_since = idle_since or now
                 waited = now - idle_since
@@ -194,17 +199,52 @@ class Worker:
                 self._maybe_reap(force=True)
                 continue
             delay, idle_since = 1.0, None
-            report = self._execute(run)
+            report = self._execute(self.held.popleft())
             if report is None:  # taken away while it ran: nothing to report
-                run = None
                 continue
+            self.reports.append(report)
             if report.outcome == "interrupted":
-                self._finish(report, claim_next=False)
+                self._flush(claim=0)
                 return self.stop_code or 128 + (self.signal or signal.SIGTERM)
             stop_code = self._count(report)
-            run = self._finish(report, claim_next=stop_code is None and self.signal is None)
             if stop_code is not None:
+                self._flush(claim=0)
                 return stop_code
+
+    def _batch_size(self) -> int:
+        """How many claims to take next: about ``batch_seconds`` of work, 1 for long tasks."""
+        limit = self.options.max_batch
+        if self.options.max_tasks is not None:
+            limit = min(limit, self.options.max_tasks - self.summary.done - self.summary.failed)
+        if self._seconds_per_task is None:
+            return 1
+        return max(1, min(limit, int(self.options.batch_seconds / max(self._seconds_per_task, 1e-3))))
+
+    def _flush(self, *, claim: int) -> list[Run]:
+        """Report every ended run, give back held runs not started (when not claiming), and
+        claim up to ``claim`` new runs: one commit, one push."""
+        reports = self.reports
+        if not claim:
+            reports += [Report(run.id, run.token, "released") for run in self.held]
+            self.held.clear()
+        self.reports = []
+        if not reports:
+            return self.queue.claim_batch(claim, **self._claim_options()) if claim else []
+        then_claim = {**self._claim_options(), "count": claim} if claim else None
+        finished = self.queue.finish(reports, then_claim=then_claim)
+        for lost in finished.losses:  # the task was taken away, or a person broke its file
+            self.summary.lost += 1
+            if isinstance(lost, NotHeld):
+                self.say(f"{lost.task_id}: {lost}")
+            else:  # InvalidTask: its path names the task's file
+                self.say(f"{Path(lost.path).stem}: cannot record how the run ended: {lost}")
+        for task in finished.tasks:
+            if task.state is not State.DONE and task.attempts and task.attempts[-1].get("outcome") == "failed":
+                retry = "will retry" if task.state is State.PENDING else "out of attempts"
+                self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
+        if claim and not finished.claimed:  # what just failed may be pending again: look afresh
+            return self.queue.claim_batch(claim, **self._claim_options())
+        return finished.claimed
 
     def _claim_options(self) -> dict[str, Any]:
         return {"labels": self.options.labels, "eligible": self._eligible}
@@ -233,22 +273,6 @@ class Worker:
             return 0
         return None
 
-    def _finish(self, report: Report, *, claim_next: bool) -> Run | None:
-        try:
-            finished = self.queue.finish(report, then_claim=self._claim_options() if claim_next else None)
-        except InvalidTask as exc:  # a person broke the running task's file: theirs to mend, not ours
-            self.summary.lost += 1
-            self.say(f"{report.task_id}: cannot record how the run ended ({report.outcome}): {exc}")
-            return None
-        if finished.lost is not None:
-            self.summary.lost += 1
-            self.say(f"{report.task_id}: {finished.lost}")
-        elif finished.task is not None and report.outcome != "done":
-            task = finished.task
-            retry = "will retry" if task.state is State.PENDING else "out of attempts"
-            self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
-        return finished.next
-
     def _maybe_reap(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_reap < self.options.reap_every:
@@ -269,10 +293,14 @@ class Worker:
         except TakenAway as exc:
             self.summary.lost += 1
             self.say(f"{run.id}: {exc}; stopped it, nothing reported")
+            if watch.heartbeat is not None:  # a move by hand leaves the run's lease ref behind
+                self.queue.store.drop_lease(run.token)
             return None
         if report is not None:
             report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
             took = time.monotonic() - started
+            average = self._seconds_per_task
+            self._seconds_per_task = took if average is None else 0.7 * average + 0.3 * took
             how = "" if report.exit_code is None else f" (exit {report.exit_code})"
             self.say(f"{'✓' if report.outcome == 'done' else '✗'} {run.id} {report.outcome}{how} in {took:.1f}s")
         return report
@@ -438,8 +466,12 @@ class Watch:
         """Make sure the run still holds its task, then push a heartbeat.
 
         In that order, so that a run which lost its task never re-creates the lease ref
-        that the cancel, requeue or reap deleted.
+        that the cancel, requeue or reap deleted. A run this long was no short task: runs
+        held in its batch go back to the queue for idle workers, and runs that ended are
+        reported now rather than after this one.
         """
+        if self.worker.held or self.worker.reports:
+            self.worker._flush(claim=0)
         queue, run = self.worker.queue, self.run
         try:
             task = queue.get(run.id)
