@@ -225,5 +225,5 @@ def test_a_report_from_a_reaped_run_changes_nothing(
     assert task.state is State.RUNNING and task.run is not None and task.run["worker"] == "other"
     assert [a["outcome"] for a in task.attempts] == ["reaped"] and task.result is None
     log = capsys.readouterr().err
-    assert re.search(r"t: run \w+ no longer holds task t: run \w+ of other holds it now; nothing changed", log), log
+    assert re.search(r"run \w+ no longer holds task t: run \w+ of other holds it now; nothing changed", log), log
     remote_repo.fsck()
