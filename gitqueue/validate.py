@@ -42,7 +42,7 @@ TRANSITIONS: dict[tuple[State | None, State | None], str] = {
     (State.CANCELLED, State.PENDING): "requeue",
     (State.PENDING, State.CANCELLED): "cancel",
     (State.RUNNING, State.CANCELLED): "cancel",
-    (State.PENDING, None): "a person deleting the file (withdrawing the task)",
+    (State.PENDING, None): "a person (withdrawing the task)",
 }
 
 # Fields that may not change while a task is in a state, and why.
@@ -116,7 +116,7 @@ def place(path: str) -> Place:
         return Place("outside") if name.endswith((".yaml", ".yml")) else Place("other")
     if len(parts) == 1:
         return Place("stray", f"a file where the {name}/ folder belongs")
-    if name.startswith("."):
+    if name.startswith(".") and not name.endswith(".yaml"):
         return Place("other")  # .gitkeep and friends
     if name.endswith(".yaml") and len(parts) <= 3:
         return Place("task")
@@ -265,9 +265,12 @@ class _Side:
     state: State
 
 
-def check_change(store: GitStore, old_root: str | None, new_root: str | None) -> list[Problem]:
+def check_change(
+    store: GitStore, old_root: str | None, new_root: str | None, *, files: bool = True, moves: bool = True
+) -> list[Problem]:
     """Problems a commit from tree ``old_root`` to ``new_root`` brings: its new or changed
-    files, and its moves. Reads only what differs between the two trees."""
+    ``files`` (each must be valid, its id in one folder) and its ``moves`` (each one some
+    command makes). Reads only what differs between the two trees."""
     problems: list[Problem] = []
     removed: dict[str, list[_Side]] = {}
     added: dict[str, list[_Side]] = {}
@@ -287,32 +290,46 @@ def check_change(store: GitStore, old_root: str | None, new_root: str | None) ->
                 if looks_like_task(store.read(new[1])):
                     problems.append(_problem(path, outside_problem(path)))
             elif where.kind == "task":
-                if new is not None:
+                found = _task_id(path)  # None for an invalid name: read_task says why, if it is added
+                if found is not None:
+                    state, task_id = found
+                    old_side = _Side(path, *change.old, state) if change.old else None
+                    new_side = _Side(path, *new, state) if new else None
+                    if old_side and new_side:
+                        changed.append((old_side, new_side))
+                    elif old_side:
+                        removed.setdefault(task_id, []).append(old_side)
+                    elif new_side:
+                        added.setdefault(task_id, []).append(new_side)
+                if new is not None and files:
                     read_task(path, new[0], store.read(new[1]))
-                found = _task_id(path)
-                if found is None:
-                    continue  # an invalid name: reported above if added; removing one is fine
-                state, task_id = found
-                old_side = _Side(path, *change.old, state) if change.old else None
-                new_side = _Side(path, *new, state) if new else None
-                if old_side and new_side:
-                    changed.append((old_side, new_side))
-                elif old_side:
-                    removed.setdefault(task_id, []).append(old_side)
-                elif new_side:
-                    added.setdefault(task_id, []).append(new_side)
         except GitqueueError as exc:
             problems.append(_problem(path, str(exc)))
-    for old_file, new_file in changed:
-        problems += _compare(store, old_file, new_file)
-    for task_id in sorted(removed.keys() | added.keys()):
-        olds, news = removed.get(task_id, []), added.get(task_id, [])
-        before, after = (olds[0] if olds else None), (news[0] if news else None)
+    if not files:
+        problems = []
+    if moves:
+        problems += _moves(store, removed, added, changed)
+    for task_id, news in added.items() if files else ():
         for side in news:
             twins = ", ".join(p for p in task_copies(store, new_root, task_id) if p != side.path)
             if twins:
                 message = f"{side.path}: task {task_id!r} is also in {twins}: a task lives in one folder"
                 problems.append(_problem(side.path, message))
+    return sorted(set(problems), key=lambda p: (p.path, p.message))
+
+
+def _moves(
+    store: GitStore,
+    removed: dict[str, list[_Side]],
+    added: dict[str, list[_Side]],
+    changed: list[tuple[_Side, _Side]],
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for old_file, new_file in changed:
+        problems += _compare(store, old_file, new_file)
+    for task_id in sorted(removed.keys() | added.keys()):
+        olds, news = removed.get(task_id, []), added.get(task_id, [])
+        before, after = (olds[0] if olds else None), (news[0] if news else None)
         before_state, after_state = (before.state if before else None), (after.state if after else None)
         moved = transition_problem(before_state, after_state)
         if before and after:
@@ -322,7 +339,7 @@ def check_change(store: GitStore, old_root: str | None, new_root: str | None) ->
             lone = after or before
             assert lone is not None
             problems.append(_problem(lone.path, f"{lone.path}: {moved}"))
-    return sorted(set(problems), key=lambda p: (p.path, p.message))
+    return problems
 
 
 def _compare(store: GitStore, before: _Side, after: _Side) -> list[Problem]:
@@ -380,17 +397,23 @@ def check_since(repo: LocalRepo, rev: str, tip: str = "HEAD") -> list[Problem]:
 
 
 def check_commits(store: GitStore, old: str | None, new: str) -> list[Problem]:
-    """Every commit in ``old..new`` (with no ``old``: every commit no ref has yet), each
-    checked against its parent. A merge passes if what it does to any one parent passes."""
-    problems: list[Problem] = []
-    for commit in store.new_commits(old, new):
+    """The commits ``old..new`` (with no ``old``: every commit no ref has yet), as a push.
+
+    Each commit's moves are checked against its parent (a merge passes if what it does to
+    one of its parents passes); the files are checked as ``new`` leaves them, so a later
+    commit may fix an earlier one's mistake.
+    """
+    commits = store.new_commits(old, new)
+    old_root = store.commit_info(old)[0] if old else None
+    new_root = store.commit_info(new)[0]
+    if len(commits) == 1 and store.commit_info(new)[1] == ((old,) if old else ()):
+        return check_change(store, old_root, new_root)  # the usual push: one commit on the tip
+    problems = check_change(store, old_root, new_root, moves=False)
+    for commit in commits:
         tree, parents = store.commit_info(commit)
-        options = [check_change(store, store.commit_info(p)[0], tree) for p in parents] or [
-            check_change(store, None, tree)
-        ]
-        found = min(options, key=len)
-        tag = f" (commit {commit[:10]})"
-        problems += [Problem(p.path, p.message + tag) for p in found]
+        options = [check_change(store, store.commit_info(p)[0], tree, files=False) for p in parents]
+        found = min(options or [check_change(store, None, tree, files=False)], key=len)
+        problems += [Problem(p.path, f"{p.message} (commit {commit[:10]})") for p in found]
     return problems
 
 

@@ -1,0 +1,170 @@
+"""``gitqueue validate`` and the worker's own checks, over the hostile corpus and real pushes.
+
+Without a server hook, a broken file reaches the queue: validate names each one, workers
+skip and report it once, and every valid task still drains. Nothing deletes the bad files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from clones import Clone, remote_blobs
+from corpus import CASES, Hostile, small, write_corpus
+from typer.testing import CliRunner
+
+from gitqueue import Queue, State
+from gitqueue.cli import app
+from gitqueue.snapshot import Problem
+from gitqueue.validate import TRANSITIONS, check_disk, transition_problem
+
+runner = CliRunner()
+
+
+def lines_about(problems: list[str], case: Hostile) -> list[str]:
+    return [p for p in problems if p.startswith(case.path) and case.expect in p]
+
+
+def worker_saw(messages: list[str], case: Hostile) -> bool:
+    """A worker names the file, or for a folder it never enters, the folder."""
+    folder = case.path.rsplit("/", 1)[0]
+    return any(case.expect in m and (m.startswith(case.path) or m.startswith(folder + "/:")) for m in messages)
+
+
+@pytest.fixture
+def queue_clone(queue: Queue, bare_remote: Path, tmp_path: Path) -> Clone:
+    """A person's clone of a queue holding three valid tasks."""
+    queue.submit([{"args": {"lr": lr}} for lr in (0.1, 0.01, 0.001)])
+    return Clone(str(bare_remote), tmp_path / "alice")
+
+
+def test_each_hostile_file_gets_its_message_from_validate_on_disk(queue_clone: Clone) -> None:
+    write_corpus(queue_clone.path)
+    problems = [p.message for p in check_disk(queue_clone.path)]
+    for case in CASES:
+        assert lines_about(problems, case), f"{case.name}: nothing about {case.path!r} in {problems}"
+    assert not [p for p in problems if p.startswith("pending/0000")], "valid tasks are not problems"
+
+
+def test_validate_command_prints_one_line_per_problem_and_exits_1(
+    queue_clone: Clone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_corpus(queue_clone.path, small())
+    monkeypatch.chdir(queue_clone.path / "pending")  # anywhere in the clone
+    result = runner.invoke(app, ["validate"])
+    assert result.exit_code == 1, result.output
+    printed = result.stdout.splitlines()
+    for case in small():
+        assert lines_about(printed, case), f"{case.name}: {printed}"
+    assert len(printed) == len(small()), printed
+
+    one = runner.invoke(app, ["validate", "broken-yaml.yaml"])
+    assert one.exit_code == 1 and one.stdout.startswith("pending/broken-yaml.yaml:2:"), one.output
+    clean = runner.invoke(app, ["validate", "--format", "json", "../pending/000001-lr0.1.yaml"])
+    assert clean.exit_code == 0 and json.loads(clean.stdout) == []
+
+
+def test_a_draft_outside_any_clone_is_checked_as_a_pending_task(tmp_path: Path) -> None:
+    draft = tmp_path / "drafts" / "next.yaml"
+    draft.parent.mkdir()
+    draft.write_text("args: {lr: 0.1}\npriority: soon\n")
+    result = runner.invoke(app, ["validate", str(draft)])
+    assert result.exit_code == 1
+    assert result.stdout.strip() == "pending/next.yaml: field 'priority' must be an integer, not str 'soon'"
+
+
+def test_without_a_hook_bad_files_land_and_the_queue_still_drains(
+    queue_clone: Clone, bare_remote: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_corpus(queue_clone.path)
+    assert queue_clone.commit("add a hostile corpus").returncode == 0
+    assert queue_clone.push().returncode == 0
+    landed = remote_blobs(bare_remote)
+
+    # validate, reading the remote (not a clone): one line for each hostile file
+    result = runner.invoke(app, ["validate", "--queue", str(bare_remote)])
+    assert result.exit_code == 1
+    for case in CASES:
+        assert lines_about(result.stdout.splitlines(), case), f"{case.name}: {result.stdout}"
+
+    # a worker skips every one of them, reports each once, and drains the valid tasks
+    told: list[Problem] = []
+    with Queue.open(str(bare_remote), worker="gpu-box/0") as worker:
+        worker.checks.tell = told.append
+        claimed = []
+        while (run := worker.claim()) is not None:
+            claimed.append(run.id)
+            run.done({"ok": True})
+    assert claimed == ["000001-lr0.1", "000002-lr0.01", "000003-lr0.001"]
+    messages = [p.message for p in told]
+    for case in CASES:
+        if case.worker:
+            assert worker_saw(messages, case), f"{case.name}: {messages}"
+    assert len(messages) == len(set(messages)), "each problem is reported once per worker"
+
+    # nothing was deleted or rewritten: every hostile file is as it was pushed
+    after = remote_blobs(bare_remote)
+    for path, blob in landed.items():
+        if not path.startswith("pending/0000"):
+            assert after.get(path) == blob, path
+
+
+def test_a_worker_logs_a_broken_file_once_by_default(queue: Queue, caplog: pytest.LogCaptureFixture) -> None:
+    queue.submit([{"args": {"i": i}} for i in range(3)])
+    from conftest import RemoteRepo
+
+    RemoteRepo(Path(queue.url)).person_commit({"pending/bad.yaml": "args: [1\n"})
+    with caplog.at_level(logging.WARNING, logger="gitqueue"):
+        while (run := queue.claim()) is not None:
+            run.done()
+    warned = [r.getMessage() for r in caplog.records if "pending/bad.yaml" in r.getMessage()]
+    assert warned == ["skipping pending/bad.yaml:2:1: while parsing a flow sequence expected ',' or ']', but got "
+                      "'<stream end>'"]  # fmt: skip
+
+
+def test_a_task_in_two_folders_is_not_claimed_and_is_reported(queue: Queue, bare_remote: Path) -> None:
+    from conftest import RemoteRepo
+
+    remote = RemoteRepo(bare_remote)
+    queue.submit([{"args": {"lr": 0.1}, "id": "twin"}, {"args": {"lr": 0.2}, "id": "other", "priority": -1}])
+    # a person restores an old copy into done/ by hand: the id now sits in two folders
+    remote.person_commit({"done/twin.yaml": "args: {lr: 0.1}\ntags: [an-old-copy]\n"})
+    told: list[Problem] = []
+    queue.checks.tell = told.append
+    run = queue.claim()
+    assert run is not None and run.id == "other"
+    assert queue.claim() is None
+    assert [p.message for p in told] == [
+        "pending/twin.yaml: task 'twin' is also in done/twin.yaml: not claimed until one is removed"
+    ]
+    assert sorted(p.message for p in queue.validate()) == [
+        "done/twin.yaml: task 'twin' is also in pending/twin.yaml: a task lives in one folder",
+        "pending/twin.yaml: task 'twin' is also in done/twin.yaml: a task lives in one folder",
+    ]
+    assert remote.locations()["twin"] == ["done/twin.yaml", "pending/twin.yaml"]
+
+
+def test_a_broken_settings_file_and_a_missing_one(tmp_path: Path) -> None:
+    (tmp_path / "pending").mkdir()
+    assert [p.message for p in check_disk(tmp_path)] == ["gitqueue.yaml: missing, so this is not a gitqueue queue"]
+    (tmp_path / "gitqueue.yaml").write_text("defaults: {lease: soon}\n")
+    assert [p.message for p in check_disk(tmp_path)] == ["gitqueue.yaml: defaults.lease must be an integer, not 'soon'"]
+
+
+def test_the_transition_table_names_the_commands() -> None:
+    assert transition_problem(State.PENDING, State.RUNNING) is None
+    assert transition_problem(State.RUNNING, State.RUNNING) is None
+    assert transition_problem(None, State.PENDING) is None
+    assert transition_problem(State.PENDING, State.DONE) == (
+        "no gitqueue command moves a task from pending/ to done/ (from pending/: running/ by claim; "
+        "cancelled/ by cancel; deleted by a person (withdrawing the task))"
+    )
+    assert transition_problem(State.DONE, None) == (
+        "only pending tasks may be deleted; a done task stays (cancel or requeue it instead)"
+    )
+    assert transition_problem(None, State.DONE) == "a new task must start in pending/, not done/ (submit adds it there)"
+    # every state can be left, and every state but pending is reached only from another state
+    for state in State:
+        assert any(before is state for before, _ in TRANSITIONS)
