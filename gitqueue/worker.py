@@ -135,6 +135,7 @@ class Worker:
         self.log = log or sys.stderr
         self.summary = Summary()
         self.held: deque[Run] = deque()  # claimed in a batch, not started yet
+        self._held_since: dict[str, float] = {}  # run token -> when it was claimed (monotonic)
         self.reports: list[Report] = []  # runs that ended, not reported yet
         self._seconds_per_task: float | None = None  # moving average: sizes the next batch
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
@@ -183,7 +184,9 @@ class Worker:
                 return 128 + self.signal
             self._maybe_reap()  # busy workers too: a finish usually hands them their next run
             if not self.held:
-                self.held.extend(self._flush(claim=self._batch_size()))
+                claimed = self._flush(claim=self._batch_size())
+                self._held_since = {run.token: time.monotonic() for run in claimed}
+                self.held.extend(claimed)
             if not self.held:
                 now = time.monotonic()
                 idle_since = idle_since or now
@@ -289,6 +292,10 @@ class Worker:
         watch = Watch(self, run)
         started = time.monotonic()
         try:
+            if started - self._held_since.pop(run.token, started) >= watch.every:
+                # It waited in its batch, silent, for a heartbeat's interval or more: a reaper may
+                # have given it away. Look (and keep its lease alive) before running it.
+                watch.beat()
             report = self.runner(run, watch)
         except TakenAway as exc:
             self.summary.lost += 1

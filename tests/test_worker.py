@@ -387,6 +387,37 @@ def test_a_busy_worker_reaps_as_it_goes(queue: Queue, bare_remote: Path) -> None
     assert "z-dead: its lease ran out" in log.getvalue()
 
 
+def test_a_run_that_waited_in_its_batch_past_its_lease_is_not_started(queue: Queue, bare_remote: Path) -> None:
+    queue.submit(
+        [
+            {"id": "a-quick", "args": {}, "priority": 3},
+            {"id": "b-slow", "args": {}, "priority": 2},
+            {"id": "c-short-lease", "args": {}, "priority": 1, "lease": 3},
+        ]
+    )
+    clock = FakeClock()
+    ran: list[tuple[str, int]] = []
+    log = io.StringIO()
+
+    def runner(run: Run, watch: Watch) -> Report:
+        ran.append((run.id, run.attempt))
+        if run.id == "b-slow":  # claimed in one batch with c-short-lease, which waits meanwhile...
+            with Queue(str(bare_remote), worker="reaper", monotonic=clock) as reaper:
+                assert reaper.reap() == []
+                clock.now += 4  # ...and stays silent past its lease, so another worker reaps it
+                assert reaper.reap() == ["c-short-lease"]
+            deadline = time.monotonic() + 1.2  # b-slow works for longer than c's heartbeat interval
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+        return Report(run.id, run.token, "done")
+
+    with Queue(str(bare_remote), worker="batcher") as q:
+        assert Worker(q, Options(reap_every=3600), runner=runner, log=log).run() == 0
+    assert ran == [("a-quick", 1), ("b-slow", 1), ("c-short-lease", 2)], log.getvalue()  # never two runs at once
+    task = queue.get("c-short-lease")
+    assert [(a["attempt"], a["outcome"]) for a in task.attempts] == [(1, "reaped"), (2, "done")]
+
+
 # ---------------------------------------------------------------- stopping a run
 
 
