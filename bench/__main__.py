@@ -212,6 +212,13 @@ def part_drains(
                         f"{r.pushes / r.tasks:.3f} push attempts/task, {r.check.commits / r.tasks:.3f} landed",
                         r.pushes / r.tasks <= 1.0 + 2 / r.tasks,  # the last finish and the final empty claim
                     )
+                elif n == max(workers):
+                    report.target(
+                        f"push attempts per task with {n} workers ({kind}; informative)",
+                        f"{r.pushes / r.tasks:.3f} push attempts/task ({r.rejected / r.tasks:.3f} rejected), "
+                        f"{r.check.commits / r.tasks:.3f} landed",
+                        None,
+                    )
     section.notes.append(
         "tasks/s: from the first worker ready (queue opened) to the last worker's exit; (wall) also counts "
         "process start-up. Push attempts and rejections come from each worker's GITQUEUE_STATS_FILE; landed "
@@ -267,7 +274,7 @@ def part_scale(report: Report, root: Path, sizes: list[int], full: bool) -> None
     small, big = results[0], results[-1]
     at = f"at {big.tasks:,}"
     final = big.tasks >= 100_000
-    note = "" if final else " (100,000 is in --full)"
+    note = "" if final else " (not measured: 100,000 is in --full)"
 
     def judge(ok: bool) -> bool | None:
         return ok if final else None

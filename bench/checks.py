@@ -12,7 +12,10 @@ from pathlib import Path
 from bench.env import git
 
 STATES = ("pending", "running", "done", "failed", "cancelled")
-_PIECE = re.compile(r"^(claim|done|fail|reap|return) (\S+) by .*?\(attempt (\d+)\)(?:: (will retry|out of attempts))?$")
+_PIECE = re.compile(
+    r"^(claim|done|fail|reap|return|release) (\S+) by .*?\(attempt (\d+)\)"
+    r"(?:: (will retry|out of attempts|not started))?$"
+)
 
 
 @dataclass
@@ -50,9 +53,32 @@ def files_by_id(remote: Path, ref: str = "main") -> dict[str, list[str]]:
     return found
 
 
-def subjects_since(remote: Path, seed: str, ref: str = "main") -> list[str]:
-    out = git("log", "--first-parent", "--format=%s%x00", f"{seed}..{ref}", cwd=remote).decode()
+def messages_since(remote: Path, seed: str, ref: str = "main") -> list[str]:
+    """Whole commit messages: a commit joining many state changes lists them in its body."""
+    out = git("log", "--first-parent", "--format=%B%x00", f"{seed}..{ref}", cwd=remote).decode()
     return [s.strip("\n") for s in out.split("\0") if s.strip("\n")]
+
+
+def changes(message: str) -> list[tuple[str, str]]:
+    """(action, task id) of every state change one commit records.
+
+    Read from the ``Gitqueue-Action``/``Gitqueue-Task`` trailers (one word each, in the same
+    order), else from the message's lines (``claim <id> by <worker> (attempt N)``).
+    """
+    trailers = dict(
+        line.split(": ", 1)
+        for line in message.splitlines()
+        if line.startswith(("Gitqueue-Action: ", "Gitqueue-Task: "))
+    )
+    actions, tasks = trailers.get("Gitqueue-Action", "").split(), trailers.get("Gitqueue-Task", "").split()
+    if actions and len(actions) == len(tasks):
+        return list(zip(actions, tasks, strict=True))
+    found = []
+    for piece in (p for line in message.splitlines() for p in line.split("; ")):
+        match = _PIECE.match(piece)
+        if match:
+            found.append((match.group(1), match.group(2)))
+    return found
 
 
 def exactly_once(remote: Path, ids: list[str], seed: str) -> Check:
@@ -69,19 +95,15 @@ def exactly_once(remote: Path, ids: list[str], seed: str) -> Check:
             check.where[state] += 1
     check.done = check.where["done"]
     extra = set(files) - set(ids)
-    subjects = subjects_since(remote, seed)
-    check.commits = len(subjects)
+    messages = messages_since(remote, seed)
+    check.commits = len(messages)
     claims: Counter[str] = Counter()
-    retries: Counter[str] = Counter()
-    for subject in subjects:
-        for piece in subject.split("; "):
-            match = _PIECE.match(piece)
-            if not match:
-                continue
-            verb, task_id = match.group(1), match.group(2)
-            if verb == "claim":
+    retries: Counter[str] = Counter()  # anything that hands a task back: it may be claimed again
+    for message in messages:
+        for action, task_id in changes(message):
+            if action == "claim":
                 claims[task_id] += 1
-            elif verb in ("fail", "reap", "return"):
+            elif action != "done":
                 retries[task_id] += 1
     check.claims_over_one = sum(1 for t in ids if claims[t] > 1 + retries[t])
     unclaimed = sum(1 for t in ids if claims[t] == 0)

@@ -90,7 +90,7 @@ class Report:
         if self.targets:
             out += ["## Targets (issue 5)", "", "| target | measured | met |", "|---|---|---|"]
             for t in self.targets:
-                verdict = "not measured" if t.met is None else ("yes" if t.met else "**no**")
+                verdict = "-" if t.met is None else ("yes" if t.met else "**no**")
                 out.append(f"| {t.what} | {t.measured} | {verdict} |")
             out.append("")
         out += ["## Figures", ""]
