@@ -168,3 +168,36 @@ def test_the_transition_table_names_the_commands() -> None:
     # every state can be left, and every state but pending is reached only from another state
     for state in State:
         assert any(before is state for before, _ in TRANSITIONS)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_ci_examples_and_pre_commit_hooks_run_real_checks(
+    queue_clone: Clone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    import yaml
+
+    monkeypatch.chdir(queue_clone.path)
+    ci = (ROOT / "examples/ci/github-actions.yml").read_text() + (ROOT / "examples/ci/gitlab-ci.yml").read_text()
+    assert set(re.findall(r"gitqueue validate --\w+", ci)) == {"gitqueue validate --all", "gitqueue validate --since"}
+    before = queue_clone.head()
+    assert runner.invoke(app, ["validate", "--all"]).exit_code == 0
+    # a commit a CI run must catch: files all valid, but a move no command makes
+    queue_clone.run("mv", "pending/000001-lr0.1.yaml", "done/000001-lr0.1.yaml")
+    assert queue_clone.commit("done by hand?").returncode == 0
+    assert runner.invoke(app, ["validate", "--all"]).exit_code == 0
+    since = runner.invoke(app, ["validate", "--since", before])
+    assert since.exit_code == 1
+    assert since.stdout.startswith("pending/000001-lr0.1.yaml -> done/000001-lr0.1.yaml: no gitqueue command moves")
+    # the pre-commit framework's hooks, as .pre-commit-hooks.yaml spells them
+    hooks = {hook["id"]: hook for hook in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    queue_clone.write("pending/bad.yaml", "args: {lr: 0.1\n")
+    queue_clone.run("add", "pending/bad.yaml")
+    staged = runner.invoke(app, hooks["gitqueue-validate"]["entry"].split()[1:])
+    assert staged.exit_code == 1 and staged.stdout.startswith("pending/bad.yaml:2:1: ")
+    assert re.search(hooks["gitqueue-validate-files"]["files"], "pending/bad.yaml")
+    files = runner.invoke(app, [*hooks["gitqueue-validate-files"]["entry"].split()[1:], "pending/bad.yaml"])
+    assert files.exit_code == 1 and files.stdout.startswith("pending/bad.yaml:2:1: ")
