@@ -14,7 +14,6 @@ Nothing here deletes, moves or rewrites a file: problems are reported, never "fi
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -423,6 +422,8 @@ def check_commits(store: GitStore, old: str | None, new: str) -> list[Problem]:
 def warn(problem: Problem) -> None:
     """The default way a worker tells about a problem: a warning on the ``gitqueue`` logger
     (printed on stderr when logging is not set up)."""
+    import logging  # here: a hook that never warns does not pay for importing it
+
     logging.getLogger("gitqueue").warning("skipping %s", problem.message)
 
 

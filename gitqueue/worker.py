@@ -142,6 +142,7 @@ class Worker:
         self.stop_code: int | None = None  # set when the worker itself is broken
         self._last_reap = float("-inf")
         self._warned: set[str] = set()
+        queue.checks.tell = lambda problem: self.say(f"skipping {problem.message} (left as it is)")
         if not options.command and not options.allow_task_cmd and runner is None:
             raise GitqueueError("no command to run: give one after --, or --allow-task-cmd to run tasks' own cmd")
 

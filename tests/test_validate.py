@@ -201,3 +201,35 @@ def test_the_ci_examples_and_pre_commit_hooks_run_real_checks(
     assert re.search(hooks["gitqueue-validate-files"]["files"], "pending/bad.yaml")
     files = runner.invoke(app, [*hooks["gitqueue-validate-files"]["entry"].split()[1:], "pending/bad.yaml"])
     assert files.exit_code == 1 and files.stdout.startswith("pending/bad.yaml:2:1: ")
+
+
+def test_gitqueue_work_skips_each_broken_file_once_and_drains_the_rest(queue_clone: Clone, bare_remote: Path) -> None:
+    import subprocess
+    import sys
+
+    write_corpus(queue_clone.path, small())
+    queue_clone.commit("hostile files, pushed where no hook guards the queue")
+    assert queue_clone.push().returncode == 0
+    before = remote_blobs(bare_remote)
+    proc = subprocess.run(
+        ["gitqueue", "work", "--queue", str(bare_remote), "--worker", "box/0", "--", sys.executable, "-c", "pass"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    skipped = [line.split("skipping ", 1)[1] for line in proc.stderr.splitlines() if "skipping " in line]
+    for case in small():
+        if case.worker:
+            assert worker_saw(skipped, case), f"{case.name}: {proc.stderr}"
+    assert len(skipped) == len(set(skipped)), "each broken file is reported once"
+    after = remote_blobs(bare_remote)
+    assert sorted(p for p in after if p.startswith("done/0000")) == [
+        "done/000001-lr0.1.yaml",
+        "done/000002-lr0.01.yaml",
+        "done/000003-lr0.001.yaml",
+    ]
+    assert {p: b for p, b in after.items() if not p.startswith(("done/", "pending/0000"))} == {
+        p: b for p, b in before.items() if not p.startswith(("done/", "pending/0000"))
+    }
