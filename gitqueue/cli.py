@@ -669,7 +669,7 @@ def validate(
         with LocalRepo(top or Path.cwd()) as repo:
             problems = validate_rules.check_staged(repo) if staged else validate_rules.check_since(repo, since or "")
     elif paths:
-        problems = validate_rules.check_disk(top or Path.cwd(), paths)
+        problems = validate_rules.check_disk(top, paths)
     elif queue is None and top is not None and (top / SETTINGS_FILE).exists():
         problems = validate_rules.check_disk(top)
     else:

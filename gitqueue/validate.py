@@ -194,6 +194,8 @@ def check_files(files: Iterable[File], *, whole: bool = True) -> list[Problem]:
                 problems.append(_problem(path, outside_problem(path)))
         except GitqueueError as exc:
             problems.append(_problem(path, str(exc)))
+        except OSError as exc:
+            problems.append(_problem(path, f"{path}: cannot read it ({exc.strerror})"))
     for task_id, paths in homes.items():
         for path in paths if len(paths) > 1 else ():
             others = ", ".join(p for p in paths if p != path)
@@ -213,15 +215,18 @@ def _reader(store: GitStore, sha: str) -> Callable[[], bytes]:
     return lambda: store.read(sha)
 
 
-def check_disk(top: Path, paths: Iterable[Path] | None = None) -> list[Problem]:
+def check_disk(top: Path | None, paths: Iterable[Path] | None = None) -> list[Problem]:
     """Files on disk in a clone whose top folder is ``top``: all of them, or ``paths`` (files
-    or folders). Symbolic links are reported, never followed."""
+    or folders). With no ``top`` (no clone), each file is checked as a pending task.
+    Symbolic links are reported, never followed."""
     chosen = list(paths) if paths is not None else None
+    if top is None and chosen is None:
+        raise GitqueueError("name the files to check, or run this in a clone of the queue")
     return check_files(_disk_files(top, chosen), whole=chosen is None)
 
 
-def _disk_files(top: Path, chosen: list[Path] | None) -> Iterator[File]:
-    for start in chosen if chosen is not None else [top]:
+def _disk_files(top: Path | None, chosen: list[Path] | None) -> Iterator[File]:
+    for start in chosen if chosen is not None else [top or Path.cwd()]:
         if start.is_dir() and not start.is_symlink():
             for folder, dirs, names in os.walk(start):
                 dirs[:] = sorted(d for d in dirs if d != ".git" and not (Path(folder) / d).is_symlink())
@@ -232,12 +237,12 @@ def _disk_files(top: Path, chosen: list[Path] | None) -> Iterator[File]:
             yield _disk_file(top, start)
 
 
-def _disk_file(top: Path, file: Path) -> File:
+def _disk_file(top: Path | None, file: Path) -> File:
     """A file on disk named by its path in the queue. One outside the clone (a draft) is
     checked as if it were in pending/."""
     real = Path(os.path.realpath(file.absolute().parent)) / file.name  # the link itself, not its target
     try:
-        path = real.relative_to(top.resolve()).as_posix()
+        path = real.relative_to(top.resolve()).as_posix() if top else f"pending/{file.name}"
     except ValueError:
         path = f"pending/{file.name}"
     mode = LINK_MODE if file.is_symlink() else b"100644"
@@ -351,7 +356,7 @@ def _compare(store: GitStore, before: _Side, after: _Side) -> list[Problem]:
     label = after.path if before.path == after.path else f"{before.path} -> {after.path}"
     if before.state is after.state:
         problem = frozen_field_problem(old, new)
-    elif after.state is not State.PENDING and person_part(old.text) != person_part(new.text):
+    elif after.state is not State.PENDING and person_part(old.text).rstrip() != person_part(new.text).rstrip():
         problem = (
             f"moving a task to {after.state.value}/ keeps the lines its person wrote; "
             "change them in a commit of their own"

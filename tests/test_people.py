@@ -292,3 +292,15 @@ def test_gitqueue_log_tells_a_tasks_life(alice: Clone, worker: Queue, remote: Pa
     assert all(len(e["commit"]) == 40 and e["when"] for e in events)
     table = runner.invoke(app, ["log", "000001", "--queue", str(remote)])
     assert "edit (by hand): priority 0 -> 4" in table.stdout
+
+
+def test_a_file_without_a_final_newline_goes_through_every_move(alice: Clone, worker: Queue, remote: Path) -> None:
+    alice.write("pending/terse.yaml", "args: {lr: 0.5}\npriority: 1  # no newline at the end")
+    alice.commit("a terse task")
+    assert alice.push().returncode == 0
+    run = worker.claim()  # the claim adds the missing newline above the marker: the hook lets it pass
+    assert run is not None and run.id == "terse"
+    run.done()
+    assert remote_file(remote, "done/terse.yaml").startswith(
+        b"args: {lr: 0.5}\npriority: 1  # no newline at the end\n" + MARKER.encode()
+    )
