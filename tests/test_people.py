@@ -304,3 +304,30 @@ def test_a_file_without_a_final_newline_goes_through_every_move(alice: Clone, wo
     assert remote_file(remote, "done/terse.yaml").startswith(
         b"args: {lr: 0.5}\npriority: 1  # no newline at the end\n" + MARKER.encode()
     )
+
+
+def test_when_the_rebase_conflicts_the_readme_advice_works_and_keeping_both_is_refused(
+    alice: Clone, worker: Queue, remote: Path
+) -> None:
+    alice.write("pending/tiny.yaml", "args: {lr: 1}\npriority: 1\n")
+    alice.commit("a tiny task")
+    assert alice.push().returncode == 0
+    alice.write("pending/tiny.yaml", "args: {lr: 1}\npriority: 5\n")
+    alice.commit("bump it")
+    run = worker.claim()  # claimed meanwhile: the small file changed too much for git to follow the move
+    assert run is not None and run.id == "tiny"
+    assert alice.push().returncode != 0
+    rebase = alice.pull()
+    assert rebase.returncode != 0 and "CONFLICT (modify/delete): pending/tiny.yaml" in rebase.stdout + rebase.stderr
+    # keeping both files is what a hurried person does; the hook refuses it
+    alice.run("add", "pending/tiny.yaml")
+    alice.run("-c", "core.editor=true", "rebase", "--continue")
+    assert "task 'tiny' is also in running/tiny.yaml" in alice.push().stderr
+    # the advice: make the change in the task's new file, drop the old one
+    alice.run("reset", "-q", "--hard", "origin/main")
+    text = alice.read("running/tiny.yaml").replace("priority: 1\n", "priority: 5\n")
+    alice.write("running/tiny.yaml", text)
+    alice.commit("bump it, where it is now")
+    assert alice.push().returncode == 0
+    run.done()
+    assert remote_file(remote, "done/tiny.yaml").startswith(b"args: {lr: 1}\npriority: 5\n")
