@@ -400,19 +400,19 @@ def ls(
         for task in tasks:
             typer.echo(task.id)
     else:
-        out.print(_task_table(tasks))
+        rows = []
+        for task in tasks:
+            worker = (task.run or {}).get("worker") or (task.attempts[-1].get("worker") if task.attempts else "")
+            rows.append([task.id, task.state.value, task.priority, _compact(task.args), len(task.attempts), worker])
+        print_table(["ID", "STATE", "PRI", "ARGS", "TRIES", "WORKER"], rows)
 
 
-def _task_table(tasks: list[Task]) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "STATE", "PRI", "ARGS", "TRIES", "WORKER"):
-        table.add_column(column, overflow="fold", no_wrap=column == "ID")
-    for task in tasks:
-        worker = (task.run or {}).get("worker") or (task.attempts[-1].get("worker") if task.attempts else "") or ""
-        table.add_row(
-            task.id, task.state.value, str(task.priority), _compact(task.args), str(len(task.attempts)), str(worker)
-        )
-    return table
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """Columns aligned with plain text: fast for 100,000 rows, and clean when piped."""
+    cells = [headers, *(["" if v is None else str(v) for v in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 @app.command()
@@ -518,7 +518,7 @@ def work(
     grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a run.")] = 10.0,
     max_batch: Annotated[
         int, typer.Option(min=1, help="Short tasks: hold up to N claims and report them in one push (1: one by one).")
-    ] = 16,
+    ] = 64,
     reap_every: Annotated[
         float, typer.Option(hidden=True, help="Seconds between looks for runs whose lease ran out.")
     ] = 30.0,
@@ -610,12 +610,7 @@ def results(
         for row in rows:
             writer.writerow({k: _compact(v) if isinstance(v, dict | list) else v for k, v in row.items()})
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column == "id")
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else _compact(row[c]) for c in columns))
-    out.print(table)
+    print_table(columns, [[None if row.get(c) is None else _compact(row[c]) for c in columns] for row in rows])
 
 
 def _result_row(task: Task) -> dict[str, Any]:
@@ -799,13 +794,11 @@ def log(
     if fmt == "json":
         _print_json([event.to_dict() for event in events])
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("COMMIT", "WHEN", "AUTHOR", "WHAT"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for event in events:
         what = event.action + (" (by hand)" if event.by_hand else "") + (f": {event.detail}" if event.detail else "")
-        table.add_row(event.commit[:10], event.when, event.author, what)
-    out.print(table)
+        rows.append([event.commit[:10], event.when, event.author, what])
+    print_table(["COMMIT", "WHEN", "AUTHOR", "WHAT"], rows)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from gitqueue.errors import (
     GitqueueError,
     InvalidTask,
     InvalidTransition,
+    LostRace,
     NotHeld,
     QueueNotFound,
     RemoteUnavailable,
@@ -178,6 +179,7 @@ class Queue:
         self.max_skew = max_skew
         self._seen: dict[tuple[str, str | None], float] = {}  # (run token, heartbeat) -> first seen
         self._landed: tuple[str, float] | None = None  # our last landed commit, and when
+        self._push_seconds = 0.03  # moving average of one push: the slot of the backoff
         self._identity: Identity | None = None
         self.checks = rules.WorkerChecks()  # broken files a worker skips, reported once each
 
@@ -262,7 +264,9 @@ class Queue:
                 self.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
 
-    def _transact(self, build: Callable[[Snapshot], Change | None], *, leases: bool = False) -> Any:
+    def _transact(
+        self, build: Callable[[Snapshot], Change | None], *, leases: bool = False, patient: bool = True
+    ) -> Any:
         """Fetch, build, commit, compare-and-swap push; on a lost race, back off and redo.
 
         Right after one of our own pushes landed, the tip is very likely still ours, so the
@@ -289,14 +293,25 @@ class Queue:
             if not change.files:
                 return change.value
             commit = self._commit(snap, change)
-            if self.store.push(commit, snap.tip, also=change.also) is PushOutcome.LANDED:
+            started = self.monotonic()
+            outcome = self.store.push(commit, snap.tip, also=change.also)
+            self._push_seconds = 0.8 * self._push_seconds + 0.2 * (self.monotonic() - started)
+            if outcome is PushOutcome.LANDED:
                 self._landed = (commit, self.monotonic())
                 return change.value
             self._landed = None
             if optimistic is None:
+                if not patient:  # the caller has other work to do meanwhile and will try again
+                    raise LostRace("another writer moved the branch first")
                 lost += 1
-                self.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** min(lost, 7))))
+                self.sleep(self._backoff(lost))
             optimistic = None
+
+    def _backoff(self, lost: int) -> float:
+        """A random pause after ``lost`` races lost in a row, in slots of one push's length:
+        the window doubles each time, so contenders spread out instead of colliding again."""
+        window = max(0.01, self._push_seconds) * 2 ** min(lost, 6)
+        return random.uniform(0, min(window, 2.0))
 
     def _recent_tip(self) -> Snapshot | None:
         """A view at our own last landed commit, if it landed a moment ago."""
@@ -440,12 +455,21 @@ class Queue:
         labels: Mapping[str, str] | None = None,
         lease: int | None = None,
         eligible: Callable[[Task], bool] | None = None,
+        patient: bool = True,
     ) -> list[Run]:
-        """Claim up to ``count`` tasks in one commit (the best ones, in order)."""
-        return self._transact(lambda snap: self._claim_change(snap, labels, lease, eligible, count)) or []
+        """Claim up to ``count`` tasks in one commit (the best ones, in order).
+
+        Not ``patient``: one try on the fetched tip, LostRace if another writer won it.
+        """
+        build = lambda snap: self._claim_change(snap, labels, lease, eligible, count)  # noqa: E731
+        return self._transact(build, patient=patient) or []
 
     def finish(
-        self, reports: Report | Sequence[Report], *, then_claim: Mapping[str, Any] | None = None
+        self,
+        reports: Report | Sequence[Report],
+        *,
+        then_claim: Mapping[str, Any] | None = None,
+        patient: bool = True,
     ) -> Finished:
         """Record how runs ended and, with ``then_claim`` (``claim_batch``'s options, ``count``
         included), claim the next tasks: all in one commit and one push.
@@ -471,7 +495,7 @@ class Queue:
                     change.value.claimed = claim.value
             return change
 
-        return self._transact(build)
+        return self._transact(build, patient=patient)
 
     def done(self, task_id: str, *, token: str | None = None, result: Any = None) -> Task:
         """Finish a running task as done. With ``token``, only if that run still holds it."""
@@ -540,7 +564,7 @@ class Queue:
         if count > 1:
             pending = sum(len(group) for group in snap.pending_groups())
             workers = {summary.worker for _, summary in snap.summaries(State.RUNNING)} | {self.worker}
-            count = max(1, min(count, pending // len(workers)))
+            count = max(1, min(count, -(-pending // len(workers))))  # ceil: the tail goes in pairs, not ones
         change: Change | None = None
         runs: list[Run] = []
         for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible)):

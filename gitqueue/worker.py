@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gitqueue.errors import GitqueueError, InvalidTask, NotHeld, TaskNotFound
+from gitqueue.errors import GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
 from gitqueue.task import State, Task, load_yaml, now_iso
 
@@ -93,8 +93,8 @@ class Options:
     heartbeat: float | None = None  # seconds between heartbeats (default: a third of the lease)
     reap_every: float = 30.0  # seconds between looks for runs whose lease ran out
     poll_max: float = 30.0  # longest wait between polls of an idle queue
-    max_batch: int = 16  # short tasks: hold up to this many claims, report them in one push
-    batch_seconds: float = 1.0  # size a batch to take about this long
+    max_batch: int = 64  # short tasks: hold up to this many claims, report them in one push
+    batch_seconds: float = 1.0  # size a batch to take about this long (longer while pushes collide)
 
 
 @dataclass
@@ -138,6 +138,8 @@ class Worker:
         self._held_since: dict[str, float] = {}  # run token -> when it was claimed (monotonic)
         self.reports: list[Report] = []  # runs that ended, not reported yet
         self._seconds_per_task: float | None = None  # moving average: sizes the next batch
+        self._batch_seconds = options.batch_seconds  # grows while our pushes lose races
+        self._lost_tries, self._retry_at = 0, 0.0  # one-try flushes lost in a row; next try not before
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
         self.stop_code: int | None = None  # set when the worker itself is broken
         self._last_reap = float("-inf")
@@ -181,12 +183,14 @@ class Worker:
         idle_since: float | None = None
         while True:
             if self.signal is not None:
-                self._flush(claim=0)
+                self._flush(claim=0, release=True)
                 return 128 + self.signal
             self._maybe_reap()  # busy workers too: a finish usually hands them their next run
-            if not self.held:
-                claimed = self._flush(claim=self._batch_size())
-                self._held_since = {run.token: time.monotonic() for run in claimed}
+            if self._due():
+                # With runs still in hand, one try: if another worker wins the push, run the
+                # next task and try again after it, instead of waiting idle for the branch.
+                claimed = self._flush(claim=self._batch_size() - len(self.held), patient=not self.held)
+                self._held_since.update({run.token: time.monotonic() for run in claimed})
                 self.held.extend(claimed)
             if not self.held:
                 now = time.monotonic()
@@ -208,12 +212,21 @@ class Worker:
                 continue
             self.reports.append(report)
             if report.outcome == "interrupted":
-                self._flush(claim=0)
+                self._flush(claim=0, release=True)
                 return self.stop_code or 128 + (self.signal or signal.SIGTERM)
             stop_code = self._count(report)
             if stop_code is not None:
-                self._flush(claim=0)
+                self._flush(claim=0, release=True)
                 return stop_code
+
+    def _due(self) -> bool:
+        """Time to report and claim: nothing left in hand, or half a batch run with more to
+        claim, so the next claims land while the rest of this batch still runs."""
+        if not self.held:
+            return True
+        if time.monotonic() < self._retry_at:  # lost the last try: give the others a moment
+            return False
+        return bool(self.reports) and len(self.held) * 2 <= self._batch_size()
 
     def _batch_size(self) -> int:
         """How many claims to take next: about ``batch_seconds`` of work, 1 for long tasks."""
@@ -222,20 +235,44 @@ class Worker:
             limit = min(limit, self.options.max_tasks - self.summary.done - self.summary.failed)
         if self._seconds_per_task is None:
             return 1
-        return max(1, min(limit, int(self.options.batch_seconds / max(self._seconds_per_task, 1e-3))))
+        return max(1, min(limit, int(self._batch_seconds / max(self._seconds_per_task, 1e-3))))
 
-    def _flush(self, *, claim: int) -> list[Run]:
-        """Report every ended run, give back held runs not started (when not claiming), and
-        claim up to ``claim`` new runs: one commit, one push."""
-        reports = self.reports
-        if not claim:
+    def _adapt(self, lost_races: int) -> None:
+        """Many workers on one branch: when our pushes lose races, push less often (bigger
+        batches), and drift back once they land first time."""
+        base = self.options.batch_seconds
+        if lost_races:
+            self._batch_seconds = min(base * 8, self._batch_seconds * 2)
+        else:
+            self._batch_seconds = max(base, self._batch_seconds * 0.8)
+
+    def _flush(self, *, claim: int, release: bool = False, patient: bool = True) -> list[Run]:
+        """Report every ended run, give back the held runs not started if ``release``, and
+        claim up to ``claim`` new runs: one commit, one push. Not ``patient``: one try, and
+        nothing changes if another writer wins it."""
+        lost_before = self.queue.store.rejected_pushes
+        try:
+            claimed = self._report_and_claim(max(claim, 0), release, patient)
+        except LostRace:
+            self._lost_tries += 1
+            self._retry_at = time.monotonic() + self.queue._backoff(self._lost_tries)
+            claimed = []
+        else:
+            self._lost_tries, self._retry_at = 0, 0.0
+        self._adapt(self.queue.store.rejected_pushes - lost_before)
+        return claimed
+
+    def _report_and_claim(self, claim: int, release: bool, patient: bool) -> list[Run]:
+        reports = list(self.reports)
+        if release:
             reports += [Report(run.id, run.token, "released") for run in self.held]
-            self.held.clear()
-        self.reports = []
         if not reports:
-            return self.queue.claim_batch(claim, **self._claim_options()) if claim else []
+            return self.queue.claim_batch(claim, **self._claim_options(), patient=patient) if claim else []
         then_claim = {**self._claim_options(), "count": claim} if claim else None
-        finished = self.queue.finish(reports, then_claim=then_claim)
+        finished = self.queue.finish(reports, then_claim=then_claim, patient=patient)
+        self.reports = []  # landed: reported, and the held runs given back
+        if release:
+            self.held.clear()
         for lost in finished.losses:  # the task was taken away, or a person broke its file
             self.summary.lost += 1
             if isinstance(lost, NotHeld):
@@ -246,7 +283,7 @@ class Worker:
             if task.state is not State.DONE and task.attempts and task.attempts[-1].get("outcome") == "failed":
                 retry = "will retry" if task.state is State.PENDING else "out of attempts"
                 self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
-        if claim and not finished.claimed:  # what just failed may be pending again: look afresh
+        if claim and not finished.claimed and not self.held:  # what failed may be pending again: look afresh
             return self.queue.claim_batch(claim, **self._claim_options())
         return finished.claimed
 
@@ -349,11 +386,14 @@ class Worker:
                 self.stop_code = EXIT_NO_COMMAND  # a broken worker must not burn the queue
                 self.say(f"cannot start {argv[0]!r}: {exc.strerror}; returning {run.id} and stopping")
                 return Report(run.id, run.token, "interrupted", error=f"cannot start {argv[0]!r}: {exc.strerror}")
-            tail: deque[bytes] = deque(maxlen=64)
+            # Each stream keeps its own last lines: their interleaving across two pipes is not
+            # knowable. An error records stdout's, then stderr's, where its story usually ends.
+            out_tail: deque[bytes] = deque(maxlen=64)
+            err_tail: deque[bytes] = deque(maxlen=64)
             lock = threading.Lock()
             pumps = [
-                threading.Thread(target=_pump, args=(child.stdout, sys.stdout, log, tail, lock), daemon=True),
-                threading.Thread(target=_pump, args=(child.stderr, sys.stderr, log, tail, lock), daemon=True),
+                threading.Thread(target=_pump, args=(child.stdout, sys.stdout, log, out_tail, lock), daemon=True),
+                threading.Thread(target=_pump, args=(child.stderr, sys.stderr, log, err_tail, lock), daemon=True),
             ]
             for pump in pumps:
                 pump.start()
@@ -377,7 +417,7 @@ class Worker:
         code = child.returncode
         if code == 0:
             return Report(run.id, run.token, "done", result=self._read_result(run, result_path))
-        output = b"".join(tail).decode(errors="replace")[-ERROR_TAIL:]
+        output = (b"".join(out_tail) + b"".join(err_tail)).decode(errors="replace")[-ERROR_TAIL:]
         return Report(run.id, run.token, "failed", exit_code=code, error=f"exit status {code}\n{output}".strip())
 
     def _read_result(self, run: Run, path: Path) -> Any:
@@ -479,7 +519,7 @@ class Watch:
         reported now rather than after this one.
         """
         if self.worker.held or self.worker.reports:
-            self.worker._flush(claim=0)
+            self.worker._flush(claim=0, release=True)
         queue, run = self.worker.queue, self.run
         try:
             task = queue.get(run.id)
