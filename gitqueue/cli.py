@@ -220,8 +220,11 @@ def submit(
         for values in itertools.product(*axes.values()):
             args = {**fixed, **{k: parse_value(v) for k, v in zip(axes, values, strict=True)}}
             specs.append({**common, "args": args})
-    elif pairs or not source:
+    elif pairs or task_id is not None:
         specs.append({**common, "args": fixed})
+    elif not source:
+        raise typer.BadParameter("nothing to submit: give KEY=VALUE pairs, --grid or --from (or --id for a task "
+                                 "without args)")
     if task_id is not None:
         if len(specs) != 1:
             raise typer.BadParameter("--id names one task; a grid or file makes several", param_hint="--id")
@@ -403,7 +406,8 @@ def ls(
         rows = []
         for task in tasks:
             worker = (task.run or {}).get("worker") or (task.attempts[-1].get("worker") if task.attempts else "")
-            rows.append([task.id, task.state.value, task.priority, _compact(task.args), len(task.attempts), worker])
+            tries = len(task.attempts) + (task.state is State.RUNNING)  # the run under way counts
+            rows.append([task.id, task.state.value, task.priority, _compact(task.args), tries, worker])
         print_table(["ID", "STATE", "PRI", "ARGS", "TRIES", "WORKER"], rows)
 
 

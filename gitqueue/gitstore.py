@@ -174,6 +174,7 @@ class GitStore:
         self._trees: dict[str, dict[str, tuple[bytes, str]]] = {}
         self.pushes = 0
         self.rejected_pushes = 0
+        self.last_rejection = ""  # what the remote said when it last refused a push
 
     # ------------------------------------------------------------ lifecycle
 
@@ -266,6 +267,7 @@ class GitStore:
         if "hook declined" in output:
             raise PushRefused(remote_says(output) or "the remote's hook refused the push")
         if any(sign in output for sign in LOST_RACE_SIGNS):
+            self.last_rejection = " ".join(output.split())[-300:]
             self.rejected_pushes += 1
             return PushOutcome.LOST_RACE
         return self._settle(new)

@@ -55,6 +55,7 @@ from gitqueue.task import (
 
 T = TypeVar("T")
 ERROR_TAIL = 2000
+STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something else is wrong
 OPTIMISTIC_WINDOW = 2.0  # seconds after our own push in which we build on it without fetching
 _SEQ_RE = re.compile(r"^(\d+)-")
 
@@ -225,6 +226,7 @@ class Queue:
         except BaseException:
             queue.close()
             raise
+        folder.mkdir(parents=True, exist_ok=True)
         config.write_config(folder, target if url else config.EMBEDDED_REPO)
         return queue
 
@@ -275,7 +277,8 @@ class Queue:
         that unfetched view without a push (nothing to do, an error) is decided again from
         a fetched one.
         """
-        lost = 0
+        lost = still = 0
+        last_tip: str | None = None
         optimistic = self._recent_tip() if not leases else None
         while True:
             snap = optimistic or self.snapshot(leases=leases)
@@ -304,6 +307,13 @@ class Queue:
                 if not patient:  # the caller has other work to do meanwhile and will try again
                     raise LostRace("another writer moved the branch first")
                 lost += 1
+                still = still + 1 if snap.tip == last_tip else 0
+                last_tip = snap.tip
+                if still >= STUCK_LIMIT:  # refused again and again, yet nobody else moved it
+                    raise RemoteUnavailable(
+                        f"{self.url} keeps refusing pushes to a branch that does not move (a stale "
+                        f"lock such as refs/heads/main.lock on the server?): {self.store.last_rejection}"
+                    )
                 self.sleep(self._backoff(lost))
             optimistic = None
 

@@ -195,7 +195,11 @@ def test_submit_refuses_bad_input(cli_queue: str, tmp_path: Path, remote_repo: R
     gq("submit", "a=1", "--format", "xml", code=2)
     assert "invalid task id" in gq("submit", "a=1", "--id", "../up", code=1).stderr
     assert "unknown field 'colour'" in gq("submit", "--from", "-", input="- {args: {}, colour: red}\n", code=1).stderr
+    assert "nothing to submit" in gq("submit", "--tag", "t", code=2).output  # a forgotten grid, not an empty task
     assert remote_repo.tip() == tip
+    gq("submit", "--id", "no-args")  # a task without args is asked for by name
+    with open_queue(cli_queue) as q:
+        assert q.get("no-args").args == {}
 
 
 # ---------------------------------------------------------------- claim, done, fail

@@ -25,7 +25,7 @@ from gitqueue import (
     TaskNotFound,
 )
 from gitqueue.config import Settings
-from gitqueue.errors import InvalidId
+from gitqueue.errors import InvalidId, RemoteUnavailable
 from gitqueue.task import MARKER, fan, parse_task
 
 STATES = ["pending", "running", "done", "failed", "cancelled"]
@@ -602,3 +602,18 @@ def test_fsck_is_clean_after_a_run(queue: Queue, remote_repo: RemoteRepo) -> Non
     RemoteRepo(queue.store.path).git("fsck", "--strict", "--no-progress")
     # nothing the protocol writes is a stray file in the bare cache
     assert not (queue.store.path / "index").exists()
+
+
+def test_a_stale_lock_on_the_server_is_reported_not_retried_for_ever(bare_remote: Path) -> None:
+    """A lock file left by a crashed server refuses every push although nobody moves the
+    branch: gitqueue says so instead of counting it as lost races for ever."""
+    with Queue.init(str(bare_remote), worker="w", sleep=lambda seconds: None) as q:
+        q.submit([{"id": "a", "args": {"n": 1}}])
+        tip = (bare_remote / "refs/heads/main").read_text().strip()
+        (bare_remote / "refs/heads/main.lock").write_text(tip + "\n")
+        with pytest.raises(RemoteUnavailable, match=r"main\.lock"):
+            q.claim()
+        assert (bare_remote / "refs/heads/main").read_text().strip() == tip
+        (bare_remote / "refs/heads/main.lock").unlink()
+        run = q.claim()
+        assert run is not None and run.id == "a"
