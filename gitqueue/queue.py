@@ -117,6 +117,7 @@ class Report:
     error: str | None = None
     exit_code: int | None = None
     lease_ref: bool = False  # the run pushed heartbeats: delete its lease ref with the report
+    final: bool = False  # a failure no retry can mend (e.g. the task lacks an arg): straight to failed/
 
 
 @dataclass
@@ -530,7 +531,10 @@ class Queue:
             leases = self.store.leases()
             change: Change | None = None
             reaped: list[str] = []
-            for task in snap.tasks(State.RUNNING):
+            running = list(snap.tasks(State.RUNNING))
+            tokens = {task.token for task in running}
+            self._seen = {key: seen for key, seen in self._seen.items() if key[0] in tokens}  # runs still on
+            for task in running:
                 reason = self._lease_expired(task, leases.get(task.token or ""))
                 if reason is None:
                     continue
@@ -608,7 +612,7 @@ class Queue:
             after.state, after.result = State.DONE, report.result
         elif report.outcome in SPENT_OUTCOMES:
             spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
-            after.state = State.FAILED if spent_all else State.PENDING
+            after.state = State.FAILED if spent_all or report.final else State.PENDING
         elif report.outcome == "released":  # claimed in a batch, never started: no attempt at all
             after = task.evolve(state=State.PENDING, run=None)
         else:  # interrupted: the attempt does not count

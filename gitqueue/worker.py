@@ -357,7 +357,7 @@ class Worker:
             argv = expand(template, run.args)
         except MissingArg as exc:
             self.say(f"{run.id}: {exc}; not run")
-            return Report(run.id, run.token, "failed", error=str(exc))
+            return Report(run.id, run.token, "failed", error=str(exc), final=True)
         log_path = self.options.log_dir / f"{run.id}.{run.attempt}.log"
         result_path = self.options.log_dir / f"{run.id}.{run.attempt}.result"
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
@@ -642,7 +642,7 @@ def loop(
             try:
                 kwargs = _bind(signature, run.args)
             except MissingArg as exc:
-                return Report(run.id, run.token, "failed", error=str(exc))
+                return Report(run.id, run.token, "failed", error=str(exc), final=True)
             beating = _BackgroundWatch(watch)
             token = _current.set(run)
             worker = watch.worker
