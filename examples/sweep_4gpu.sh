@@ -22,7 +22,8 @@ done
 
 # While the workers run, the plan changes without stopping anything.
 gitqueue cancel "$(gitqueue ls --state pending --format ids | tail -n 1)"        # pointless: drop it
-gitqueue submit lr=0.5 bs=64 depth=2 --priority 10 --tag promising            # runs next
+gitqueue submit lr=0.5 bs=64 depth=2 --priority 10 --tag promising            # a new one, runs next
+gitqueue set "$(gitqueue ls --state pending --format ids | tail -n 2 | head -n 1)" priority=5  # move one up
 gitqueue submit --grid lr=0.003 --grid bs=16,32 --grid depth=1,2 --tag sweep-more  # more of them
 gitqueue status
 
@@ -31,6 +32,7 @@ echo "== done"
 gitqueue status
 echo "== per GPU:"
 for gpu in 0 1 2 3; do echo "  gpu$gpu ran $(grep -c '✓' "worker-gpu$gpu.out") tasks"; done
-echo "== the promising task ran early:"
-git --git-dir=.gitqueue.git log --reverse --format='%s' | grep -n 'claim' | grep 'lr0.5' | head -n 1
+echo "== the promising task jumped the queue:"
+git --git-dir=.gitqueue.git log --reverse --format='%B' | grep -oE '^submit [0-9]{6}-lr0.5[^ ]*|claim [0-9]{6}-[^ ]+' |
+  awk '/^submit/ {at = n} /^claim/ {n++} /^claim .*lr0.5/ {print "  it was the " n - at ". claim after its submit, ahead of the sweep still waiting"}'
 gitqueue results --format csv > results.csv && echo "== $(($(wc -l < results.csv) - 1)) rows in $demo/results.csv"
