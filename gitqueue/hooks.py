@@ -13,6 +13,7 @@ install`` writes them with the interpreter gitqueue is installed in.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -34,14 +35,13 @@ case "$input" in
   *" refs/heads/{branch}"*) ;;
   *) exit 0 ;;  # lease refs and other branches hold nothing of the queue's
 esac
-printf '%s\\n' "$input" | exec {python} -c 'import sys; from gitqueue.hooks import main; sys.exit(main())' \\
-  pre-receive --branch {branch_q}
+printf '%s\\n' "$input" | exec {python} -c {code} pre-receive --branch {branch_q}
 """
 
 CLIENT_SCRIPT = """#!/bin/sh
 # gitqueue pre-commit hook ({mark}): refuses commits that would leave the queue invalid.
 # The checks live in gitqueue.validate; `git commit --no-verify` skips them.
-exec {python} -c 'import sys; from gitqueue.hooks import main; sys.exit(main())' pre-commit
+exec {python} -c {code} pre-commit
 """
 
 
@@ -135,12 +135,19 @@ def install(
     if server is None and client is None:
         raise GitqueueError("name a repository: --server BARE_REPO and/or --client CLONE")
     python = shlex.quote(python or sys.executable)
+    # The hook runs this very gitqueue: its folder goes on the path (after site-packages, so
+    # an installed copy is found where it is, and a source checkout is found at all).
+    home = str(Path(__file__).resolve().parent.parent)
+    code = shlex.quote(
+        f"import sys; sys.path.append({json.dumps(home)}); from gitqueue.hooks import main; sys.exit(main())"
+    )
     written = []
     if server is not None:
-        text = SERVER_SCRIPT.format(mark=MARK, branch=branch, branch_q=shlex.quote(branch), python=python)
+        text = SERVER_SCRIPT.format(mark=MARK, branch=branch, branch_q=shlex.quote(branch), python=python, code=code)
         written.append(_write_hook(server, "pre-receive", text, force=force))
     if client is not None:
-        written.append(_write_hook(client, "pre-commit", CLIENT_SCRIPT.format(mark=MARK, python=python), force=force))
+        text = CLIENT_SCRIPT.format(mark=MARK, python=python, code=code)
+        written.append(_write_hook(client, "pre-commit", text, force=force))
     return written
 
 

@@ -473,13 +473,9 @@ class WorkerChecks:
                 for name, (mode, sha) in snap.store.tree(tree).items()
                 if mode != TREE_MODE and name.endswith(".yaml")
             ]
-        problems = []
-        for entry in entries:
-            try:
-                snap.cache.task(entry)
-            except GitqueueError as exc:
-                problems.append(_problem(entry.path, str(exc)))
-        self.report(problems)
+        summaries = snap.cache.summaries  # the same parse as claiming, remembered across processes
+        summaries.load(entries)
+        self.report(_problem(e.path, error) for e in entries if (error := summaries.get(e).error) is not None)
 
     def guard(self, snap: Snapshot, eligible: Callable[[Task], bool] | None) -> Callable[[Task], bool]:
         """Scan ``snap``, then ``eligible`` plus: not a task whose id is in two folders."""

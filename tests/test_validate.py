@@ -211,12 +211,15 @@ def test_gitqueue_work_skips_each_broken_file_once_and_drains_the_rest(queue_clo
     queue_clone.commit("hostile files, pushed where no hook guards the queue")
     assert queue_clone.push().returncode == 0
     before = remote_blobs(bare_remote)
+    import os
+
     proc = subprocess.run(
-        ["gitqueue", "work", "--queue", str(bare_remote), "--worker", "box/0", "--", sys.executable, "-c", "pass"],
+        [sys.executable, "-m", "gitqueue", "work", "--queue", str(bare_remote), "--worker", "box/0", "--", "true"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # the gitqueue under test, wherever pip points
     )
     assert proc.returncode == 0, proc.stderr
     skipped = [line.split("skipping ", 1)[1] for line in proc.stderr.splitlines() if "skipping " in line]
