@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from gitqueue.edits import describe
 from gitqueue.errors import GitqueueError
 from gitqueue.gitstore import GitStore, LogEntry, TreeChange
+from gitqueue.snapshot import FILE_MODES
 from gitqueue.task import MARKER, State, fan, parse_task, split_task_path
 
 # What a move means when the commit does not say (a person's hand edit).
@@ -128,6 +129,8 @@ def _action_said(entry: LogEntry, task_id: str) -> str | None:
 
 def _edit_detail(store: GitStore, change: TreeChange) -> str:
     assert change.old is not None and change.new is not None
+    if change.old[0] not in FILE_MODES or change.new[0] not in FILE_MODES:
+        return ""
     try:
         old = parse_task(store.read(change.old[1]), path=change.path)
         new = parse_task(store.read(change.new[1]), path=change.path)

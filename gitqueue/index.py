@@ -115,11 +115,13 @@ class SummaryStore:
         missing = self._from_db(list(todo)) if self._db is not None else list(todo)
         if not missing:
             return
-        blobs = self.read_blobs(sorted({blob for _, blob in missing}))
+        # only regular files are read: a submodule's id names no object here (parse refuses it by mode)
+        readable = (b"100644", b"100755")
+        blobs = self.read_blobs(sorted({b for p, b in missing if getattr(todo[(p, b)], "mode", b"100644") in readable}))
         made = {}
         for key in missing:
             try:
-                summary = Summary.of(self.parse(todo[key], blobs[key[1]]))
+                summary = Summary.of(self.parse(todo[key], blobs.get(key[1], b"")))
             except InvalidTask as exc:
                 summary = Summary(error=str(exc))
             made[key] = summary

@@ -95,7 +95,8 @@ class TaskCache:
         found = self._tasks.get(key)
         if found is None:
             try:
-                found = self._parse(entry, self.store.read(entry.blob))
+                # a symlink's or submodule's id is no blob to read: _parse refuses it by its mode
+                found = self._parse(entry, self.store.read(entry.blob) if entry.mode in FILE_MODES else b"")
             except InvalidTask as exc:
                 found = exc
             if len(self._tasks) >= self.limit:

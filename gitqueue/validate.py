@@ -143,11 +143,12 @@ def outside_problem(path: str) -> str:
     )
 
 
-def read_task(path: str, mode: bytes, raw: bytes) -> Task:
-    """One task file, read exactly as a worker reads it (see ``snapshot.TaskCache``)."""
+def read_task(path: str, mode: bytes, raw: bytes | Callable[[], bytes]) -> Task:
+    """One task file, read exactly as a worker reads it (see ``snapshot.TaskCache``); ``raw``
+    may be a function that reads it, called only for a regular file."""
     if mode not in FILE_MODES:
         raise InvalidTask(path, not_a_file(mode))
-    return parse_task(raw, path=path)
+    return parse_task(raw() if callable(raw) else raw, path=path)
 
 
 def display(path: str) -> str:
@@ -187,7 +188,7 @@ def check_files(files: Iterable[File], *, whole: bool = True) -> list[Problem]:
             elif where.kind == "task":
                 if (found := _task_id(path)) is not None:
                     homes.setdefault(found[1], []).append(path)
-                read_task(path, mode, load())
+                read_task(path, mode, load)
             elif where.kind == "stray":
                 problems.append(_problem(path, f"{path}: {where.problem}"))
             elif where.kind == "outside" and mode in FILE_MODES and looks_like_task(load()):
@@ -306,7 +307,7 @@ def check_change(
                     elif new_side:
                         added.setdefault(task_id, []).append(new_side)
                 if new is not None and files:
-                    read_task(path, new[0], store.read(new[1]))
+                    read_task(path, new[0], _reader(store, new[1]))
         except GitqueueError as exc:
             problems.append(_problem(path, str(exc)))
     if not files:
@@ -349,8 +350,8 @@ def _moves(
 def _compare(store: GitStore, before: _Side, after: _Side) -> list[Problem]:
     """The rules for one task's file before and after a commit (both exist)."""
     try:
-        old = read_task(before.path, before.mode, store.read(before.blob))
-        new = read_task(after.path, after.mode, store.read(after.blob))
+        old = read_task(before.path, before.mode, _reader(store, before.blob))
+        new = read_task(after.path, after.mode, _reader(store, after.blob))
     except GitqueueError:
         return []  # the old file was invalid (fixing it is welcome) or the new one is reported
     label = after.path if before.path == after.path else f"{before.path} -> {after.path}"

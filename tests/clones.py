@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,9 +36,14 @@ class Clone:
     def read(self, path: str) -> str:
         return (self.path / path).read_text()
 
-    def commit(self, message: str, *, verify: bool = True) -> subprocess.CompletedProcess[str]:
-        """``git add -A && git commit -m MESSAGE`` (the pre-commit hook runs unless ``verify`` is off)."""
+    def commit(
+        self, message: str, *, verify: bool = True, also: Callable[[], object] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``git add -A && git commit -m MESSAGE`` (the pre-commit hook runs unless ``verify`` is off);
+        ``also`` stages more after ``git add -A``."""
         self.run("add", "-A")
+        if also is not None:
+            also()
         return self.run("commit", "-q", "-m", message, *([] if verify else ["--no-verify"]), check=False)
 
     def push(self, *args: str) -> subprocess.CompletedProcess[str]:

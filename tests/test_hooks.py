@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from clones import Clone, remote_file, remote_tip
-from corpus import CASES, small, write_corpus
+from corpus import CASES, small, stage_submodule, write_corpus
 from typer.testing import CliRunner
 
 from gitqueue import Queue, State
@@ -94,7 +94,7 @@ def test_a_hostile_push_is_refused_with_a_message_naming_each_file(hooked: Hooke
     before = hooked.tip()
     alice = hooked.clone(tmp_path / "alice")
     cases = write_corpus(alice.path, CASES if hooked.url.startswith("/") else small())
-    assert alice.commit("add broken tasks").returncode == 0
+    assert alice.commit("add broken tasks", also=lambda: cases.append(stage_submodule(alice.run))).returncode == 0
     message = refused(alice.push())
     assert "gitqueue: push to main refused: it would leave the queue invalid:" in message
     for case in cases:

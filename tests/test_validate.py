@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from clones import Clone, remote_blobs
-from corpus import CASES, Hostile, small, write_corpus
+from corpus import CASES, Hostile, small, stage_submodule, write_corpus
 from typer.testing import CliRunner
 
 from gitqueue import Queue, State
@@ -78,15 +78,16 @@ def test_a_draft_outside_any_clone_is_checked_as_a_pending_task(tmp_path: Path) 
 def test_without_a_hook_bad_files_land_and_the_queue_still_drains(
     queue_clone: Clone, bare_remote: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    write_corpus(queue_clone.path)
-    assert queue_clone.commit("add a hostile corpus").returncode == 0
+    cases = write_corpus(queue_clone.path)
+    staged = queue_clone.commit("add a hostile corpus", also=lambda: cases.append(stage_submodule(queue_clone.run)))
+    assert staged.returncode == 0
     assert queue_clone.push().returncode == 0
     landed = remote_blobs(bare_remote)
 
     # validate, reading the remote (not a clone): one line for each hostile file
     result = runner.invoke(app, ["validate", "--queue", str(bare_remote)])
     assert result.exit_code == 1
-    for case in CASES:
+    for case in cases:
         assert lines_about(result.stdout.splitlines(), case), f"{case.name}: {result.stdout}"
 
     # a worker skips every one of them, reports each once, and drains the valid tasks
@@ -99,7 +100,7 @@ def test_without_a_hook_bad_files_land_and_the_queue_still_drains(
             run.done({"ok": True})
     assert claimed == ["000001-lr0.1", "000002-lr0.01", "000003-lr0.001"]
     messages = [p.message for p in told]
-    for case in CASES:
+    for case in cases:
         if case.worker:
             assert worker_saw(messages, case), f"{case.name}: {messages}"
     assert len(messages) == len(set(messages)), "each problem is reported once per worker"

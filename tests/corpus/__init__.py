@@ -9,6 +9,7 @@ with plain git.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,17 @@ CASES = [
 ]
 
 
+# A submodule entry (a commit id, no blob) where a task file belongs: git can carry it, but
+# there is no file to write on disk, so it is staged with ``stage_submodule`` after ``git add``.
+SUBMODULE = Hostile("submodule", "pending/submodule.yaml", expect="a submodule, not a task file")
+
+
+def stage_submodule(run: Callable[..., object]) -> Hostile:
+    """Stage SUBMODULE in a clone (``run`` is the clone's git); returns the case."""
+    run("update-index", "--add", "--cacheinfo", "160000," + "1" * 40 + "," + SUBMODULE.path)
+    return SUBMODULE
+
+
 def content(case: Hostile) -> bytes:
     if case.big:  # valid-looking YAML, just far too much of it
         line = b"# padding padding padding padding padding padding padding padding padding\n"
@@ -87,7 +99,7 @@ def write_corpus(top: Path, cases: list[Hostile] | None = None) -> list[Hostile]
             os.symlink(case.link_to, target)
         else:
             target.write_bytes(content(case))
-    return chosen
+    return list(chosen)
 
 
 def small() -> list[Hostile]:
