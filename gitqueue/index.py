@@ -71,6 +71,11 @@ class Summary:
         return summary
 
 
+def _db_key(path: str, blob: str) -> str:
+    # A file name that is not UTF-8 (a hostile push) must not break the cache: escape its bytes.
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + "\0" + blob
+
+
 class SummaryStore:
     """Summaries in memory, backed by a SQLite file shared by the machine's processes."""
 
@@ -127,7 +132,7 @@ class SummaryStore:
             made[key] = summary
         self._memory.update(made)
         if self._db is not None:
-            rows = [(f"{p}\0{b}", s.dump()) for (p, b), s in made.items()]
+            rows = [(_db_key(p, b), s.dump()) for (p, b), s in made.items()]
             try:
                 self._db.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
             except sqlite3.Error:
@@ -135,7 +140,7 @@ class SummaryStore:
 
     def _from_db(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
         assert self._db is not None
-        wanted = {f"{p}\0{b}": (p, b) for p, b in keys}
+        wanted = {_db_key(p, b): (p, b) for p, b in keys}
         names = list(wanted)
         try:
             for start in range(0, len(names), 500):

@@ -98,7 +98,7 @@ def test_a_hostile_push_is_refused_with_a_message_naming_each_file(hooked: Hooke
     message = refused(alice.push())
     assert "gitqueue: push to main refused: it would leave the queue invalid:" in message
     for case in cases:
-        assert any(line.startswith(case.path) and case.expect in line for line in message.splitlines()), case.name
+        assert any(line.startswith(case.shown) and case.expect in line for line in message.splitlines()), case.name
     assert hooked.tip() == before
 
 

@@ -24,13 +24,13 @@ runner = CliRunner()
 
 
 def lines_about(problems: list[str], case: Hostile) -> list[str]:
-    return [p for p in problems if p.startswith(case.path) and case.expect in p]
+    return [p for p in problems if p.startswith(case.shown) and case.expect in p]
 
 
 def worker_saw(messages: list[str], case: Hostile) -> bool:
     """A worker names the file, or for a folder it never enters, the folder."""
-    folder = case.path.rsplit("/", 1)[0]
-    return any(case.expect in m and (m.startswith(case.path) or m.startswith(folder + "/:")) for m in messages)
+    folder = case.shown.rsplit("/", 1)[0]
+    return any(case.expect in m and (m.startswith(case.shown) or m.startswith(folder + "/:")) for m in messages)
 
 
 @pytest.fixture

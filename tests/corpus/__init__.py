@@ -40,6 +40,11 @@ class Hostile:
     big: bool = False
     worker: bool = True  # a worker looks there (pending/ and the top folder) and reports it
 
+    @property
+    def shown(self) -> str:
+        """The path as messages print it (bytes that are not UTF-8 as \\xNN)."""
+        return self.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
 
 CASES = [
     Hostile("invalid-yaml", "pending/broken-yaml.yaml", b"args: {lr: 0.01\npriority: 3\n", "expected ',' or '}'"),
@@ -61,6 +66,7 @@ CASES = [
     Hostile("id-with-space", "pending/my task.yaml", b"args: {lr: 1}\n", "invalid task id 'my task'"),
     Hostile("unicode-hyphen", "pending/lr0.01\u2010bs32.yaml", b"args: {lr: 1}\n", "invalid task id"),
     Hostile("cyrillic-a", "pending/t\u0430sk.yaml", b"args: {lr: 1}\n", "invalid task id"),
+    Hostile("name-not-utf8", "pending/\udcff\udcfe.yaml", b"args: {lr: 1}\n", "invalid task id"),  # bytes ff fe
     Hostile("slash-in-id", "pending/sweeps/lr0.1.yaml", b"args: {lr: 0.1}\n", "belongs in pending/"),
     Hostile("nested-too-deep", "pending/a/b/c.yaml", b"args: {lr: 1}\n", "nested too deep"),
     Hostile("yml-extension", "pending/short.yml", b"args: {lr: 1}\n", "end in .yaml"),
