@@ -523,6 +523,7 @@ def work(
     max_batch: Annotated[
         int, typer.Option(min=1, help="Short tasks: hold up to N claims and report them in one push (1: one by one).")
     ] = 64,
+    batch_seconds: Annotated[float, typer.Option(hidden=True, help="Size batches to about this much work.")] = 1.0,
     reap_every: Annotated[
         float, typer.Option(hidden=True, help="Seconds between looks for runs whose lease ran out.")
     ] = 30.0,
@@ -555,6 +556,7 @@ def work(
         grace=grace,
         reap_every=reap_every,
         max_batch=max_batch,
+        batch_seconds=batch_seconds,
     )
     with Queue.open(queue, worker=worker or default_worker()) as q:
         code = Worker(q, options).run()

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -33,6 +34,7 @@ from typing import IO
 from gitqueue.errors import GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
 
 GIT_TIMEOUT = 60.0
+TREE_CACHE_ENTRIES = 400_000  # tree entries kept in memory: every task of a 100,000-task queue, thrice
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
 TREE_MODE = b"40000"
@@ -171,7 +173,8 @@ class GitStore:
         import git  # here, not at the top: a server hook reading objects should not pay for GitPython
 
         self._repo = git.Repo(self.path)
-        self._trees: dict[str, dict[str, tuple[bytes, str]]] = {}
+        self._trees: OrderedDict[str, dict[str, tuple[bytes, str]]] = OrderedDict()
+        self._tree_entries = 0
         self.pushes = 0
         self.rejected_pushes = 0
         self.last_rejection = ""  # what the remote said when it last refused a push
@@ -359,10 +362,19 @@ class GitStore:
         entries = self._trees.get(sha)
         if entries is None:
             entries = parse_tree(self.read(sha))
-            if len(self._trees) > 50_000:
-                self._trees.clear()
-            self._trees[sha] = entries
+            self._remember(sha, entries)
+        else:
+            self._trees.move_to_end(sha)
         return entries
+
+    def _remember(self, sha: str, entries: dict[str, tuple[bytes, str]]) -> None:
+        """Keep recently used trees, up to TREE_CACHE_ENTRIES entries in all: every claim
+        makes new versions of a few large trees, and their old versions are rarely read."""
+        self._trees[sha] = entries
+        self._tree_entries += len(entries) + 1
+        while self._tree_entries > TREE_CACHE_ENTRIES and len(self._trees) > 1:
+            _, dropped = self._trees.popitem(last=False)
+            self._tree_entries -= len(dropped) + 1
 
     def commit_tree(self, commit: str) -> str:
         head = self.read(commit).split(b"\n", 1)[0]
@@ -391,7 +403,8 @@ class GitStore:
 
     def write_tree(self, entries: dict[str, tuple[bytes, str]]) -> str:
         sha = self._store(b"tree", format_tree(entries))
-        self._trees.setdefault(sha, dict(entries))
+        if sha not in self._trees:
+            self._remember(sha, dict(entries))
         return sha
 
     def write_commit(
@@ -596,7 +609,8 @@ class LocalRepo(GitStore):
         self.branch = ""
         self.path = Path(path)
         self.namespace = self.ref = ""
-        self._trees = {}
+        self._trees = OrderedDict()
+        self._tree_entries = 0
         self.pushes = self.rejected_pushes = 0
         self._batch: subprocess.Popen[bytes] | None = None
 

@@ -140,6 +140,7 @@ class Worker:
         self._seconds_per_task: float | None = None  # moving average: sizes the next batch
         self._batch_seconds = options.batch_seconds  # grows while our pushes lose races
         self._lost_tries, self._retry_at = 0, 0.0  # one-try flushes lost in a row; next try not before
+        self._batch, self._drained = 0, False  # runs in hand after the last claim; it got fewer than asked
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
         self.stop_code: int | None = None  # set when the worker itself is broken
         self._last_reap = float("-inf")
@@ -189,9 +190,12 @@ class Worker:
             if self._due():
                 # With runs still in hand, one try: if another worker wins the push, run the
                 # next task and try again after it, instead of waiting idle for the branch.
-                claimed = self._flush(claim=self._batch_size() - len(self.held), patient=not self.held)
+                asked = self._batch_size() - len(self.held)
+                claimed = self._flush(claim=asked, patient=not self.held)
                 self._held_since.update({run.token: time.monotonic() for run in claimed})
                 self.held.extend(claimed)
+                self._batch = len(self.held)
+                self._drained = len(claimed) < asked  # nothing more to claim for now: report at the end
             if not self.held:
                 now = time.monotonic()
                 idle_since = idle_since or now
@@ -224,9 +228,9 @@ class Worker:
         claim, so the next claims land while the rest of this batch still runs."""
         if not self.held:
             return True
-        if time.monotonic() < self._retry_at:  # lost the last try: give the others a moment
+        if self._drained or time.monotonic() < self._retry_at:  # lost the last try: give others a moment
             return False
-        return bool(self.reports) and len(self.held) * 2 <= self._batch_size()
+        return bool(self.reports) and len(self.held) * 2 <= self._batch
 
     def _batch_size(self) -> int:
         """How many claims to take next: about ``batch_seconds`` of work, 1 for long tasks."""
