@@ -76,6 +76,9 @@ def _db_key(path: str, blob: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + "\0" + blob
 
 
+READ_CHUNK = 5000  # files read and parsed at a time
+
+
 class SummaryStore:
     """Summaries in memory, backed by a SQLite file shared by the machine's processes."""
 
@@ -122,14 +125,17 @@ class SummaryStore:
             return
         # only regular files are read: a submodule's id names no object here (parse refuses it by mode)
         readable = (b"100644", b"100755")
-        blobs = self.read_blobs(sorted({b for p, b in missing if getattr(todo[(p, b)], "mode", b"100644") in readable}))
         made = {}
-        for key in missing:
-            try:
-                summary = Summary.of(self.parse(todo[key], blobs.get(key[1], b"")))
-            except InvalidTask as exc:
-                summary = Summary(error=str(exc))
-            made[key] = summary
+        for start in range(0, len(missing), READ_CHUNK):  # bounded memory for 100,000 files
+            chunk = missing[start : start + READ_CHUNK]
+            wanted = {b for p, b in chunk if getattr(todo[(p, b)], "mode", b"100644") in readable}
+            blobs = self.read_blobs(sorted(wanted))
+            for key in chunk:
+                try:
+                    summary = Summary.of(self.parse(todo[key], blobs.get(key[1], b"")))
+                except InvalidTask as exc:
+                    summary = Summary(error=str(exc))
+                made[key] = summary
         self._memory.update(made)
         if self._db is not None:
             rows = [(_db_key(p, b), s.dump()) for (p, b), s in made.items()]
