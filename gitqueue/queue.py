@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from gitqueue import config, edits, filters, history
 from gitqueue import validate as rules
@@ -53,7 +53,6 @@ from gitqueue.task import (
     task_from_mapping,
 )
 
-T = TypeVar("T")
 ERROR_TAIL = 2000
 STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something else is wrong
 OPTIMISTIC_WINDOW = 2.0  # seconds after our own push in which we build on it without fetching
