@@ -321,7 +321,7 @@ class Queue:
         """A random pause after ``lost`` races lost in a row, in slots of one push's length:
         the window doubles each time, so contenders spread out instead of colliding again."""
         window = max(0.01, self._push_seconds) * 2 ** min(lost, 6)
-        return random.uniform(0, min(window, 2.0))
+        return random.uniform(0, min(window, 0.5))
 
     def _recent_tip(self) -> Snapshot | None:
         """A view at our own last landed commit, if it landed a moment ago."""
