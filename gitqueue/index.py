@@ -125,24 +125,28 @@ class SummaryStore:
             return
         # only regular files are read: a submodule's id names no object here (parse refuses it by mode)
         readable = (b"100644", b"100755")
-        made = {}
         for start in range(0, len(missing), READ_CHUNK):  # bounded memory for 100,000 files
             chunk = missing[start : start + READ_CHUNK]
             wanted = {b for p, b in chunk if getattr(todo[(p, b)], "mode", b"100644") in readable}
             blobs = self.read_blobs(sorted(wanted))
+            made = {}
             for key in chunk:
                 try:
                     summary = Summary.of(self.parse(todo[key], blobs.get(key[1], b"")))
                 except InvalidTask as exc:
                     summary = Summary(error=str(exc))
                 made[key] = summary
-        self._memory.update(made)
-        if self._db is not None:
-            rows = [(_db_key(p, b), s.dump()) for (p, b), s in made.items()]
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
-            except sqlite3.Error:
-                pass
+            self._memory.update(made)
+            self._save(made)
+
+    def _save(self, made: dict[tuple[str, str], Summary]) -> None:
+        if self._db is None:
+            return
+        rows = [(_db_key(p, b), s.dump()) for (p, b), s in made.items()]
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
+        except sqlite3.Error:
+            pass  # a cache: the next process parses again
 
     def _from_db(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
         assert self._db is not None

@@ -22,7 +22,7 @@ FLAT_LIMIT = 1000
 PREFETCH = 2000  # tasks parsed after one bulk read when listing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """A task file at one commit: its path and blob id, not yet parsed."""
 
