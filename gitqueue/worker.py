@@ -194,8 +194,9 @@ class Worker:
                 claimed = self._flush(claim=asked, patient=not self.held)
                 self._held_since.update({run.token: time.monotonic() for run in claimed})
                 self.held.extend(claimed)
-                self._batch = len(self.held)
-                self._drained = len(claimed) < asked  # nothing more to claim for now: report at the end
+                if not self._lost_tries:  # it landed: the queue gave what it had
+                    self._batch = len(self.held)
+                    self._drained = len(claimed) < asked  # nothing more to claim for now: report at the end
             if not self.held:
                 now = time.monotonic()
                 idle_since = idle_since or now
