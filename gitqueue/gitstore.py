@@ -34,7 +34,7 @@ from typing import IO
 from gitqueue.errors import GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
 
 GIT_TIMEOUT = 60.0
-TREE_CACHE_ENTRIES = 150_000  # tree entries kept in memory: a 100,000-task queue and some changes
+TREE_CACHE_ENTRIES = 30_000  # tree entries kept in memory; claims keep sorted candidates, not trees
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
 TREE_MODE = b"40000"

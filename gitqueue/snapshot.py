@@ -6,7 +6,8 @@ queue after a fetch only parses what changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,6 +21,7 @@ from gitqueue.task import State, Task, check_id, fan, parse_task
 # (forges list at most 1,000 entries, and every commit rewrites the trees on its path).
 FLAT_LIMIT = 1000
 PREFETCH = 2000  # tasks parsed after one bulk read when listing
+ENTRY_CACHE = 150_000  # pending entries kept, shared by claiming and the worker's checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,21 @@ class TaskCache:
             store.path / "gitqueue-summaries.sqlite", read_blobs=store.read_many, parse=self._parse
         )
         self.order = CandidateOrder()
+        self._entries: OrderedDict[tuple[str, str], list[Entry]] = OrderedDict()
+        self._entry_count = 0
+
+    def entries(self, key: tuple[str, str], make: Callable[[], list[Entry]]) -> list[Entry]:
+        """Entries of one tree, made once and kept while recently used (bounded by count)."""
+        found = self._entries.get(key)
+        if found is None:
+            found = self._entries[key] = make()
+            self._entry_count += len(found)
+            while self._entry_count > ENTRY_CACHE and len(self._entries) > 1:
+                _, dropped = self._entries.popitem(last=False)
+                self._entry_count -= len(dropped)
+        else:
+            self._entries.move_to_end(key)
+        return found
 
     def close(self) -> None:
         self.summaries.close()
@@ -158,36 +175,31 @@ class Snapshot:
             return
         folder = self.store.tree(pending[1])
         unsorted = [
-            self._subfolder(name, sha)
+            self.pending_entries(f"pending/{name}/", sha)
             for name, (mode, sha) in folder.items()
             if mode == TREE_MODE and not self.cache.order.has(f"pending/{name}:{sha}")
         ]
         self.cache.summaries.load(entry for group in unsorted for entry in group)  # one bulk read, not one per group
-        flat = [name for name, (mode, _) in folder.items() if mode != TREE_MODE]
-        if flat:
-            yield self.cache.order.sorted(f"pending:{pending[1]}", lambda: self._rank(self.entries_flat(folder)))
+        if any(mode != TREE_MODE for mode, _ in folder.values()):
+            yield self.cache.order.sorted(f"pending:{pending[1]}", partial(self._rank, "pending/", pending[1]))
         for name, (mode, sha) in folder.items():
             if mode == TREE_MODE:
-                yield self.cache.order.sorted(f"pending/{name}:{sha}", partial(self._rank_subfolder, name, sha))
+                yield self.cache.order.sorted(f"pending/{name}:{sha}", partial(self._rank, f"pending/{name}/", sha))
 
-    def entries_flat(self, folder: dict[str, tuple[bytes, str]]) -> list[Entry]:
-        return [
-            Entry(f"pending/{name}", sha, State.PENDING, name[:-5], mode)
-            for name, (mode, sha) in folder.items()
-            if mode != TREE_MODE and name.endswith(".yaml")
-        ]
+    def pending_entries(self, prefix: str, tree: str) -> list[Entry]:
+        """The task files directly in pending tree ``tree`` found at ``prefix``: made once per
+        tree id and shared by claiming and the worker's checks (one Entry per task in memory)."""
+        return self.cache.entries(
+            (prefix, tree),
+            lambda: [
+                Entry(prefix + name, sha, State.PENDING, name[:-5], mode)
+                for name, (mode, sha) in self.store.tree(tree).items()
+                if mode != TREE_MODE and name.endswith(".yaml")
+            ],
+        )
 
-    def _subfolder(self, name: str, sha: str) -> list[Entry]:
-        return [
-            Entry(f"pending/{name}/{sub}", blob, State.PENDING, sub[:-5], mode)
-            for sub, (mode, blob) in self.store.tree(sha).items()
-            if mode != TREE_MODE and sub.endswith(".yaml")
-        ]
-
-    def _rank_subfolder(self, name: str, sha: str) -> list[Candidate]:
-        return self._rank(self._subfolder(name, sha))
-
-    def _rank(self, entries: list[Entry]) -> list[Candidate]:
+    def _rank(self, prefix: str, tree: str) -> list[Candidate]:
+        entries = self.pending_entries(prefix, tree)
         self.cache.summaries.load(entries)
         return [(-self.cache.summaries.get(e).priority, e.id, e) for e in entries]
 

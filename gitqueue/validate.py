@@ -469,11 +469,7 @@ class WorkerChecks:
             if tree in self._scanned:
                 continue
             self._scanned.add(tree)
-            entries += [
-                Entry(prefix + name, sha, State.PENDING, name[: -len(".yaml")], mode)
-                for name, (mode, sha) in snap.store.tree(tree).items()
-                if mode != TREE_MODE and name.endswith(".yaml")
-            ]
+            entries += snap.pending_entries(prefix, tree)
         summaries = snap.cache.summaries  # the same parse as claiming, remembered across processes
         summaries.load(entries)
         self.report(_problem(e.path, error) for e in entries if (error := summaries.get(e).error) is not None)
