@@ -34,6 +34,7 @@ from typing import IO
 from gitqueue.errors import GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
 
 GIT_TIMEOUT = 60.0
+MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
 TREE_CACHE_ENTRIES = 30_000  # tree entries kept in memory; claims keep sorted candidates, not trees
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
@@ -200,6 +201,16 @@ class GitStore:
         """Release the cat-file processes and this instance's fetched refs."""
         shutil.rmtree(self.path / self.namespace, ignore_errors=True)
         self._repo.close()
+        if self.pushes:
+            self.maintain()
+
+    def maintain(self) -> None:
+        """Let git pack the cache's loose objects once there are many (each commit we build
+        writes a few); unreferenced ones are pruned only after git's two-week grace."""
+        # Refs stay loose files: each instance reads its fetched refs straight from disk.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            options = ["-c", "gc.packRefs=false", "-c", "gc.autoDetach=false"]
+            run_git([*options, "gc", "--auto", "--quiet"], cwd=self.path, timeout=600)
 
     def __enter__(self) -> GitStore:
         return self
@@ -256,6 +267,8 @@ class GitStore:
         fetching either.
         """
         self.pushes += 1
+        if self.pushes % MAINTAIN_EVERY == 0:
+            self.maintain()
         extra = ["--atomic", *also] if also else []
         try:
             proc = run_git(
