@@ -158,10 +158,13 @@ class GitStore:
     the cache's objects without fighting over refs.
     """
 
-    def __init__(self, url: str, *, branch: str = "main", cache: Path | None = None) -> None:
+    def __init__(
+        self, url: str, *, branch: str = "main", cache: Path | None = None, patience: float = 120.0
+    ) -> None:
         # git runs in the cache folder, so a relative path must be made absolute first.
         self.url = str(Path(url).expanduser().resolve()) if is_local_path(url) else url
         self.branch = branch
+        self.patience = patience  # how long an unreachable remote is retried to learn a push's outcome
         root = cache or cache_root()
         name = hashlib.sha1(f"{self.url}\0{branch}".encode()).hexdigest()[:16]
         self.path = root / name
@@ -290,7 +293,7 @@ class GitStore:
 
     def _settle(self, new: str) -> PushOutcome:
         """A push whose outcome we did not see: fetch (retrying) and look for our commit."""
-        deadline = time.monotonic() + GIT_TIMEOUT
+        deadline = time.monotonic() + self.patience
         delay = 0.05
         while True:
             try:

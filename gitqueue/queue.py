@@ -171,7 +171,7 @@ class Queue:
     ) -> None:
         self.url = url
         self.worker = worker or default_worker()
-        self.store = GitStore(url, branch=branch, cache=cache)
+        self.store = GitStore(url, branch=branch, cache=cache, patience=patience)
         self.cache = TaskCache(self.store)
         self.patience = patience
         self.clock = clock
