@@ -454,7 +454,11 @@ def test_workers_recover_when_the_server_goes_away(
         server.stop()
     assert sum(e["event"] == "unreachable" for log in events for e in log) >= 1
     settled = Counter(e["outcome"] for log in events for e in log if e["event"] == "settled")
-    assert settled["landed"] >= 1, "the push cut off after the branch moved is found to have landed"
+    # Pushes cut off by the outage were settled by fetching. Whether one of them had already
+    # moved the branch depends on timing this test does not control (the push held after the
+    # branch moved is not always a worker's), so "landed" is not required here; both outcomes
+    # are settled deterministically in the tests above, and the exactly-once check below fails
+    # if any settle was wrong (a landed push taken for lost would finish its task twice).
     assert settled["lost race"] >= 1, "the push cut off before the branch moved is found not to have"
     assert remote_repo.count() > outage_commits, "the drain went on after the outage"
     assert_drained_exactly_once(remote_repo, str(remote_repo.path), ids, events)
