@@ -35,6 +35,8 @@ from gitqueue.errors import GitqueueError, PushRefused, QueueNotFound, RemoteUna
 
 GIT_TIMEOUT = 60.0
 MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
+LOOSE_PER_FOLDER = 27  # git gc --auto packs when objects/17 holds more than this
+MAINTAIN_PAUSE = 3600.0  # seconds between two gc runs in one cache
 TREE_CACHE_ENTRIES = 30_000  # tree entries kept in memory; claims keep sorted candidates, not trees
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
@@ -208,8 +210,20 @@ class GitStore:
             self.maintain()
 
     def maintain(self) -> None:
-        """Let git pack the cache's loose objects once there are many (each commit we build
-        writes a few); unreferenced ones are pruned only after git's two-week grace."""
+        """Let git pack the cache's loose objects once there are many, at most hourly.
+
+        Most objects we write are reachable only from the remote once our fetch refs are
+        gone, so git leaves them loose until its two-week grace lets it prune them; this is
+        what bounds the cache. git gc --auto's own estimate (one fan-out folder against
+        gc.auto's 6,700 / 256) is read here, and a stamp file keeps the walk to once an hour,
+        so one-shot commands do not pay for it.
+        """
+        folder, stamp = Path(self._objects) / "17", self.path / "gitqueue-maintained"
+        if not folder.is_dir() or len(os.listdir(folder)) <= LOOSE_PER_FOLDER:
+            return
+        if stamp.exists() and time.time() - stamp.stat().st_mtime < MAINTAIN_PAUSE:
+            return
+        stamp.touch()
         # Refs stay loose files: each instance reads its fetched refs straight from disk.
         with contextlib.suppress(subprocess.TimeoutExpired):
             options = ["-c", "gc.packRefs=false", "-c", "gc.autoDetach=false"]
