@@ -13,6 +13,7 @@ connection) is decided by fetching and looking for our commit.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import os
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -40,6 +41,7 @@ MAINTAIN_PAUSE = 3600.0  # seconds between two gc runs in one cache
 TREE_CACHE_ENTRIES = 30_000  # tree entries kept in memory; claims keep sorted candidates, not trees
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
+LANDED_FILE = "gitqueue-landed"  # in the cache: the last commit pushed from it that landed, and when
 TREE_MODE = b"40000"
 BLOB_MODE = b"100644"
 # How git says "someone else moved the ref first"; every form leaves the ref unchanged.
@@ -183,6 +185,9 @@ class GitStore:
         self._tree_entries = 0
         self.pushes = 0
         self.rejected_pushes = 0
+        self.fetches = 0
+        self._local = threading.local()  # how deep this thread is in turn()
+        self.seconds: defaultdict[str, float] = defaultdict(float)  # wall time in fetch, push (stats)
         self.last_rejection = ""  # what the remote said when it last refused a push
 
     # ------------------------------------------------------------ lifecycle
@@ -242,6 +247,14 @@ class GitStore:
 
         With ``leases``, also mirror the remote's lease refs (see :meth:`leases`).
         """
+        self.fetches += 1
+        started = time.monotonic()
+        try:
+            return self._fetch(leases)
+        finally:
+            self.seconds["fetch"] += time.monotonic() - started
+
+    def _fetch(self, leases: bool) -> str | None:
         refspecs = [f"+refs/heads/{self.branch}:{self.ref}"]
         if leases:
             refspecs.append(f"+{LEASE_REFS}/*:{self.namespace}/leases/*")
@@ -287,6 +300,7 @@ class GitStore:
         if self.pushes % MAINTAIN_EVERY == 0:
             self.maintain()
         extra = ["--atomic", *also] if also else []
+        started = time.monotonic()
         try:
             proc = run_git(
                 ["push", "--porcelain", "--no-verify", "-q", self.url, f"{new}:refs/heads/{self.branch}", *extra],
@@ -294,8 +308,12 @@ class GitStore:
             )
         except subprocess.TimeoutExpired:
             return self._settle(new)
+        finally:
+            self.seconds["push"] += time.monotonic() - started
         if proc.returncode == 0:
+            self._note_landing(new)
             return PushOutcome.LANDED
+        self._note_landing(None)
         output = (proc.stdout + proc.stderr).decode(errors="replace")
         if "hook declined" in output:
             raise PushRefused(remote_says(output) or "the remote's hook refused the push")
@@ -319,9 +337,56 @@ class GitStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         if tip is not None and self.is_ancestor(new, tip):
+            self._note_landing(new)
             return PushOutcome.LANDED
         self.rejected_pushes += 1
         return PushOutcome.LOST_RACE
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Exclusive use of the remote among the processes sharing this cache, for one
+        fetch-build-push try.
+
+        Workers on one machine share a cache (the default): taking turns here, they never
+        race each other's pushes, and each builds on the commit the one before it landed
+        without fetching. Correctness never rests on it: the push is still a compare-and-
+        swap, and workers on other machines still race. The kernel drops the lock of a
+        process that dies.
+        """
+        if getattr(self._local, "depth", 0):  # already ours (a transaction inside another)
+            yield
+            return
+        with open(self.path / "gitqueue.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def recent_landing(self, window: float) -> str | None:
+        """The last commit pushed from this cache, if it landed less than ``window`` s ago
+        (on this machine's monotonic clock) and nothing pushed from here lost since."""
+        try:
+            commit, branch, host, when = (self.path / LANDED_FILE).read_text().split()
+        except (OSError, ValueError):
+            return None
+        if (branch, host) != (self.branch, socket.gethostname()) or not 0 <= time.monotonic() - float(when) <= window:
+            return None
+        return commit
+
+    def _note_landing(self, commit: str | None) -> None:
+        """Remember (for every process sharing the cache) what we landed, or forget it."""
+        path = self.path / LANDED_FILE
+        if commit is None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return
+        tmp = self.path / f"{self._tmp_prefix}-landed"
+        with contextlib.suppress(OSError):
+            tmp.write_text(f"{commit} {self.branch} {socket.gethostname()} {time.monotonic()}\n")
+            tmp.replace(path)  # atomic: readers see the old note or the new one
 
     def leases(self) -> dict[str, str]:
         """Lease refs seen by the last ``fetch(leases=True)``: run token -> heartbeat commit."""
@@ -641,7 +706,8 @@ class LocalRepo(GitStore):
         self.namespace = self.ref = ""
         self._trees = OrderedDict()
         self._tree_entries = 0
-        self.pushes = self.rejected_pushes = 0
+        self.pushes = self.rejected_pushes = self.fetches = 0
+        self.seconds = defaultdict(float)
         self._batch: subprocess.Popen[bytes] | None = None
 
     def read(self, sha: str) -> bytes:

@@ -55,7 +55,8 @@ from gitqueue.task import (
 
 ERROR_TAIL = 2000
 STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something else is wrong
-OPTIMISTIC_WINDOW = 2.0  # seconds after our own push in which we build on it without fetching
+OPTIMISTIC_WINDOW = 2.0  # seconds after a push from our cache in which we build on it without fetching
+OPTIMISTIC_STREAK = 3  # then fetch anyway: a rival elsewhere, fetching each try, gets its chance
 _SEQ_RE = re.compile(r"^(\d+)-")
 
 
@@ -179,8 +180,11 @@ class Queue:
         self.monotonic = monotonic
         self.max_skew = max_skew
         self._seen: dict[tuple[str, str | None], float] = {}  # (run token, heartbeat) -> first seen
-        self._landed: tuple[str, float] | None = None  # our last landed commit, and when
-        self._push_seconds = 0.03  # moving average of one push: the slot of the backoff
+        self._attempt_seconds = 0.03  # moving average of one try (fetch, build, push): the backoff's slot
+        self.backed_off = 0.0  # seconds slept after lost races
+        self._streak = 0  # our pushes in a row that landed on our own last push, unfetched
+        self._last_landed: str | None = None
+        self._contenders = 1  # workers seen holding runs at the last lost race: how wide to spread
         self._identity: Identity | None = None
         self.checks = rules.WorkerChecks()  # broken files a worker skips, reported once each
 
@@ -271,63 +275,72 @@ class Queue:
     ) -> Any:
         """Fetch, build, commit, compare-and-swap push; on a lost race, back off and redo.
 
-        Right after one of our own pushes landed, the tip is very likely still ours, so the
-        first attempt builds on it without fetching. The push is a compare-and-swap either
-        way: if the branch moved, it is rejected like any lost race. Anything decided from
-        that unfetched view without a push (nothing to do, an error) is decided again from
-        a fetched one.
+        Each try holds the cache's turn (:meth:`GitStore.turn`), so processes sharing a
+        cache push one at a time. Right after a push from this cache landed, the tip is
+        very likely still that commit, so the try builds on it without fetching. The push
+        is a compare-and-swap either way: if the branch moved, it is rejected like any lost
+        race. Anything decided from that unfetched view without a push (nothing to do, an
+        error) is decided again from a fetched one.
         """
         lost = still = 0
         last_tip: str | None = None
-        optimistic = self._recent_tip() if not leases else None
+        fetch = leases  # lease refs come only with a fetch
+        if self._streak >= OPTIMISTIC_STREAK:  # leave a rival that fetches each try a gap to land in
+            self.sleep(random.uniform(0.5, 1.5) * self._attempt_seconds)
+            fetch = True
         while True:
-            snap = optimistic or self.snapshot(leases=leases)
-            try:
-                change = build(snap)
-            except GitqueueError:
-                if optimistic is None:
-                    raise
-                change = None
-            if optimistic is not None and (change is None or not change.files):
-                optimistic = None
+            with self.store.turn():
+                started = self.monotonic()
+                recent = None if fetch else self.store.recent_landing(OPTIMISTIC_WINDOW)
+                snap = Snapshot(self.store, self.cache, recent) if recent else self.snapshot(leases=leases)
+                try:
+                    change = build(snap)
+                except GitqueueError:
+                    if recent is None:
+                        raise
+                    change = None
+                if recent is not None and (change is None or not change.files):
+                    fetch = True
+                    continue
+                if change is None:
+                    return None
+                if not change.files:
+                    return change.value
+                commit = self._commit(snap, change)
+                outcome = self.store.push(commit, snap.tip, also=change.also)
+                self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * (self.monotonic() - started)
+                if outcome is PushOutcome.LANDED:
+                    self._streak = self._streak + 1 if recent is not None and recent == self._last_landed else 0
+                    self._last_landed = commit
+                    return change.value
+            fetch = True
+            self._contenders = snap.workers()
+            if recent is not None:  # another machine moved it: try again on a fetched view
                 continue
-            if change is None:
-                return None
-            if not change.files:
-                return change.value
-            commit = self._commit(snap, change)
-            started = self.monotonic()
-            outcome = self.store.push(commit, snap.tip, also=change.also)
-            self._push_seconds = 0.8 * self._push_seconds + 0.2 * (self.monotonic() - started)
-            if outcome is PushOutcome.LANDED:
-                self._landed = (commit, self.monotonic())
-                return change.value
-            self._landed = None
-            if optimistic is None:
-                if not patient:  # the caller has other work to do meanwhile and will try again
-                    raise LostRace("another writer moved the branch first")
-                lost += 1
-                still = still + 1 if snap.tip == last_tip else 0
-                last_tip = snap.tip
-                if still >= STUCK_LIMIT:  # refused again and again, yet nobody else moved it
-                    raise RemoteUnavailable(
-                        f"{self.url} keeps refusing pushes to a branch that does not move (a stale "
-                        f"lock such as refs/heads/main.lock on the server?): {self.store.last_rejection}"
-                    )
-                self.sleep(self._backoff(lost))
-            optimistic = None
+            if not patient:  # the caller has other work to do meanwhile and will try again
+                raise LostRace("another writer moved the branch first")
+            lost += 1
+            still = still + 1 if snap.tip == last_tip else 0
+            last_tip = snap.tip
+            if still >= STUCK_LIMIT:  # refused again and again, yet nobody else moved it
+                raise RemoteUnavailable(
+                    f"{self.url} keeps refusing pushes to a branch that does not move (a stale "
+                    f"lock such as refs/heads/main.lock on the server?): {self.store.last_rejection}"
+                )
+            pause = self._backoff(lost)
+            self.backed_off += pause
+            self.sleep(pause)
 
     def _backoff(self, lost: int) -> float:
-        """A random pause after ``lost`` races lost in a row, in slots of one push's length:
-        the window doubles each time, so contenders spread out instead of colliding again."""
-        window = max(0.01, self._push_seconds) * 2 ** min(lost, 6)
-        return random.uniform(0, min(window, 0.5))
+        """A random pause after ``lost`` races lost in a row, in slots of one try's length.
 
-    def _recent_tip(self) -> Snapshot | None:
-        """A view at our own last landed commit, if it landed a moment ago."""
-        if self._landed is None or self.monotonic() - self._landed[1] > OPTIMISTIC_WINDOW:
-            return None
-        return Snapshot(self.store, self.cache, self._landed[0])
+        The window doubles with each loss, up to about two slots per worker seen holding
+        runs: with N workers after the branch, tries spread over N slots land one at a time
+        instead of colliding again (a fixed cap lets a crowd collapse into a retry storm).
+        """
+        slot = max(0.01, self._attempt_seconds)
+        cap = max(0.5, 2 * slot * self._contenders)
+        return random.uniform(0, min(slot * 2 ** min(lost, 8), cap))
 
     def _commit(self, snap: Snapshot, change: Change) -> str:
         blobs = {path: None if data is None else self.store.write_blob(data) for path, data in change.files.items()}
@@ -577,6 +590,7 @@ class Queue:
         if count > 1:
             pending = sum(len(group) for group in snap.pending_groups())
             workers = {summary.worker for _, summary in snap.summaries(State.RUNNING)} | {self.worker}
+            self._contenders = len(workers)
             count = max(1, min(count, -(-pending // len(workers))))  # ceil: the tail goes in pairs, not ones
         change: Change | None = None
         runs: list[Run] = []

@@ -210,6 +210,10 @@ class Snapshot:
         for entry in entries:
             yield entry, self.cache.summaries.get(entry)
 
+    def workers(self) -> int:
+        """How many workers hold runs in this view (at least 1: ourselves)."""
+        return max(1, len({summary.worker for _, summary in self.summaries(State.RUNNING)}))
+
     def all_entries(self) -> Iterator[Entry]:
         for state in State:
             yield from self.entries(state)

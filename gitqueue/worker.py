@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +140,7 @@ class Worker:
         self._seconds_per_task: float | None = None  # moving average: sizes the next batch
         self._batch_seconds = options.batch_seconds  # grows while our pushes lose races
         self._lost_tries, self._retry_at = 0, 0.0  # one-try flushes lost in a row; next try not before
+        self.seconds: defaultdict[str, float] = defaultdict(float)  # where the time went, for GITQUEUE_STATS_FILE
         self._batch, self._drained = 0, False  # runs in hand after the last claim; it got fewer than asked
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
         self.stop_code: int | None = None  # set when the worker itself is broken
@@ -173,6 +174,8 @@ class Worker:
             "lost": s.lost,
             "pushes": store.pushes,
             "rejected_pushes": store.rejected_pushes,
+            "fetches": store.fetches,
+            "seconds": {**store.seconds, **self.seconds, "backoff": self.queue.backed_off},
             "started": s.started,  # time.monotonic(): comparable across processes on one machine
             "ended": time.monotonic(),
         }
@@ -212,7 +215,9 @@ class Worker:
                 self._maybe_reap(force=True)
                 continue
             delay, idle_since = 1.0, None
+            started = time.monotonic()
             report = self._execute(self.held.popleft())
+            self.seconds["run"] += time.monotonic() - started
             if report is None:  # taken away while it ran: nothing to report
                 continue
             self.reports.append(report)
@@ -256,6 +261,7 @@ class Worker:
         claim up to ``claim`` new runs: one commit, one push. Not ``patient``: one try, and
         nothing changes if another writer wins it."""
         lost_before = self.queue.store.rejected_pushes
+        started = time.monotonic()
         try:
             claimed = self._report_and_claim(max(claim, 0), release, patient)
         except LostRace:
@@ -264,6 +270,8 @@ class Worker:
             claimed = []
         else:
             self._lost_tries, self._retry_at = 0, 0.0
+        finally:
+            self.seconds["flush"] += time.monotonic() - started
         self._adapt(self.queue.store.rejected_pushes - lost_before)
         return claimed
 
@@ -462,6 +470,7 @@ class Worker:
     def _pause(self, seconds: float) -> None:
         """Sleep while idle, waking early for a signal."""
         deadline = time.monotonic() + seconds
+        self.seconds["idle"] += max(0.0, seconds)
         while self.signal is None and time.monotonic() < deadline:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 

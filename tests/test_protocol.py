@@ -8,6 +8,7 @@ server stopped and started again. Every test checks the remote's branch afterwar
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -137,9 +138,13 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 class Workers:
-    """Worker processes draining one queue, each logging to its own file."""
+    """Worker processes draining one queue, each logging to its own file.
 
-    def __init__(self, url: str, folder: Path, count: int, shape: str = "separate") -> None:
+    Each has a cache of its own, as on separate machines, so that their pushes really race;
+    with ``shared_cache`` they share one, as on one machine, and take turns.
+    """
+
+    def __init__(self, url: str, folder: Path, count: int, shape: str = "separate", *, shared_cache: bool = False):
         self.logs = [folder / f"racer-{i}.log" for i in range(count)]
         self.procs = [
             subprocess.Popen(
@@ -147,6 +152,7 @@ class Workers:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
+                env=os.environ if shared_cache else {**os.environ, "GITQUEUE_CACHE": str(folder / f"cache-{i}")},
             )
             for i, log in enumerate(self.logs)
         ]
@@ -245,6 +251,26 @@ def test_stale_token_over_transport(remote_url: str, remote_repo: RemoteRepo) ->
         assert remote_repo.tip() == tip
         new.done()
     assert remote_repo.states() == {task_id: "done"}
+
+
+def test_processes_sharing_a_cache_build_on_each_others_landings(remote_repo: RemoteRepo) -> None:
+    """A push from the cache a moment ago is the base of the next process's try, unfetched;
+    a hand edit in between makes that push lose, and the try is redone on a fetched view."""
+    url = str(remote_repo.path)
+    with Queue.init(url, worker="box/0") as first, Queue.open(url, worker="box/1") as second:
+        ids = first.submit([{"args": {"n": i}} for i in range(3)])
+        fetches = second.store.fetches
+        run = second.claim()
+        assert run is not None and run.id == ids[0]
+        assert second.store.fetches == fetches, "built on the submit that landed from this cache"
+        remote_repo.person_commit({"pending/zz-by-hand.yaml": "args: {n: 9}\n"}, "a person adds a task")
+        before = (first.store.rejected_pushes, first.store.fetches)
+        run = first.claim()
+        assert run is not None and run.id == ids[1]
+        after = (first.store.rejected_pushes, first.store.fetches)
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "lost on the unfetched view, won fetched"
+    assert remote_repo.log()[-2:] == ["a person adds a task", f"claim {ids[1]} by box/0 (attempt 1)"]
+    assert remote_repo.states()["zz-by-hand"] == "pending"
 
 
 # ---------------------------------------------------------------- lost races, made to happen
@@ -391,6 +417,23 @@ def test_eight_processes_drain_300_tasks_exactly_once(
         assert remote_repo.count() == 2 + 300 + racers
     rejected = sum(log[-1]["rejected"] for log in events)
     assert racers >= 2 and rejected > 0, "the workers really raced"
+
+
+@pytest.mark.slow
+def test_workers_sharing_a_cache_take_turns(tmp_path: Path, remote_repo: RemoteRepo, workers: list[Workers]) -> None:
+    """Workers on one machine share its cache: they push one at a time, each building on the
+    commit the one before it landed, so none of their pushes is rejected."""
+    make_bare_repo(remote_repo.path)
+    url = str(remote_repo.path)
+    with Queue.init(url, worker="submitter/0") as q:
+        ids = q.submit([{"args": {"seed": i}} for i in range(120)])
+    group = Workers(url, tmp_path, 6, "combined", shared_cache=True)
+    workers.append(group)
+    events = group.finish(timeout=240)
+    assert_drained_exactly_once(remote_repo, url, ids, events)
+    racers = sum(1 for log in events if any(e["event"] == "done" for e in log))
+    assert racers >= 2, "more than one worker took tasks"
+    assert [log[-1]["rejected"] for log in events] == [0] * 6
 
 
 @pytest.mark.slow
