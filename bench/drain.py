@@ -1,7 +1,7 @@
 """(c) draining trivial tasks with N ``gitqueue work -- true`` processes, checked exactly-once.
 
 Each worker is the installed CLI in its own process group, with its own cache folder (as
-on separate machines) or a shared one (as on one machine; ``--shared-cache``), and
+on separate machines) or a shared one (as on one machine, where workers take turns), and
 GITQUEUE_STATS_FILE set so that it writes its push counters at exit. Landed commits are
 counted on the remote with ``git log``; the exactly-once check reads the remote's tree
 and history (bench/checks.py).
@@ -35,6 +35,17 @@ class DrainResult:
     rejected: int
     stats_files: int
     check: Check
+    shared_cache: bool = False
+    backoff: float = 0.0  # seconds the workers slept after lost races, summed
+
+    @property
+    def caches(self) -> str:
+        return "shared" if self.shared_cache else "own"
+
+    @property
+    def backoff_share(self) -> float:
+        """Of all the workers' time, the part spent backing off after lost races."""
+        return self.backoff / (self.workers * self.steady) if self.steady > 0 else float("nan")
 
     @property
     def tasks_per_s(self) -> float:
@@ -130,4 +141,6 @@ def drain(
         rejected=int(sum(s["rejected_pushes"] for s in stats)),
         stats_files=len(stats),
         check=check,
+        shared_cache=shared_cache,
+        backoff=sum(s.get("seconds", {}).get("backoff", 0.0) for s in stats),
     )

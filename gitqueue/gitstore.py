@@ -63,6 +63,10 @@ _ENV = {
 }
 
 
+class CacheBusy(Exception):
+    """Another process sharing the cache has its turn (see GitStore.turn)."""
+
+
 class PushOutcome(Enum):
     LANDED = "landed"
     LOST_RACE = "lost race"
@@ -343,9 +347,9 @@ class GitStore:
         return PushOutcome.LOST_RACE
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
+    def turn(self, *, wait: bool = True) -> Iterator[None]:
         """Exclusive use of the remote among the processes sharing this cache, for one
-        fetch-build-push try.
+        fetch-build-push try; without ``wait``, CacheBusy if another process has it now.
 
         Workers on one machine share a cache (the default): taking turns here, they never
         race each other's pushes, and each builds on the commit the one before it landed
@@ -357,13 +361,20 @@ class GitStore:
             yield
             return
         with open(self.path / "gitqueue.lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            asked = time.monotonic()
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise CacheBusy(f"another process is pushing from {self.path}") from None
+            got = time.monotonic()
+            self.seconds["turn_wait"] += got - asked
             self._local.depth = 1
             try:
                 yield
             finally:
                 self._local.depth = 0
                 fcntl.flock(lock, fcntl.LOCK_UN)
+                self.seconds["turn_held"] += time.monotonic() - got
 
     def recent_landing(self, window: float) -> str | None:
         """The last commit pushed from this cache, if it landed less than ``window`` s ago

@@ -38,7 +38,16 @@ from gitqueue.errors import (
     TaskExists,
     TaskNotFound,
 )
-from gitqueue.gitstore import BLOB_MODE, LEASE_REFS, GitStore, Identity, PushOutcome, init_bare, is_local_path
+from gitqueue.gitstore import (
+    BLOB_MODE,
+    LEASE_REFS,
+    CacheBusy,
+    GitStore,
+    Identity,
+    PushOutcome,
+    init_bare,
+    is_local_path,
+)
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
     PERSON_FIELDS,
@@ -289,30 +298,33 @@ class Queue:
             self.sleep(random.uniform(0.5, 1.5) * self._attempt_seconds)
             fetch = True
         while True:
-            with self.store.turn():
-                started = self.monotonic()
-                recent = None if fetch else self.store.recent_landing(OPTIMISTIC_WINDOW)
-                snap = Snapshot(self.store, self.cache, recent) if recent else self.snapshot(leases=leases)
-                try:
-                    change = build(snap)
-                except GitqueueError:
-                    if recent is None:
-                        raise
-                    change = None
-                if recent is not None and (change is None or not change.files):
-                    fetch = True
-                    continue
-                if change is None:
-                    return None
-                if not change.files:
-                    return change.value
-                commit = self._commit(snap, change)
-                outcome = self.store.push(commit, snap.tip, also=change.also)
-                self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * (self.monotonic() - started)
-                if outcome is PushOutcome.LANDED:
-                    self._streak = self._streak + 1 if recent is not None and recent == self._last_landed else 0
-                    self._last_landed = commit
-                    return change.value
+            try:
+                with self.store.turn(wait=patient):  # not patient: no waiting for the others either
+                    started = self.monotonic()
+                    recent = None if fetch else self.store.recent_landing(OPTIMISTIC_WINDOW)
+                    snap = Snapshot(self.store, self.cache, recent) if recent else self.snapshot(leases=leases)
+                    try:
+                        change = build(snap)
+                    except GitqueueError:
+                        if recent is None:
+                            raise
+                        change = None
+                    if recent is not None and (change is None or not change.files):
+                        fetch = True
+                        continue
+                    if change is None:
+                        return None
+                    if not change.files:
+                        return change.value
+                    commit = self._commit(snap, change)
+                    outcome = self.store.push(commit, snap.tip, also=change.also)
+                    self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * (self.monotonic() - started)
+                    if outcome is PushOutcome.LANDED:
+                        self._streak = self._streak + 1 if recent is not None and recent == self._last_landed else 0
+                        self._last_landed = commit
+                        return change.value
+            except CacheBusy:
+                raise LostRace("another worker on this machine is pushing") from None
             fetch = True
             self._contenders = snap.workers()
             if recent is not None:  # another machine moved it: try again on a fetched view
@@ -559,6 +571,8 @@ class Queue:
                 change.value = reaped  # the ids, not the first step's Finished
             return change
 
+        if build(self.snapshot(leases=True)) is None:  # a look without the cache's turn: usually all is well
+            return []
         return self._transact(build, leases=True) or []
 
     def _lease_expired(self, task: Task, heartbeat: str | None) -> str | None:

@@ -296,7 +296,8 @@ class Worker:
             if task.state is not State.DONE and task.attempts and task.attempts[-1].get("outcome") == "failed":
                 retry = "will retry" if task.state is State.PENDING else "out of attempts"
                 self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
-        if claim and not finished.claimed and not self.held:  # what failed may be pending again: look afresh
+        returned = any(task.state is State.PENDING for task in finished.tasks)  # the claim could not see these
+        if claim and returned and not finished.claimed and not self.held:
             return self.queue.claim_batch(claim, **self._claim_options())
         return finished.claimed
 

@@ -23,6 +23,7 @@ import pytest
 from conftest import RemoteRepo
 
 from gitqueue import NotHeld, Queue, State
+from gitqueue.errors import LostRace
 from gitqueue.gitstore import PushOutcome
 from gitqueue.queue import Change
 from gitqueue.testing import GitDaemon, make_bare_repo
@@ -271,6 +272,21 @@ def test_processes_sharing_a_cache_build_on_each_others_landings(remote_repo: Re
         assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "lost on the unfetched view, won fetched"
     assert remote_repo.log()[-2:] == ["a person adds a task", f"claim {ids[1]} by box/0 (attempt 1)"]
     assert remote_repo.states()["zz-by-hand"] == "pending"
+
+
+def test_a_one_try_transaction_does_not_wait_for_the_caches_turn(remote_repo: RemoteRepo) -> None:
+    """A worker with runs in hand tries once: while another process sharing the cache holds its
+    turn, that is a lost race (run the next task meanwhile), and nothing is pushed."""
+    url = str(remote_repo.path)
+    with Queue.init(url, worker="box/0") as first, Queue.open(url, worker="box/1") as second:
+        ids = first.submit([{"args": {"n": i}} for i in range(2)])
+        tip = remote_repo.tip()
+        with first.store.turn(), pytest.raises(LostRace, match="on this machine"):
+            second.claim_batch(1, patient=False)
+        assert remote_repo.tip() == tip
+        [run] = second.claim_batch(1, patient=False)
+        assert run.id == ids[0]
+    assert remote_repo.states() == {ids[0]: "running", ids[1]: "pending"}
 
 
 # ---------------------------------------------------------------- lost races, made to happen
