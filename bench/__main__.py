@@ -258,6 +258,7 @@ def part_scale(report: Report, root: Path, sizes: list[int], full: bool) -> None
     row("claim, warm worker (median)", lambda r: ms(r.claim))
     row("finish + next claim, one commit (median)", lambda r: ms(r.finish_claim))
     row("claim ÷ raw cycle", lambda r: r.claim / r.raw_cycle)
+    row("git's connectivity walk in every push received (part of both)", lambda r: ms(r.connectivity))
     row("new worker (fresh cache): open + first fetch", lambda r: secs(r.first_fetch))
     row("new worker (fresh cache): open until its first claim landed", lambda r: secs(r.first_ready))
     row("packed bytes per state change (repack -ad)", lambda r: f"{r.packed_per_change:,.0f} B")
@@ -287,7 +288,9 @@ def part_scale(report: Report, root: Path, sizes: list[int], full: bool) -> None
     ratio = big.claim / small.claim
     report.target(
         f"claim at 100,000 ≤ 1.5x claim at 1,000{note}",
-        f"{ms(big.claim)} {at} vs {ms(small.claim)} at {small.tasks:,}: {ratio:.2f}x",
+        f"{ms(big.claim)} {at} vs {ms(small.claim)} at {small.tasks:,}: {ratio:.2f}x (raw git's cycle: "
+        f"{big.raw_cycle / small.raw_cycle:.2f}x; git's connectivity walk in the push alone adds "
+        f"{ms(big.connectivity - small.connectivity)})",
         judge(ratio <= 1.5),
     )
     report.target(

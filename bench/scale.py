@@ -34,6 +34,7 @@ class ScaleResult:
     claim: float = float("nan")  # warm worker: q.claim() median
     finish_claim: float = float("nan")  # warm worker: finish + next claim in one commit, median
     claims: int = 0
+    connectivity: float = float("nan")  # git's own walk on every push received: rev-list --objects tip --not tip~1
     changes: int = 0  # state changes (landed commits) measured for growth
     packed_per_change: float = float("nan")
     loose_per_change: float = float("nan")
@@ -42,6 +43,19 @@ class ScaleResult:
     worker_rss_mb: float = float("nan")  # peak RSS (VmHWM) of the `gitqueue work` process itself
     worker_tree_rss_mb: float = float("nan")  # peak RSS including its git children (wait4)
     worker_seconds: float = float("nan")
+
+
+def connectivity_walk(remote: Path, runs: int = 7) -> float:
+    """Seconds (median) of the connectivity check git's receive-pack runs on every push it
+    accepts, for a push of one commit onto the tip: ``rev-list --objects`` of the new commit
+    against the old tip, which marks the old tip's whole tree as already present. It grows
+    with the number of files at the tip, whoever pushes."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        git("rev-list", "--objects", "--quiet", "main", "--not", "main~1", cwd=remote)
+        times.append(time.perf_counter() - t)
+    return median(times)
 
 
 def largest_folder(remote: Path) -> tuple[str, int]:
@@ -162,6 +176,7 @@ def measure(t: Transport, root: Path, *, tasks: int, claims: int, budget: float)
     res.finish_claim = median(cycle_times)
     res.claims = len(claim_times)
 
+    res.connectivity = connectivity_walk(remote.path)
     res.changes = int(git("rev-list", "--count", f"{tip_before}..main", cwd=remote.path))
     _, loose_after = repo_bytes(remote.path)
     git("repack", "-adq", cwd=remote.path)

@@ -65,7 +65,7 @@ from gitqueue.task import (
 ERROR_TAIL = 2000
 STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something else is wrong
 OPTIMISTIC_WINDOW = 2.0  # seconds after a push from our cache in which we build on it without fetching
-OPTIMISTIC_STREAK = 3  # then fetch anyway: a rival elsewhere, fetching each try, gets its chance
+OPTIMISTIC_STREAK = 4  # then pause a try's length: a rival elsewhere, fetching each try, gets its chance
 _SEQ_RE = re.compile(r"^(\d+)-")
 
 
@@ -289,14 +289,16 @@ class Queue:
         very likely still that commit, so the try builds on it without fetching. The push
         is a compare-and-swap either way: if the branch moved, it is rejected like any lost
         race. Anything decided from that unfetched view without a push (nothing to do, an
-        error) is decided again from a fetched one.
+        error) is decided again from a fetched one. A process that chains such pushes back
+        to back would keep the branch from rivals elsewhere (they fetch first), so after
+        OPTIMISTIC_STREAK of them it pauses for about one try.
         """
         lost = still = 0
         last_tip: str | None = None
         fetch = leases  # lease refs come only with a fetch
         if self._streak >= OPTIMISTIC_STREAK:  # leave a rival that fetches each try a gap to land in
             self.sleep(random.uniform(0.5, 1.5) * self._attempt_seconds)
-            fetch = True
+            self._streak = 0
         while True:
             try:
                 with self.store.turn(wait=patient):  # not patient: no waiting for the others either
