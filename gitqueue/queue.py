@@ -526,7 +526,7 @@ class Queue:
                 change = change.then(step)
                 change.value.tasks.append(step.value)
             if then_claim is not None:
-                claim = self._claim_change(snap, **then_claim)
+                claim = self._claim_change(snap, **then_claim, finishing=len(change.value.tasks))
                 if claim is not None:
                     change = change.then(claim)
                     change.value.claimed = claim.value
@@ -597,17 +597,24 @@ class Queue:
         lease: int | None = None,
         eligible: Callable[[Task], bool] | None = None,
         count: int = 1,
+        finishing: int = 0,
     ) -> Change | None:
         """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
 
-        A batch takes at most a fair share of what is pending (split among the workers seen
-        running), so that one worker does not hold tasks that idle workers could run.
+        A batch keeps this worker's runs within a fair share of the work not done yet (what is
+        pending and what is running, split among the workers seen running), so that one worker
+        does not hold tasks that idle workers could run. ``finishing`` runs of ours are being
+        reported in the same commit: they no longer count.
         """
         if count > 1:
             pending = sum(len(group) for group in snap.pending_groups())
-            workers = {summary.worker for _, summary in snap.summaries(State.RUNNING)} | {self.worker}
+            holders = Counter(summary.worker for _, summary in snap.summaries(State.RUNNING))
+            holders[self.worker] -= finishing
+            workers = {worker for worker, held in holders.items() if held > 0} | {self.worker}
             self._contenders = len(workers)
-            count = max(1, min(count, -(-pending // len(workers))))  # ceil: the tail goes in pairs, not ones
+            outstanding = pending + sum(max(0, held) for held in holders.values())
+            share = -(-outstanding // len(workers))  # ceil: the tail goes in pairs, not ones
+            count = max(1, min(count, share - max(0, holders[self.worker])))
         change: Change | None = None
         runs: list[Run] = []
         for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible)):

@@ -26,6 +26,7 @@ from gitqueue import (
 )
 from gitqueue.config import Settings
 from gitqueue.errors import InvalidId, RemoteUnavailable
+from gitqueue.queue import Report
 from gitqueue.task import MARKER, fan, parse_task
 
 STATES = ["pending", "running", "done", "failed", "cancelled"]
@@ -617,3 +618,16 @@ def test_a_stale_lock_on_the_server_is_reported_not_retried_for_ever(bare_remote
         (bare_remote / "refs/heads/main.lock").unlink()
         run = q.claim()
         assert run is not None and run.id == "a"
+
+
+def test_a_batch_keeps_to_a_fair_share_of_the_work_not_done(queue: Queue) -> None:
+    """Each worker may hold about (pending + running) / workers runs: running ones count, so a
+    crowd of workers does not claim in ever smaller batches as the queue drains."""
+    queue.submit([{"args": {"n": i}} for i in range(12)])
+    with Queue.open(queue.url, worker="other/0") as other:
+        assert len(other.claim_batch(4)) == 4  # alone: the whole queue is its share
+    mine = queue.claim_batch(12)
+    assert len(mine) == 6, "12 not done, 2 workers: 6 each, whatever the other holds already"
+    finished = queue.finish([Report(run.id, run.token, "done") for run in mine[:4]], then_claim={"count": 12})
+    assert len(finished.claimed) == 2, "8 not done (2 pending, 4 theirs, 2 mine): 4 each, I hold 2"
+    assert [t.id for t in queue.tasks(State.PENDING)] == []
