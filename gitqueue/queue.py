@@ -273,11 +273,16 @@ class Queue:
         while True:
             try:
                 return Snapshot(self.store, self.cache, self.store.fetch(leases=leases))
-            except RemoteUnavailable:
-                if self.clock() + delay > deadline:
-                    raise
-                self.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 5.0)
+            except RemoteUnavailable as exc:
+                delay = self._wait_for_remote(exc, deadline, delay)
+
+    def _wait_for_remote(self, exc: RemoteUnavailable, deadline: float, delay: float) -> float:
+        """Sleep about ``delay`` before asking an unreachable remote again (raise ``exc`` if
+        that would pass ``deadline``); returns the next, longer delay."""
+        if self.clock() + delay > deadline:
+            raise exc
+        self.sleep(delay * random.uniform(0.5, 1.5))
+        return min(delay * 2, 5.0)
 
     def _transact(
         self, build: Callable[[Snapshot], Change | None], *, leases: bool = False, patient: bool = True
@@ -296,15 +301,23 @@ class Queue:
         lost = still = 0
         last_tip: str | None = None
         fetch = leases  # lease refs come only with a fetch
+        unreachable: RemoteUnavailable | None = None
+        deadline, delay = float("inf"), 0.1
         if self._streak >= OPTIMISTIC_STREAK:  # leave a rival that fetches each try a gap to land in
             self.sleep(random.uniform(0.5, 1.5) * self._attempt_seconds)
             self._streak = 0
         while True:
+            if unreachable is not None:  # wait for the remote outside the turn: others may stop meanwhile
+                delay, unreachable = self._wait_for_remote(unreachable, deadline, delay), None
             try:
                 with self.store.turn(wait=patient):  # not patient: no waiting for the others either
                     started = self.monotonic()
                     recent = None if fetch else self.store.recent_landing(OPTIMISTIC_WINDOW)
-                    snap = Snapshot(self.store, self.cache, recent) if recent else self.snapshot(leases=leases)
+                    try:
+                        snap = Snapshot(self.store, self.cache, recent or self.store.fetch(leases=leases))
+                    except RemoteUnavailable as exc:
+                        unreachable, deadline = exc, min(deadline, self.clock() + self.patience)
+                        continue
                     try:
                         change = build(snap)
                     except GitqueueError:

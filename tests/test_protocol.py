@@ -289,6 +289,38 @@ def test_a_one_try_transaction_does_not_wait_for_the_caches_turn(remote_repo: Re
     assert remote_repo.states() == {ids[0]: "running", ids[1]: "pending"}
 
 
+def test_waiting_for_an_unreachable_remote_leaves_the_caches_turn_to_others(
+    remote_repo: RemoteRepo, tmp_path: Path
+) -> None:
+    """A try that cannot fetch waits outside the cache's turn: the other workers of the
+    machine can push (or stop) meanwhile. Checked at each pause, through the injected sleep."""
+    make_bare_repo(remote_repo.path)
+    server = GitDaemon(remote_repo.path.parent)
+    server.start()
+    try:
+        url = server.url("queue.git")
+        with Queue.init(url, worker="setup/0", cache=tmp_path / "setup-cache") as setup:
+            [task_id] = setup.submit([{"args": {"n": 1}}])
+        server.stop()
+        pauses: list[float] = []
+        cache = tmp_path / "cache"
+        with Queue(url, worker="box/1", cache=cache) as other:
+
+            def sleep(seconds: float) -> None:
+                with other.store.turn(wait=False):  # CacheBusy if the waiting try kept the turn
+                    pauses.append(seconds)
+                if len(pauses) == 2:
+                    server.start()
+
+            with Queue(url, worker="box/0", cache=cache, sleep=sleep) as q:
+                run = q.claim()
+        assert len(pauses) == 2
+        assert run is not None and run.id == task_id
+    finally:
+        server.stop()
+    assert remote_repo.states() == {task_id: "running"}
+
+
 # ---------------------------------------------------------------- lost races, made to happen
 
 
