@@ -7,6 +7,8 @@ server stopped and started again. Every test checks the remote's branch afterwar
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -287,6 +289,22 @@ def test_a_one_try_transaction_does_not_wait_for_the_caches_turn(remote_repo: Re
         [run] = second.claim_batch(1, patient=False)
         assert run.id == ids[0]
     assert remote_repo.states() == {ids[0]: "running", ids[1]: "pending"}
+
+
+def test_a_cache_on_a_file_system_without_locks_still_works(
+    queue: Queue, remote_repo: RemoteRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network mounts refuse flock (ENOLCK): the worker then races like one on its own."""
+
+    def no_locks(fd: object, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    [task_id] = queue.submit([{"args": {"n": 1}}])
+    run = queue.claim()
+    assert run is not None and run.id == task_id
+    run.done()
+    assert remote_repo.states() == {task_id: "done"}
 
 
 def test_waiting_for_an_unreachable_remote_leaves_the_caches_turn_to_others(
