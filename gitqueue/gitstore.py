@@ -70,6 +70,7 @@ class CacheBusy(Exception):
 class PushOutcome(Enum):
     LANDED = "landed"
     LOST_RACE = "lost race"
+    UNKNOWN = "unknown"  # not seen (timeout, dropped connection): learn it with settle()
 
 
 @dataclass(frozen=True)
@@ -297,8 +298,8 @@ class GitStore:
         """Compare-and-swap the remote branch from ``old`` to ``new`` (a child of ``old``).
 
         ``also`` are refspecs pushed atomically with it (e.g. deleting a finished run's
-        lease ref). Raises RemoteUnavailable only if the outcome cannot be learnt by
-        fetching either.
+        lease ref). UNKNOWN if git did not say (timeout, dropped connection): then the
+        caller learns the outcome with :meth:`settle`.
         """
         self.pushes += 1
         if self.pushes % MAINTAIN_EVERY == 0:
@@ -311,7 +312,8 @@ class GitStore:
                 cwd=self.path,
             )
         except subprocess.TimeoutExpired:
-            return self._settle(new)
+            self._note_landing(None)
+            return PushOutcome.UNKNOWN
         finally:
             self.seconds["push"] += time.monotonic() - started
         if proc.returncode == 0:
@@ -325,10 +327,11 @@ class GitStore:
             self.last_rejection = " ".join(output.split())[-300:]
             self.rejected_pushes += 1
             return PushOutcome.LOST_RACE
-        return self._settle(new)
+        return PushOutcome.UNKNOWN
 
-    def _settle(self, new: str) -> PushOutcome:
-        """A push whose outcome we did not see: fetch (retrying) and look for our commit."""
+    def settle(self, new: str) -> PushOutcome:
+        """A push whose outcome we did not see: fetch (retrying) and look for our commit.
+        Raises RemoteUnavailable if the remote stays unreachable for the store's patience."""
         deadline = time.monotonic() + self.patience
         delay = 0.05
         while True:
@@ -341,7 +344,6 @@ class GitStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         if tip is not None and self.is_ancestor(new, tip):
-            self._note_landing(new)
             return PushOutcome.LANDED
         self.rejected_pushes += 1
         return PushOutcome.LOST_RACE

@@ -334,12 +334,14 @@ class Queue:
                     commit = self._commit(snap, change)
                     outcome = self.store.push(commit, snap.tip, also=change.also)
                     self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * (self.monotonic() - started)
-                    if outcome is PushOutcome.LANDED:
-                        self._streak = self._streak + 1 if recent is not None and recent == self._last_landed else 0
-                        self._last_landed = commit
-                        return change.value
             except CacheBusy:
                 raise LostRace("another worker on this machine is pushing") from None
+            if outcome is PushOutcome.UNKNOWN:  # learn it by fetching, outside the turn
+                outcome = self.store.settle(commit)
+            if outcome is PushOutcome.LANDED:
+                self._streak = self._streak + 1 if recent is not None and recent == self._last_landed else 0
+                self._last_landed = commit
+                return change.value
             fetch = True
             self._contenders = snap.workers()
             if recent is not None:  # another machine moved it: try again on a fetched view

@@ -57,14 +57,14 @@ def fetch(self, **options):
         raise
 
 GitStore.fetch = fetch
-real_settle = GitStore._settle
+real_settle = GitStore.settle
 
 def settle(self, new):
     outcome = real_settle(self, new)
     note("settled", outcome=outcome.value)
     return outcome
 
-GitStore._settle = settle
+GitStore.settle = settle
 with Queue.open(url, worker=name, patience=90) as q:
     run = q.claim()
     while run is not None:
@@ -404,13 +404,13 @@ def install_hook(repo: Path, name: str, script: str) -> Path:
 def watch_settling(store: Any) -> list[PushOutcome]:
     """Record what each unknown push outcome was settled as (by fetching)."""
     outcomes: list[PushOutcome] = []
-    real = store._settle
+    real = store.settle
 
     def settle(new: str) -> PushOutcome:
         outcomes.append(real(new))
         return outcomes[-1]
 
-    store._settle = settle
+    store.settle = settle
     return outcomes
 
 
