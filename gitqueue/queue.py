@@ -193,7 +193,7 @@ class Queue:
         self.backed_off = 0.0  # seconds slept after lost races
         self._streak = 0  # our pushes in a row that landed on our own last push, unfetched
         self._last_landed: str | None = None
-        self._contenders = 1  # workers seen holding runs at the last lost race: how wide to spread
+        self._contenders = 1  # workers seen holding runs at the last claim or lost race: how wide to spread
         self._identity: Identity | None = None
         self.checks = rules.WorkerChecks()  # broken files a worker skips, reported once each
 

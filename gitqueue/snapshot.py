@@ -211,7 +211,7 @@ class Snapshot:
             yield entry, self.cache.summaries.get(entry)
 
     def workers(self) -> int:
-        """How many workers hold runs in this view (at least 1: ourselves)."""
+        """How many workers hold runs in this view (at least 1, for dividing by)."""
         return max(1, len({summary.worker for _, summary in self.summaries(State.RUNNING)}))
 
     def all_entries(self) -> Iterator[Entry]:
