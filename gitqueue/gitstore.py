@@ -324,7 +324,8 @@ class GitStore:
         if "hook declined" in output:
             raise PushRefused(remote_says(output) or "the remote's hook refused the push")
         if any(sign in output for sign in LOST_RACE_SIGNS):
-            self.last_rejection = " ".join(output.split())[-300:]
+            why = [line for line in output.splitlines() if any(sign in line for sign in LOST_RACE_SIGNS)]
+            self.last_rejection = " ".join(" ".join(why).split())[:500]  # e.g. which lock file exists
             self.rejected_pushes += 1
             return PushOutcome.LOST_RACE
         return PushOutcome.UNKNOWN
