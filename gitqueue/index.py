@@ -163,7 +163,7 @@ class SummaryStore:
         return [key for key in keys if key not in self._memory]
 
 
-Candidate = tuple[int, str, Any]  # (-priority, id, entry): sorts best first
+Candidate = tuple[int, str, Any]  # (-priority, id_order(id), entry): sorts best first
 
 
 class CandidateOrder:

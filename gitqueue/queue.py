@@ -56,6 +56,7 @@ from gitqueue.task import (
     Task,
     check_id,
     fan,
+    id_order,
     now_iso,
     parse_time,
     render,
@@ -397,7 +398,7 @@ class Queue:
         match = filters.where(where)
         snap = self.snapshot()
         found = (t for t in snap.tasks(State(state) if state else None, problems) if match is None or match(t))
-        return sorted(found, key=lambda t: (list(State).index(t.state), -t.priority, t.id))
+        return sorted(found, key=lambda t: (list(State).index(t.state), -t.priority, id_order(t.id)))
 
     def get(self, task_id: str) -> Task:
         """One task by id (or by a prefix that names exactly one task)."""
@@ -436,7 +437,7 @@ class Queue:
             "counts": counts,
             "total": sum(counts.values()),
             "oldest_pending": None if oldest is None else {"id": oldest[1], "submitted": oldest[0] or None},
-            "running": sorted(running, key=lambda r: r["id"]),
+            "running": sorted(running, key=lambda r: id_order(r["id"])),
             "invalid": invalid,
         }
 
@@ -966,7 +967,7 @@ def pending_in_order(
     lazily, so taking the first few reads only the first few of each group.
     """
     summaries = snap.cache.summaries
-    for _rank, _task_id, entry in heapq.merge(*snap.pending_groups(), key=lambda c: (c[0], c[1])):
+    for _rank, _order, entry in heapq.merge(*snap.pending_groups(), key=lambda c: (c[0], c[1])):
         summary = summaries.get(entry)
         if summary.error is not None or not summary.matches(labels):
             continue

@@ -15,7 +15,7 @@ from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
 from gitqueue.gitstore import BLOB_MODE, LINK_MODE, TREE_MODE, GitStore
 from gitqueue.index import Candidate, CandidateOrder, Summary, SummaryStore
-from gitqueue.task import State, Task, check_id, fan, parse_task
+from gitqueue.task import State, Task, check_id, fan, id_order, parse_task
 
 # A state folder holds at most this many task files directly; more go to fan-out subfolders
 # (forges list at most 1,000 entries, and every commit rewrites the trees on its path).
@@ -201,7 +201,7 @@ class Snapshot:
     def _rank(self, prefix: str, tree: str) -> list[Candidate]:
         entries = self.pending_entries(prefix, tree)
         self.cache.summaries.load(entries)
-        return [(-self.cache.summaries.get(e).priority, e.id, e) for e in entries]
+        return [(-self.cache.summaries.get(e).priority, id_order(e.id), e) for e in entries]
 
     def summaries(self, state: State | None = None) -> Iterator[tuple[Entry, Summary]]:
         """Every entry (in ``state``, or all) with its summary: what counting needs."""

@@ -51,6 +51,20 @@ def check_id(task_id: str) -> str:
     return task_id
 
 
+_LEADING_NUMBER = re.compile(r"0*(\d+)")
+
+
+def id_order(task_id: str) -> str:
+    """The key ids are claimed and listed by: the id itself, but with a leading number
+    compared by its value, so that generated ids keep submission order past 999,999
+    (``999999-a`` before ``1000000-b``) and ``9-x`` comes before ``10-x``."""
+    match = _LEADING_NUMBER.match(task_id)
+    if match is None:
+        return task_id
+    digits = match.group(1)
+    return f"{len(digits):03d}{digits}{task_id[match.end():]}\0{task_id}"  # \0: ties by the id
+
+
 def now_iso(now: float | None = None) -> str:
     """UTC time as ISO-8601 with a Z, to the millisecond: what gitqueue writes into files."""
     moment = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
