@@ -16,18 +16,9 @@ from gitqueue.errors import GitqueueError
 from gitqueue.gitstore import GitStore, LogEntry, TreeChange
 from gitqueue.snapshot import FILE_MODES
 from gitqueue.task import MARKER, State, fan, parse_task, split_task_path
+from gitqueue.validate import TRANSITIONS
 
-# What a move means when the commit does not say (a person's hand edit).
-_MOVES = {
-    (None, State.PENDING): "add",
-    (State.PENDING, State.RUNNING): "claim",
-    (State.RUNNING, State.DONE): "done",
-    (State.RUNNING, State.FAILED): "fail",
-    (State.RUNNING, State.PENDING): "return",
-    (State.PENDING, State.CANCELLED): "cancel",
-    (State.RUNNING, State.CANCELLED): "cancel",
-    (State.PENDING, None): "delete",
-}
+# How `log` says the outcomes a commit's Gitqueue-Action trailer names.
 _VERBS = {"failed": "fail", "reaped": "reap", "interrupted": "return"}
 
 
@@ -88,10 +79,9 @@ def _event(store: GitStore, entry: LogEntry, task_id: str, changes: list[TreeCha
         action = said
     elif before is not None and before == after:
         action = "edit"
-    elif after is State.PENDING and before in (State.DONE, State.FAILED, State.CANCELLED):
-        action = "requeue"
     else:
-        action = _MOVES.get((before, after), "move")
+        move = TRANSITIONS.get((before, after))
+        action = move.verb if move else "move"  # "move": by hand, and no command makes it
     detail = ""
     if kept and before == after:
         detail = _edit_detail(store, kept[0])

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask
@@ -27,21 +28,26 @@ from gitqueue.task import MARKER, State, Task, fan, load_yaml, parse_task, split
 
 STATES = frozenset(state.value for state in State)
 
-# Every state change the queue allows, and who makes it. ``None`` is "no file": a task that
-# is new, or one that was deleted. Moving within one state (an edit, or into a fan-out
-# subfolder) is always allowed; the file rules still apply.
-TRANSITIONS: dict[tuple[State | None, State | None], str] = {
-    (None, State.PENDING): "submit, or a person adding a file",
-    (State.PENDING, State.RUNNING): "claim",
-    (State.RUNNING, State.DONE): "done",
-    (State.RUNNING, State.PENDING): "fail, reap or requeue",
-    (State.RUNNING, State.FAILED): "fail or reap (out of attempts)",
-    (State.DONE, State.PENDING): "requeue",
-    (State.FAILED, State.PENDING): "requeue",
-    (State.CANCELLED, State.PENDING): "requeue",
-    (State.PENDING, State.CANCELLED): "cancel",
-    (State.RUNNING, State.CANCELLED): "cancel",
-    (State.PENDING, None): "a person (withdrawing the task)",
+class Transition(NamedTuple):
+    verb: str  # what `gitqueue log` calls the move when a commit of gitqueue's does not say
+    by: str  # who makes it, for the message about a move that no command makes
+
+
+# Every state change the queue allows. ``None`` is "no file": a task that is new, or one that
+# was deleted. Moving within one state (an edit, or into a fan-out subfolder) is always
+# allowed; the file rules still apply.
+TRANSITIONS: dict[tuple[State | None, State | None], Transition] = {
+    (None, State.PENDING): Transition("add", "submit, or a person adding a file"),
+    (State.PENDING, State.RUNNING): Transition("claim", "claim"),
+    (State.RUNNING, State.DONE): Transition("done", "done"),
+    (State.RUNNING, State.PENDING): Transition("return", "fail, reap or requeue"),
+    (State.RUNNING, State.FAILED): Transition("fail", "fail or reap (out of attempts)"),
+    (State.DONE, State.PENDING): Transition("requeue", "requeue"),
+    (State.FAILED, State.PENDING): Transition("requeue", "requeue"),
+    (State.CANCELLED, State.PENDING): Transition("requeue", "requeue"),
+    (State.PENDING, State.CANCELLED): Transition("cancel", "cancel"),
+    (State.RUNNING, State.CANCELLED): Transition("cancel", "cancel"),
+    (State.PENDING, None): Transition("delete", "a person (withdrawing the task)"),
 }
 
 # Fields that may not change while a task is in a state, and why.
@@ -60,8 +66,8 @@ def transition_problem(before: State | None, after: State | None) -> str | None:
     if after is None:
         return f"only pending tasks may be deleted; a {before.value} task stays (cancel or requeue it instead)"
     ways = "; ".join(
-        f"{to.value}/ by {who}" if to else f"deleted by {who}"
-        for (frm, to), who in TRANSITIONS.items()
+        f"{to.value}/ by {move.by}" if to else f"deleted by {move.by}"
+        for (frm, to), move in TRANSITIONS.items()
         if frm is before
     )
     return f"no gitqueue command moves a task from {before.value}/ to {after.value}/ (from {before.value}/: {ways})"

@@ -292,6 +292,17 @@ def test_gitqueue_log_tells_a_tasks_life(alice: Clone, worker: Queue, remote: Pa
     assert all(len(e["commit"]) == 40 and e["when"] for e in events)
     table = runner.invoke(app, ["log", "000001", "--queue", str(remote)])
     assert "edit (by hand): priority 0 -> 4" in table.stdout
+    # moves made by hand are named as the command that makes them would be
+    assert alice.pull().returncode == 0
+    for before, after in (("pending", "cancelled"), ("cancelled", "pending")):
+        alice.run("mv", f"{before}/000001-lr0.1.yaml", f"{after}/000001-lr0.1.yaml")
+        alice.commit(f"{before} to {after} by hand")
+        assert alice.push().returncode == 0
+    result = runner.invoke(app, ["log", "000001", "--queue", str(remote), "--format", "json"])
+    assert [(e["action"], e["by_hand"], e["detail"]) for e in json.loads(result.stdout)[-2:]] == [
+        ("cancel", True, "pending -> cancelled"),
+        ("requeue", True, "cancelled -> pending"),
+    ]
 
 
 def test_a_file_without_a_final_newline_goes_through_every_move(alice: Clone, worker: Queue, remote: Path) -> None:
