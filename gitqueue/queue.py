@@ -51,6 +51,7 @@ from gitqueue.gitstore import (
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
     PERSON_FIELDS,
+    SEQ_DIGITS,
     SPENT_OUTCOMES,
     State,
     Task,
@@ -460,7 +461,7 @@ class Queue:
             stamp = {"at": now_iso(self.clock()), "by": self.identity.name}
             for task_id, task in prepared:
                 if task_id is None:
-                    task_id = f"{seq:06d}-{_slug(task.args)}"
+                    task_id = f"{seq:0{SEQ_DIGITS}d}-{_slug(task.args)}"
                     seq += 1
                 elif (existing := snap.locate(task_id)) is not None:
                     if _same_content(snap.cache.task(existing), task):

@@ -51,18 +51,24 @@ def check_id(task_id: str) -> str:
     return task_id
 
 
+SEQ_DIGITS = 6  # an id made by submit: a sequence number this wide, a dash, a slug
 _LEADING_NUMBER = re.compile(r"0*(\d+)")
 
 
 def id_order(task_id: str) -> str:
-    """The key ids are claimed and listed by: the id itself, but with a leading number
-    compared by its value, so that generated ids keep submission order past 999,999
-    (``999999-a`` before ``1000000-b``) and ``9-x`` comes before ``10-x``."""
+    """The key ids are claimed and listed by: the id, except that a number it starts with
+    counts by its value, so that ``9-x`` comes before ``10-x`` and generated ids keep
+    submission order past 999,999 (``1000000-b`` after ``999999-a``).
+
+    A generated id is its own key (no copy kept per task); shorter numbers are padded to its
+    width, and longer ones sort after every 6-digit one."""
     match = _LEADING_NUMBER.match(task_id)
-    if match is None:
+    if match is None or match.end() == SEQ_DIGITS:
         return task_id
-    digits = match.group(1)
-    return f"{len(digits):03d}{digits}{task_id[match.end():]}\0{task_id}"  # \0: ties by the id
+    digits, rest = match.group(1), task_id[match.end() :]
+    if len(digits) <= SEQ_DIGITS:
+        return f"{digits:0>{SEQ_DIGITS}}{rest}\0{task_id}"  # \0: ties go by the id itself
+    return f"{'9' * SEQ_DIGITS}\x7f{len(digits):03d}{digits}{rest}\0{task_id}"
 
 
 def now_iso(now: float | None = None) -> str:
