@@ -39,6 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Self
 
+from gitqueue import leftovers
+
 __all__ = ["GitDaemon", "SmartHTTPServer", "free_port", "make_bare_repo"]
 
 HOST = "127.0.0.1"
@@ -129,15 +131,7 @@ def _group_running(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    for stat in Path("/proc").glob("[0-9]*/stat"):  # Linux; elsewhere a zombie counts as running
-        try:
-            text = stat.read_text()
-        except OSError:  # it ended meanwhile
-            continue
-        state, _parent, group = text[text.rindex(")") + 2 :].split()[:3]
-        if int(group) == pgid and state != "Z":
-            return True
-    return not Path("/proc/self/stat").exists()
+    return not leftovers.ENABLED or bool(leftovers.members(pgid))  # without /proc a zombie counts
 
 
 class _Server:

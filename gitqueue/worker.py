@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from gitqueue import leftovers
 from gitqueue.errors import GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
 from gitqueue.task import State, Task, load_yaml, now_iso
@@ -145,6 +146,7 @@ class Worker:
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
         self.stop_code: int | None = None  # set when the worker itself is broken
         self._last_reap = float("-inf")
+        self._runs_folder = queue.store.path.parent / "runs"  # what our commands are (see leftovers)
         self._warned: set[str] = set()
         queue.checks.tell = lambda problem: self.say(f"skipping {problem.message} (left as it is)")
         if not options.command and not options.allow_task_cmd and runner is None:
@@ -333,6 +335,8 @@ class Worker:
         if not force and now - self._last_reap < self.options.reap_every:
             return
         self._last_reap = now
+        for message in leftovers.stop_leftovers(self._runs_folder, self.options.grace):
+            self.say(message)
         for task_id in self.queue.reap():
             self.say(f"{task_id}: its lease ran out; returned to the queue")
 
@@ -400,34 +404,38 @@ class Worker:
                 self.stop_code = EXIT_NO_COMMAND  # a broken worker must not burn the queue
                 self.say(f"cannot start {argv[0]!r}: {exc.strerror}; returning {run.id} and stopping")
                 return Report(run.id, run.token, "interrupted", error=f"cannot start {argv[0]!r}: {exc.strerror}")
-            # Each stream keeps its own last lines: their interleaving across two pipes is not
-            # knowable. An error records stdout's, then stderr's, where its story usually ends.
-            out_tail: deque[bytes] = deque(maxlen=64)
-            err_tail: deque[bytes] = deque(maxlen=64)
-            lock = threading.Lock()
-            pumps = [
-                threading.Thread(target=_pump, args=(child.stdout, sys.stdout, log, out_tail, lock), daemon=True),
-                threading.Thread(target=_pump, args=(child.stderr, sys.stderr, log, err_tail, lock), daemon=True),
-            ]
-            for pump in pumps:
-                pump.start()
+            running = leftovers.record(self._runs_folder, child.pid, run.id, self.queue.worker)
             try:
-                while child.poll() is None:
-                    watch.check()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        child.wait(timeout=0.2)
-            except (Stop, TakenAway):
-                self._stop_child(child, first=self.signal or signal.SIGTERM)
+                # Each stream keeps its own last lines: their interleaving across two pipes is not
+                # knowable. An error records stdout's, then stderr's, where its story usually ends.
+                out_tail: deque[bytes] = deque(maxlen=64)
+                err_tail: deque[bytes] = deque(maxlen=64)
+                lock = threading.Lock()
+                pumps = [
+                    threading.Thread(target=_pump, args=(child.stdout, sys.stdout, log, out_tail, lock), daemon=True),
+                    threading.Thread(target=_pump, args=(child.stderr, sys.stderr, log, err_tail, lock), daemon=True),
+                ]
+                for pump in pumps:
+                    pump.start()
+                try:
+                    while child.poll() is None:
+                        watch.check()
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            child.wait(timeout=0.2)
+                except (Stop, TakenAway):
+                    self._stop_child(child, first=self.signal or signal.SIGTERM)
+                    for pump in pumps:
+                        pump.join(timeout=5)
+                    if self.signal is None:
+                        raise
+                    return Report(run.id, run.token, "interrupted", error=f"worker stopped by signal {self.signal}")
+                except BaseException:  # anything else ends the worker: never leave the child running
+                    self._stop_child(child, first=signal.SIGKILL)
+                    raise
                 for pump in pumps:
                     pump.join(timeout=5)
-                if self.signal is None:
-                    raise
-                return Report(run.id, run.token, "interrupted", error=f"worker stopped by signal {self.signal}")
-            except BaseException:  # anything else ends the worker: never leave the child running
-                self._stop_child(child, first=signal.SIGKILL)
-                raise
-            for pump in pumps:
-                pump.join(timeout=5)
+            finally:
+                leftovers.forget(running)
         code = child.returncode
         if code == 0:
             return Report(run.id, run.token, "done", result=self._read_result(run, result_path))
@@ -561,7 +569,7 @@ def _die_with(worker_pid: int) -> Callable[[], None] | None:
 
     The dead worker's task goes back to the queue and runs elsewhere; its orphaned child
     must not run on beside the rerun (on the same GPU, say). Only the child itself is told,
-    not processes it started.
+    not processes it started: the next worker on the machine stops those (see leftovers).
     """
     if _prctl is None:
         return None

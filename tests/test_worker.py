@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from gitqueue import Queue, State, Task
 from gitqueue.cli import app
+from gitqueue.leftovers import running, stop_leftovers
 from gitqueue.queue import Report, Run
 from gitqueue.task import parse_task
 from gitqueue.testing import GitDaemon
@@ -264,6 +265,34 @@ def test_sigkilled_worker_task_comes_back_after_its_lease_and_another_worker_fin
     assert "Gitqueue-Worker: w2" in reap
     assert lab.lease_refs() == []
     lab.remote.fsck()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc (Linux)")
+def test_the_next_worker_stops_what_a_sigkilled_workers_command_started(lab: Lab, tmp_path: Path) -> None:
+    """The kernel tells a dead worker's command to stop, but not the processes that command
+    started (a wrapper script's python, say): the next worker on the machine stops those."""
+    lab.submit({"id": "wrapped", "args": {}, "lease": 600})
+    pid_file = lab.marks / "grandchild.pid"
+    script = f"sleep 600 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait"
+    w1 = lab.start("w1", command=["sh", "-c", script])
+    pid = int(poll_until(lambda: pid_file.exists() and pid_file.read_text(), what="the script to start its sleep"))
+    try:
+        runs = tmp_path / "cache" / "runs"
+        poll_until(lambda: list(runs.glob("*.json")), what="w1 to note its command")
+        w1.send(signal.SIGKILL)
+        assert w1.wait() == -signal.SIGKILL
+        assert running(pid), "the sleep the script started outlives the worker and the script"
+
+        w2 = lab.start("w2")  # nothing to claim: it looks around once and exits
+        assert w2.wait() == 0
+        assert "stopping 1 process(es) of wrapped that dead worker w1 left running" in w2.stderr
+        poll_until(lambda: not running(pid), what="the leftover sleep to stop")
+        assert stop_leftovers(runs, grace=10) == [] and list(runs.glob("*.json")) == [], "nothing of it runs now"
+        # Only processes were stopped: the task comes back when its lease runs out, as before.
+        assert lab.remote.states()["wrapped"] == "running"
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_black_box_workers_over_git_daemon_drain_a_sweep_while_one_is_sigkilled(

@@ -1,0 +1,100 @@
+"""What a later worker does with the records of commands that dead workers left running.
+
+Real process groups (``sleep`` under ``sh``), real signals; the clock for the grace period
+is passed in. The end-to-end case (a SIGKILLed ``gitqueue work``) is in test_worker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gitqueue.leftovers import members, record, running, stop_leftovers
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc (Linux)")
+
+RUN_ENV = {"GITQUEUE_TASK_ID": "t1", "GITQUEUE_WORKER": "gpu/0"}
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def groups() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Process groups a test starts (each its own session, as a worker starts commands)."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
+
+def start(groups: list[subprocess.Popen[bytes]], script: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(["sh", "-c", script], env={**os.environ, **env}, start_new_session=True)
+    groups.append(proc)
+    return proc
+
+
+def dead_owner_record(folder: Path, group: int) -> Path:
+    """The record a worker that has since died would have left for ``group``."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{group}.json"
+    owner = {"group": group, "task": "t1", "worker": "gpu/0", "pid": gone.pid, "pid_started": "0"}
+    path.write_text(json.dumps(owner))
+    return path
+
+
+def test_a_live_workers_command_is_left_alone(tmp_path: Path, groups: list[subprocess.Popen[bytes]]) -> None:
+    proc = start(groups, "exec sleep 600", RUN_ENV)
+    path = record(tmp_path, proc.pid, "t1", "gpu/0")  # this process is its worker, and it is alive
+    assert path is not None and path.exists()
+    assert stop_leftovers(tmp_path, grace=10) == []
+    assert running(proc.pid) and path.exists()
+
+
+def test_a_group_id_that_now_belongs_to_something_else_is_not_signalled(
+    tmp_path: Path, groups: list[subprocess.Popen[bytes]]
+) -> None:
+    stranger = start(groups, "exec sleep 600", {"GITQUEUE_TASK_ID": "another-task", "GITQUEUE_WORKER": "gpu/0"})
+    path = dead_owner_record(tmp_path, stranger.pid)
+    assert stop_leftovers(tmp_path, grace=10) == []
+    assert running(stranger.pid), "its processes do not carry the run's task id"
+    assert not path.exists(), "the record is dropped: nothing of that run is left"
+
+
+def test_sigterm_first_then_sigkill_once_the_grace_period_has_passed(
+    tmp_path: Path, groups: list[subprocess.Popen[bytes]]
+) -> None:
+    # A script that ignores SIGTERM, and the sleep it started (which ignores it too).
+    leader = start(groups, "trap '' TERM; sleep 600 & wait; wait", RUN_ENV)
+    wait_until(lambda: len(members(leader.pid)) == 2, "the script to start its sleep")
+    path = dead_owner_record(tmp_path, leader.pid)
+
+    said = stop_leftovers(tmp_path, grace=10, now=1000.0)
+    assert said == ["stopping 2 process(es) of t1 that dead worker gpu/0 left running"]
+    assert json.loads(path.read_text())["terminated"] == 1000.0
+    assert all(running(pid) for pid in members(leader.pid)), "both ignore SIGTERM"
+    assert stop_leftovers(tmp_path, grace=10, now=1009.0) == [], "within the grace period: no SIGKILL yet"
+    assert stop_leftovers(tmp_path, grace=10, now=1010.0) == [
+        "killing 2 process(es) of t1 that outlived SIGTERM for 10s"
+    ]
+    wait_until(lambda: not members(leader.pid), "the group to die")
+    assert stop_leftovers(tmp_path, grace=10, now=1011.0) == [] and not path.exists()
+
