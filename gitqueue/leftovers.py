@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,8 @@ def record(folder: Path, group: int, task_id: str, worker: str) -> Path | None:
     path = folder / f"{group}.json"
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        _write(path, {"group": group, "task": task_id, "worker": worker, "pid": os.getpid(), "pid_started": started})
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": started}
+        _write(path, {"group": group, "task": task_id, "worker": worker, **owner})
         return path
     return None  # a full disk must not stop the run: it only loses the clean-up
 
@@ -57,6 +59,7 @@ def stop_leftovers(folder: Path, grace: float, *, now: float | None = None) -> l
     if not ENABLED or not folder.is_dir():
         return []
     now = time.time() if now is None else now
+    host = socket.gethostname()
     said = []
     for path in sorted(folder.glob("*.json")):
         try:
@@ -65,6 +68,8 @@ def stop_leftovers(folder: Path, grace: float, *, now: float | None = None) -> l
             owner, owner_started = int(run["pid"]), run["pid_started"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written, or not ours to judge
+        if run.get("host", host) != host:
+            continue  # a cache shared over the network: pids name processes of another machine
         if _start_time(owner) == owner_started:
             continue  # its worker is alive and looks after it
         ours = [pid for pid in members(group) if _carries(pid, task_id, worker)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -50,13 +51,13 @@ def start(groups: list[subprocess.Popen[bytes]], script: str, env: dict[str, str
     return proc
 
 
-def dead_owner_record(folder: Path, group: int) -> Path:
-    """The record a worker that has since died would have left for ``group``."""
+def dead_owner_record(folder: Path, group: int, host: str = socket.gethostname()) -> Path:
+    """The record a worker (on ``host``) that has since died would have left for ``group``."""
     gone = subprocess.Popen(["true"])
     gone.wait()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{group}.json"
-    owner = {"group": group, "task": "t1", "worker": "gpu/0", "pid": gone.pid, "pid_started": "0"}
+    owner = {"group": group, "task": "t1", "worker": "gpu/0", "host": host, "pid": gone.pid, "pid_started": "0"}
     path.write_text(json.dumps(owner))
     return path
 
@@ -77,6 +78,15 @@ def test_a_group_id_that_now_belongs_to_something_else_is_not_signalled(
     assert stop_leftovers(tmp_path, grace=10) == []
     assert running(stranger.pid), "its processes do not carry the run's task id"
     assert not path.exists(), "the record is dropped: nothing of that run is left"
+
+
+def test_records_from_another_machine_sharing_the_cache_are_left_alone(
+    tmp_path: Path, groups: list[subprocess.Popen[bytes]]
+) -> None:
+    same_ids_here = start(groups, "exec sleep 600", RUN_ENV)
+    path = dead_owner_record(tmp_path, same_ids_here.pid, host="another-machine")
+    assert stop_leftovers(tmp_path, grace=10) == []
+    assert running(same_ids_here.pid) and path.exists(), "its pids name processes of that machine"
 
 
 def test_sigterm_first_then_sigkill_once_the_grace_period_has_passed(
