@@ -457,12 +457,17 @@ class Worker:
 
     def _stop_child(self, child: subprocess.Popen[bytes], *, first: int = signal.SIGTERM) -> None:
         """Signal the child's process group (the signal the worker got, else SIGTERM), then
-        SIGKILL it after the grace period. A second Ctrl-C meanwhile cuts the grace short."""
+        SIGKILL what is left of it after the grace period: the child, or (on Linux) processes
+        it started that outlive it. A second Ctrl-C meanwhile cuts the grace short."""
         try:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, first)
+            deadline = time.monotonic() + self.options.grace
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=self.options.grace)
+            while child.poll() is not None and leftovers.members(child.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)  # the child is gone; what it started gets the rest of the grace
+            if child.poll() is not None and not leftovers.members(child.pid):
                 return
         except KeyboardInterrupt:
             self.say("stopping the run now")

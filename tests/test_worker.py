@@ -488,6 +488,25 @@ def test_a_second_ctrl_c_cuts_the_grace_short_and_still_returns_the_task(lab: La
     assert "stopping the run now" in worker.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc (Linux)")
+def test_what_the_command_started_is_killed_after_the_grace_period_too(lab: Lab) -> None:
+    """The command ends at SIGTERM, but a process it started ignores SIGTERM: it gets SIGKILL
+    once the grace period is over, instead of running on after its worker has stopped."""
+    lab.submit({"id": "wrapped", "args": {}, "lease": 600})
+    pid_file = lab.marks / "stubborn.pid"
+    script = f"(trap '' TERM; exec sleep 600) & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait"
+    worker = lab.start("w1", "--grace", "1", command=["sh", "-c", script])
+    pid = int(poll_until(lambda: pid_file.exists() and pid_file.read_text(), what="the script to start its sleep"))
+    try:
+        worker.send(signal.SIGTERM)
+        assert worker.wait() == 128 + signal.SIGTERM
+        assert not running(pid), "killed before the worker exited"
+        assert lab.remote.states()["wrapped"] == "pending"
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("how", ["cli", "by hand"])
 def test_cancelling_a_running_task_stops_its_experiment_and_the_worker_goes_on(lab: Lab, how: str) -> None:
     lab.submit({"id": "a-long", "args": {"hold": [1]}, "lease": 3, "priority": 1}, {"id": "b-next", "args": {}})
