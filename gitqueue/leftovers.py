@@ -47,7 +47,8 @@ def record(folder: Path, group: int, task_id: str, worker: str) -> Path | None:
 def forget(path: Path | None) -> None:
     """The command ended (and its group was stopped if need be): drop its record."""
     if path is not None:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # as in record(): the run matters, its note does not
+            path.unlink(missing_ok=True)
 
 
 def stop_leftovers(folder: Path, grace: float, *, now: float | None = None) -> list[str]:
@@ -74,13 +75,15 @@ def stop_leftovers(folder: Path, grace: float, *, now: float | None = None) -> l
             continue  # its worker is alive and looks after it
         ours = [pid for pid in members(group) if _carries(pid, task_id, worker)]
         if not ours:
-            path.unlink(missing_ok=True)  # ended, or the group id now belongs to someone else
+            with contextlib.suppress(OSError):  # another worker may be dropping it too
+                path.unlink(missing_ok=True)  # ended, or the group id now belongs to someone else
             continue
         since = run.get("terminated")
         if since is None:
             _signal(group, signal.SIGTERM)
             run["terminated"] = now
-            _write(path, run)
+            with contextlib.suppress(OSError):  # unnoted, the next look sends SIGTERM again: no harm
+                _write(path, run)
             said.append(f"stopping {len(ours)} process(es) of {task_id} that dead worker {worker} left running")
         elif now - float(since) >= grace:
             _signal(group, signal.SIGKILL)
@@ -89,7 +92,7 @@ def stop_leftovers(folder: Path, grace: float, *, now: float | None = None) -> l
 
 
 def _write(path: Path, data: dict[str, object]) -> None:
-    partial = path.with_suffix(".tmp")
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # two workers may note the same group
     partial.write_text(json.dumps(data))
     partial.replace(path)
 
