@@ -9,13 +9,29 @@ from __future__ import annotations
 
 import itertools
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from gitqueue import Queue
 from gitqueue.testing import GitDaemon, SmartHTTPServer, make_bare_repo
+
+T = TypeVar("T")
+
+
+def poll_until(check: Callable[[], T], *, what: str, timeout: float = 20.0) -> T:
+    """Call ``check`` until it returns something true, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.03)
 
 
 @pytest.fixture(autouse=True)

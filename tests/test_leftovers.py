@@ -11,25 +11,17 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import poll_until
 
 from gitqueue.leftovers import members, record, running, stop_leftovers
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc (Linux)")
 
 RUN_ENV = {"GITQUEUE_TASK_ID": "t1", "GITQUEUE_WORKER": "gpu/0"}
-
-
-def wait_until(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -94,7 +86,7 @@ def test_sigterm_first_then_sigkill_once_the_grace_period_has_passed(
 ) -> None:
     # A script that ignores SIGTERM, and the sleep it started (which ignores it too).
     leader = start(groups, "trap '' TERM; sleep 600 & wait; wait", RUN_ENV)
-    wait_until(lambda: len(members(leader.pid)) == 2, "the script to start its sleep")
+    poll_until(lambda: len(members(leader.pid)) == 2, what="the script to start its sleep")
     path = dead_owner_record(tmp_path, leader.pid)
 
     said = stop_leftovers(tmp_path, grace=10, now=1000.0)
@@ -105,6 +97,6 @@ def test_sigterm_first_then_sigkill_once_the_grace_period_has_passed(
     assert stop_leftovers(tmp_path, grace=10, now=1010.0) == [
         "killing 2 process(es) of t1 that outlived SIGTERM for 10s"
     ]
-    wait_until(lambda: not members(leader.pid), "the group to die")
+    poll_until(lambda: not members(leader.pid), what="the group to die")
     assert stop_leftovers(tmp_path, grace=10, now=1011.0) == [] and not path.exists()
 

@@ -19,10 +19,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from conftest import RemoteRepo
+from conftest import RemoteRepo, poll_until
 from typer.testing import CliRunner
 
 from gitqueue import Queue, State, Task
@@ -33,7 +33,6 @@ from gitqueue.task import parse_task
 from gitqueue.testing import GitDaemon
 from gitqueue.worker import MissingArg, Options, Watch, Worker, expand
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 LEASE_REFS = "refs/gitqueue/leases"
 
@@ -81,18 +80,6 @@ elif kind == "score":
     out.write_text(json.dumps({"score": args["x"] * 2, "tag": f"x{args['x']}"}))
 sys.exit(int(args.get("exit", 0)))
 """
-
-
-def poll_until(check: Callable[[], T], *, what: str, timeout: float = 20.0) -> T:
-    """Call ``check`` until it returns something true, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.03)
 
 
 class FakeClock:
