@@ -18,6 +18,7 @@ Linux only (it reads ``/proc``); elsewhere nothing is recorded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -32,16 +33,22 @@ ENABLED = (PROC / "self" / "stat").exists()
 
 def record(folder: Path, group: int, task_id: str, worker: str) -> Path | None:
     """Note that this process runs ``task_id`` as process group ``group``; None if not on Linux."""
-    started = _start_time(os.getpid())
-    if started is None:
+    owner = _owner(os.getpid())
+    if owner is None:
         return None
     path = folder / f"{group}.json"
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": started}
         _write(path, {"group": group, "task": task_id, "worker": worker, **owner})
         return path
     return None  # a full disk must not stop the run: it only loses the clean-up
+
+
+@functools.cache
+def _owner(pid: int) -> dict[str, object] | None:
+    """What names this process in a record (read once per process: a fork has a new pid)."""
+    started = _start_time(pid)
+    return None if started is None else {"host": socket.gethostname(), "pid": pid, "pid_started": started}
 
 
 def forget(path: Path | None) -> None:
