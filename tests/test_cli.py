@@ -445,3 +445,12 @@ def test_every_command_is_in_the_readme(name: str) -> None:
     *parent, last = name.split()
     pattern = rf"`(gitqueue )?{re.escape(' '.join([*parent, last]))}\b"
     assert re.search(pattern, text), f"README.md does not mention `gitqueue {name}`"
+
+
+def test_ci_runs_the_readme_test_command_in_a_fresh_venv() -> None:
+    """CI must run what a new user runs: the README's second command, in a venv it creates."""
+    blocks = re.findall(r"```bash\n(.*?)\n```", README.read_text(), flags=re.S)
+    test_command = blocks[1].strip()
+    assert "python3 -m venv" in test_command and "pytest" in test_command
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
