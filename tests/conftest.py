@@ -8,7 +8,9 @@ transport.
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,10 @@ from gitqueue import Queue
 from gitqueue.testing import GitDaemon, SmartHTTPServer, make_bare_repo
 
 T = TypeVar("T")
+
+# Tests run the entry point of the environment running them (`.venv/bin/gitqueue`), whether or
+# not that environment is activated, never one installed elsewhere on the machine.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def poll_until(check: Callable[[], T], *, what: str, timeout: float = 20.0) -> T:
