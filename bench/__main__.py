@@ -15,12 +15,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cycle, drain, scale
+from bench import cycle, drain, fleet, scale
 from bench.env import TRANSPORTS, machine, sandbox, transport
 from bench.report import Report, Section, median, ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = "abcdef"
+PARTS = "abcdefg"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--caches", default="shared,own", help="(c) with several workers: 'shared' (one machine) and/or 'own' [both]"
     )
+    p.add_argument("--delay", type=float, default=0.040, help="(g) one-way latency of the forge, seconds [0.040]")
     p.add_argument("--labtasker-venv", type=Path, help="(f) reuse or create Labtasker's venv here")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.md", help="Markdown output [bench/results/latest.md]")
     p.add_argument("--no-profile", action="store_true", help="skip cProfile of the one-worker cycle")
@@ -48,7 +49,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    parts = set((opts.parts or (PARTS if opts.full else "abcde")).replace(",", ""))
+    parts = set((opts.parts or (PARTS if opts.full else "abcdeg")).replace(",", ""))
     if "b" in parts:
         parts.add("a")
     transports = (opts.transports or ",".join(TRANSPORTS)).split(",")
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("(d) scale", lambda: part_scale(report, root, sizes, opts.full)))
         if "e" in parts:
             steps.append(("(e) grid", lambda: part_grid(report, root, opts.grid)))
+        if "g" in parts:
+            steps.append(("(g) fleet", lambda: part_fleet(report, root, opts)))
         if "f" in parts:
             steps.append(("(f) labtasker", lambda: part_labtasker(report, root, opts)))
         for name, step in steps:
@@ -323,6 +326,42 @@ def part_grid(report: Report, root: Path, side: int) -> None:
     section.add(f"`gitqueue submit --grid a=… --grid b=…` ({side}x{side})", g.cli, g.tasks / g.cli, g.commits)
     section.add("raw git: fast-import of the same files + push", g.raw, g.tasks / g.raw, 1)
     section.notes.append(f"gitqueue ÷ raw git: {g.cli / g.raw:.1f}x. The CLI time includes Python start-up.")
+
+
+# ---------------------------------------------------------------- (g)
+
+
+def part_fleet(report: Report, root: Path, opts: argparse.Namespace) -> None:
+    rtt = f"{2 * opts.delay * 1000:.0f} ms"
+    section = report.section(
+        f"(g) A fleet: machines with a cache each, `git daemon` behind a proxy adding {rtt} per round trip",
+        fleet.COLUMNS,
+    )
+    for machines, tasks, seconds in fleet.FULL if opts.full else fleet.QUICK:
+        print(f"bench:   {machines} machines, {tasks} tasks of {seconds:g} s", file=sys.stderr, flush=True)
+        r = fleet.fleet(root, machines=machines, tasks=tasks, seconds=seconds, delay=opts.delay, budget=300.0)
+        section.add(*fleet.row(r))
+        if not r.check.ok:
+            report.failures.append(f"(g) {machines} machines: exactly-once check {r.check.summary()}")
+        if machines == 16 and seconds == 1.0 and tasks == 256:
+            report.target("16 machines, 256 tasks of 1 s: efficiency ≥ 0.85 (issue 12)", f"{r.efficiency:.2f}",
+                          r.efficiency >= 0.85)  # fmt: skip
+            report.target("16 machines all running within 2 s of launch (issue 12)", f"{r.first_run_all:.1f} s",
+                          r.first_run_all <= 2.0)  # fmt: skip
+        if machines == 16 and seconds == 5.0:
+            fair = tasks / machines
+            even = all(abs(n - fair) <= 1 for n in r.per_machine)
+            report.target(
+                "16 machines, 64 tasks of 5 s: efficiency ≥ 0.85, each within one task of fair (issue 12)",
+                f"{r.efficiency:.2f}, tasks per machine {r.spread}",
+                r.efficiency >= 0.85 and even,
+            )
+    section.notes.append(
+        "efficiency = (tasks x seconds / machines) / drain, the drain from launching the first worker to the last "
+        "one's exit (1.0: the queue costs nothing). Each machine is one `gitqueue work` with a cache of its own; "
+        "every task sleeps. Landed pushes are the branch's commits; attempts and rejections come from the "
+        "workers' stats. Tasks per machine count starts (retries included)."
+    )
 
 
 # ---------------------------------------------------------------- (f)
