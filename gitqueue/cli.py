@@ -527,6 +527,9 @@ def work(
     reap_every: Annotated[
         float, typer.Option(hidden=True, help="Seconds between looks for runs whose lease ran out.")
     ] = 30.0,
+    task_timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Stop a run after this many seconds (a task's timeout wins).")
+    ] = None,
     queue: QueueOpt = None,
 ) -> None:
     """Work through the queue: claim a task, run CMD with its args, report, repeat.
@@ -534,8 +537,10 @@ def work(
     {name} and {a.b} in CMD's arguments become the task's args (no shell is involved).
     The command also gets GITQUEUE_TASK_ID, GITQUEUE_ARGS (JSON), GITQUEUE_ATTEMPT and
     GITQUEUE_RESULT_FILE: a JSON or YAML mapping written there becomes the task's result.
-    Exit 0 marks the task done; anything else fails the attempt. Ctrl-C stops the run and
-    returns its task without spending an attempt.
+    Exit 0 marks the task done; anything else fails the attempt. A run past its task's
+    `timeout` (else --task-timeout) gets SIGTERM, SIGKILL after --grace, and spends its
+    attempt as `timeout`. Ctrl-C, SIGTERM or SIGUSR1 (Slurm's warning before a job's time
+    limit) stops the run and returns its task without spending an attempt.
 
     \b
     Examples:
@@ -557,6 +562,7 @@ def work(
         reap_every=reap_every,
         max_batch=max_batch,
         batch_seconds=batch_seconds,
+        task_timeout=task_timeout,
     )
     with Queue.open(queue, worker=worker or default_worker()) as q:
         code = Worker(q, options).run()
