@@ -40,10 +40,10 @@ marks = pathlib.Path(sys.argv[1])
 task, attempt = os.environ["GITQUEUE_TASK_ID"], int(os.environ["GITQUEUE_ATTEMPT"])
 args = json.loads(os.environ["GITQUEUE_ARGS"])
 stem = marks / f"{task}.{attempt}"
-stem.with_suffix(".tmp").write_text(os.environ["GITQUEUE_WORKER"])
-stem.with_suffix(".tmp").replace(stem.with_suffix(".started"))
+pathlib.Path(f"{stem}.tmp").write_text(os.environ["GITQUEUE_WORKER"])
+pathlib.Path(f"{stem}.tmp").replace(f"{stem}.started")
 deadline = time.monotonic() + 300
-while attempt in args.get("hold", []) and not stem.with_suffix(".release").exists() and time.monotonic() < deadline:
+while attempt in args.get("hold", []) and not pathlib.Path(f"{stem}.release").exists() and time.monotonic() < deadline:
     time.sleep(0.05)
 time.sleep(args.get("sleep", 0))
 """
@@ -119,8 +119,10 @@ def test_options_of_gitqueue_work_go_to_the_workers_and_the_rest_to_sbatch() -> 
 def test_slurm_submit_dry_run_prints_the_script_with_the_queue_and_worker_options(queue: Queue) -> None:
     result = CliRunner().invoke(
         app,
-        ["slurm", "submit", "--queue", queue.url, "--workers", "3", "--time", "30", "--mem=4G"]
-        + ["--max-failures", "2", "--task-timeout", "3600", "--dry-run", "--", "./run.sh", "{seed}"],
+        [
+            *("slurm", "submit", "--queue", queue.url, "--workers", "3", "--time", "30", "--mem=4G"),
+            *("--max-failures", "2", "--task-timeout", "3600", "--dry-run", "--", "./run.sh", "{seed}"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "#SBATCH --array=0-2" in result.output and "#SBATCH --mem=4G" in result.output
@@ -228,7 +230,10 @@ class Sweep:
         return not self.cluster.jobs(job)
 
     def wait_for_end(self, job: str, timeout: float = 180) -> None:
-        poll_until(lambda: self.ended(job), what=f"array job {job} to end\n{self.out(job)}", timeout=timeout)
+        try:
+            poll_until(lambda: self.ended(job), what=f"array job {job} to end", timeout=timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.out(job)}") from None
 
     def out(self, job: str) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.logs.glob(f"*{job}*")))
@@ -292,7 +297,7 @@ def test_scancel_of_an_array_task_returns_its_run_unspent_and_another_worker_fin
     assert victim in {f"slurm-{job}_0", f"slurm-{job}_1"}
     sweep.cluster.run("scancel", victim.removeprefix("slurm-"))
 
-    poll_until(lambda: sweep.remote.states()["held"] == "done", what=f"the task to be done\n{sweep.out(job)}", timeout=120)
+    poll_until(lambda: sweep.remote.states()["held"] == "done", what="another worker to finish the task", timeout=120)
     other = ({f"slurm-{job}_0", f"slurm-{job}_1"} - {victim}).pop()
     task = sweep.task("held")
     assert attempts(task) == [(1, "interrupted", victim), (2, "done", other)]

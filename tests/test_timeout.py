@@ -81,6 +81,23 @@ def sleeper(tmp_path: Path) -> list[str]:
     return [sys.executable, str(script), str(tmp_path)]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -143,8 +160,11 @@ def test_a_signal_that_reaches_the_command_too_returns_the_task_unspent(
     submit(url, {"id": "long", "args": {"hang": True}})
     worker = start_worker(tmp_path, url, "--grace", "5", command=sleeper)
     pid_file = tmp_path / "long.pid"
-    pid = int(poll_until(lambda: pid_file.exists() and pid_file.read_text(), what="the run to start"))
-    os.killpg(pid, signal.SIGTERM)  # the command first, as Slurm does not wait for the worker
+    poll_until(lambda: pid_file.exists() and pid_file.read_text(), what="the run to start")
+    # As Slurm's scancel does: every process of the job at once, the worker's own git helpers
+    # too; here the command and the helpers first, the worker an instant later.
+    for process in descendants(worker.pid):
+        os.kill(process, signal.SIGTERM)
     worker.send_signal(sig)
     assert finish(worker, tmp_path) == 128 + sig
     task = task_on(remote_repo, "long")
