@@ -22,7 +22,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from gitqueue import __version__, hooks
 from gitqueue import validate as validate_rules
-from gitqueue.config import SETTINGS_FILE
+from gitqueue.config import SETTINGS_FILE, resolve_queue_url
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
 from gitqueue.gitstore import LocalRepo
 from gitqueue.queue import Queue, default_worker
@@ -819,6 +819,57 @@ def slurm_submit(
     job_id = slurm.submit(job, script=script, sbatch=sbatch)
     typer.echo(f"submitted array job {job_id}: {workers} worker(s); script {script}")
     typer.echo(f"logs: {job.log_dir}/slurm-{job_id}_<task>.out; workers name themselves slurm-{job_id}_<task>")
+
+
+kubernetes_app = typer.Typer(help="Workers as Kubernetes Jobs.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(kubernetes_app, name="kubernetes")
+
+
+@kubernetes_app.command(
+    "manifest",
+    cls=_CommandAfterDashes,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+def kubernetes_manifest(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(min=1, help="How many worker pods run at once (parallelism).")],
+    image: Annotated[str, typer.Option(help="Container image with gitqueue and your code.")],
+    secret: Annotated[str, typer.Option(help="Secret holding ssh-privatekey and known_hosts.")] = "gitqueue-deploy-key",
+    name: Annotated[str, typer.Option(help="The Job's name.")] = "gitqueue-workers",
+    idle_timeout: Annotated[float, typer.Option(help="A worker exits once the queue is empty this long.")] = 60.0,
+    gpus_per_worker: Annotated[int | None, typer.Option(min=1, help="GPUs each pod asks for.")] = None,
+    grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a run.")] = 10.0,
+    queue: QueueOpt = None,
+) -> None:
+    """Print a Kubernetes Job that runs N workers, each `gitqueue work -- CMD`, on the queue.
+
+    Options of `gitqueue work` (--label, --max-failures, --task-timeout, ...) pass through to
+    every worker. The pods reach the queue with the deploy key in --secret, keep their git
+    cache in an emptyDir and name themselves after their pod. Apply it with kubectl.
+
+    \b
+    Example:
+      gitqueue kubernetes manifest --queue git@github.com:me/sweeps.git --workers 8 \\
+          --image ghcr.io/me/train:latest --gpus-per-worker 1 -- python train.py --lr {lr} > job.yaml
+    """
+    from gitqueue import kubernetes, slurm
+
+    unknown, worker_options = slurm.split_options(ctx.args, worker_options=_work_options(ctx))
+    if unknown:
+        raise typer.BadParameter(f"not an option of gitqueue work: {unknown[0]}")
+    job = kubernetes.WorkerJob(
+        queue_url=resolve_queue_url(queue),
+        image=image,
+        command=ctx.meta["command"],
+        workers=workers,
+        secret=secret,
+        name=name,
+        idle_timeout=idle_timeout,
+        gpus_per_worker=gpus_per_worker,
+        grace=grace,
+        worker_options=worker_options,
+    )
+    typer.echo(kubernetes.render_manifest(job), nl=False)
 
 
 def _editor(text: str) -> str | None:
