@@ -77,10 +77,19 @@ def render_script(job: ArrayJob) -> str:
         "# exec: the worker replaces this shell, so Slurm's signals reach it. On the warning before the",
         "# time limit (SIG" + WARN_SIGNAL + ") or scancel's SIGTERM it stops its run and returns the task to the",
         "# queue without spending an attempt. It names itself slurm-<array job>_<array task>.",
+        *_gpu_note(job),
         "exec " + " \\\n    ".join(shlex.join(part) for part in _work_argv(job)),
         "",
     ]
     return "\n".join(lines)
+
+
+def _gpu_note(job: ArrayJob) -> list[str]:
+    if job.gpus_per_worker is None:
+        return []
+    if job.worker_gpus:
+        return ["# --gpus all: the worker gives its runs the GPUs Slurm allocated to this array task."]
+    return ["# Slurm sets CUDA_VISIBLE_DEVICES to the GPUs it allocated to this array task."]
 
 
 def _sbatch_options(job: ArrayJob) -> list[str]:
