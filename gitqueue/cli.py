@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -17,11 +18,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from gitqueue import __version__, hooks
 from gitqueue import validate as validate_rules
-from gitqueue.config import SETTINGS_FILE
+from gitqueue.config import SETTINGS_FILE, resolve_queue_url
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
 from gitqueue.gitstore import LocalRepo
 from gitqueue.queue import Queue, default_worker
@@ -527,6 +528,9 @@ def work(
     reap_every: Annotated[
         float, typer.Option(hidden=True, help="Seconds between looks for runs whose lease ran out.")
     ] = 30.0,
+    task_timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Stop a run after this many seconds (a task's timeout wins).")
+    ] = None,
     queue: QueueOpt = None,
 ) -> None:
     """Work through the queue: claim a task, run CMD with its args, report, repeat.
@@ -534,8 +538,10 @@ def work(
     {name} and {a.b} in CMD's arguments become the task's args (no shell is involved).
     The command also gets GITQUEUE_TASK_ID, GITQUEUE_ARGS (JSON), GITQUEUE_ATTEMPT and
     GITQUEUE_RESULT_FILE: a JSON or YAML mapping written there becomes the task's result.
-    Exit 0 marks the task done; anything else fails the attempt. Ctrl-C stops the run and
-    returns its task without spending an attempt.
+    Exit 0 marks the task done; anything else fails the attempt. A run past its task's
+    `timeout` (else --task-timeout) gets SIGTERM, SIGKILL after --grace, and spends its
+    attempt as `timeout`. Ctrl-C, SIGTERM or SIGUSR1 (Slurm's warning before a job's time
+    limit) stops the run and returns its task without spending an attempt.
 
     \b
     Examples:
@@ -557,6 +563,7 @@ def work(
         reap_every=reap_every,
         max_batch=max_batch,
         batch_seconds=batch_seconds,
+        task_timeout=task_timeout,
     )
     with Queue.open(queue, worker=worker or default_worker()) as q:
         code = Worker(q, options).run()
@@ -720,6 +727,149 @@ def hooks_install(
     """
     for path in hooks.install(server=server, client=client, branch=branch, force=force):
         typer.echo(f"installed {path}")
+
+
+class _CommandAfterDashes(TyperCommand):
+    """Keeps the words after ``--`` (the workers' command) apart from unknown options, which
+    click would otherwise mix together; they are in ``ctx.meta["command"]``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        head, tail = args, []
+        if "--" in args:
+            head, tail = args[: args.index("--")], args[args.index("--") + 1 :]
+        ctx.meta["command"] = tail
+        return super().parse_args(ctx, head)
+
+
+def _work_options(ctx: typer.Context) -> dict[str, bool]:
+    """Every option of `gitqueue work`, and whether it takes a value: what passes to workers."""
+    work = ctx.find_root().command.get_command(ctx, "work")  # type: ignore[attr-defined]
+    names: dict[str, bool] = {}
+    for param in work.params if work else []:
+        if param.param_type_name == "option":
+            for name in (*param.opts, *param.secondary_opts):
+                names[name] = not (param.is_flag or param.count)
+    return names
+
+
+slurm_app = typer.Typer(help="Workers as Slurm jobs.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(slurm_app, name="slurm")
+
+
+@slurm_app.command(
+    "submit",
+    cls=_CommandAfterDashes,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+def slurm_submit(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(min=1, help="How many workers: the array's size.")],
+    gpus_per_worker: Annotated[int | None, typer.Option(min=1, help="GPUs each worker gets (--gres=gpu:G).")] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", help="Each worker's time limit, e.g. 4:00:00.")] = None,
+    partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
+    job_name: Annotated[str, typer.Option(help="The array job's name.")] = "gitqueue",
+    log_dir: Annotated[Path, typer.Option(help="Slurm's output files and the runs' logs.")] = Path("gitqueue-logs"),
+    warn: Annotated[int, typer.Option(min=1, help="Seconds before the time limit to stop and return runs.")] = 120,
+    program: Annotated[
+        str | None, typer.Option("--gitqueue", help="How nodes run gitqueue [default: this Python, -m gitqueue].")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the sbatch script; submit nothing.")] = False,
+    queue: QueueOpt = None,
+) -> None:
+    """Submit N workers as a Slurm array job: each array task runs one `gitqueue work -- CMD`.
+
+    Options of `gitqueue work` (--idle-timeout, --label, --max-failures, --task-timeout, ...)
+    pass through to every worker; any other option goes to sbatch as an #SBATCH line
+    (--mem=16G, --account=lab, ...). Slurm warns the workers --warn seconds before the
+    time limit (and scancel sends SIGTERM): they stop their runs and return the tasks
+    without spending an attempt. Each node keeps its git cache on local disk. The script
+    is kept beside the logs; --dry-run prints it instead.
+
+    \b
+    Examples:
+      gitqueue slurm submit --workers 8 --gpus-per-worker 1 --time 4:00:00 --partition gpu \\
+          --mem=16G --idle-timeout 300 -- python train.py --lr {lr} --batch-size {bs}
+      gitqueue slurm submit --workers 4 --dry-run -- ./run.sh {seed} > workers.sbatch
+    """
+    from gitqueue import slurm
+
+    sbatch_options, worker_options = slurm.split_options(ctx.args, worker_options=_work_options(ctx))
+    job = slurm.ArrayJob(
+        queue_url=slurm.queue_url(queue),
+        command=ctx.meta["command"],
+        workers=workers,
+        time=time_limit,
+        partition=partition,
+        gpus_per_worker=gpus_per_worker,
+        job_name=job_name,
+        log_dir=str(log_dir.resolve()),
+        warn_seconds=warn,
+        sbatch_options=sbatch_options,
+        worker_options=worker_options,
+        program=shlex.split(program) if program else [sys.executable, "-m", "gitqueue"],
+        worker_gpus="--gpus" in _work_options(ctx),
+    )
+    if dry_run:
+        typer.echo(slurm.render_script(job), nl=False)
+        return
+    sbatch = slurm.find_sbatch()
+    with Queue.open(job.queue_url):  # a typo in the URL fails here, not on every node
+        pass
+    script = slurm.script_path(log_dir.resolve())
+    job_id = slurm.submit(job, script=script, sbatch=sbatch)
+    typer.echo(f"submitted array job {job_id}: {workers} worker(s); script {script}")
+    typer.echo(f"logs: {job.log_dir}/slurm-{job_id}_<task>.out; workers name themselves slurm-{job_id}_<task>")
+
+
+kubernetes_app = typer.Typer(help="Workers as Kubernetes Jobs.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(kubernetes_app, name="kubernetes")
+
+
+@kubernetes_app.command(
+    "manifest",
+    cls=_CommandAfterDashes,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+def kubernetes_manifest(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(min=1, help="How many worker pods run at once (parallelism).")],
+    image: Annotated[str, typer.Option(help="Container image with gitqueue and your code.")],
+    secret: Annotated[str, typer.Option(help="Secret holding ssh-privatekey and known_hosts.")] = "gitqueue-deploy-key",
+    name: Annotated[str, typer.Option(help="The Job's name.")] = "gitqueue-workers",
+    idle_timeout: Annotated[float, typer.Option(help="A worker exits once the queue is empty this long.")] = 60.0,
+    gpus_per_worker: Annotated[int | None, typer.Option(min=1, help="GPUs each pod asks for.")] = None,
+    grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a run.")] = 10.0,
+    queue: QueueOpt = None,
+) -> None:
+    """Print a Kubernetes Job that runs N workers, each `gitqueue work -- CMD`, on the queue.
+
+    Options of `gitqueue work` (--label, --max-failures, --task-timeout, ...) pass through to
+    every worker. The pods reach the queue with the deploy key in --secret, keep their git
+    cache in an emptyDir and name themselves after their pod. Apply it with kubectl.
+
+    \b
+    Example:
+      gitqueue kubernetes manifest --queue git@github.com:me/sweeps.git --workers 8 \\
+          --image ghcr.io/me/train:latest --gpus-per-worker 1 -- python train.py --lr {lr} > job.yaml
+    """
+    from gitqueue import kubernetes, slurm
+
+    unknown, worker_options = slurm.split_options(ctx.args, worker_options=_work_options(ctx))
+    if unknown:
+        raise typer.BadParameter(f"not an option of gitqueue work: {unknown[0]}")
+    job = kubernetes.WorkerJob(
+        queue_url=resolve_queue_url(queue),
+        image=image,
+        command=ctx.meta["command"],
+        workers=workers,
+        secret=secret,
+        name=name,
+        idle_timeout=idle_timeout,
+        gpus_per_worker=gpus_per_worker,
+        grace=grace,
+        worker_options=worker_options,
+    )
+    typer.echo(kubernetes.render_manifest(job), nl=False)
 
 
 def _editor(text: str) -> str | None:

@@ -92,3 +92,7 @@ class EditConflict(GitqueueError):
     def __init__(self, message: str, *, text: str = "") -> None:
         super().__init__(message)
         self.text = text
+
+
+class SchedulerError(GitqueueError):
+    """A cluster scheduler (Slurm's sbatch) is missing or refused a job."""

@@ -454,7 +454,14 @@ class GitStore:
     # ------------------------------------------------------------ objects
 
     def read(self, sha: str) -> bytes:
-        return self._repo.odb.stream(bytes.fromhex(sha)).read()
+        try:
+            return self._repo.odb.stream(bytes.fromhex(sha)).read()
+        except (OSError, ValueError):
+            # GitPython's long-lived `git cat-file` died: a signal for the whole job (Slurm's
+            # scancel signals every process in it, a terminal's Ctrl-C the whole process group)
+            # reached it too. Start a fresh one, so the worker can still return its runs.
+            self._repo.git.clear_cache()
+            return self._repo.odb.stream(bytes.fromhex(sha)).read()
 
     def read_many(self, shas: list[str]) -> dict[str, bytes]:
         """Many objects at once: one ``git cat-file --batch`` pass instead of a round trip each."""

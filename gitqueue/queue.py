@@ -72,6 +72,13 @@ _SEQ_RE = re.compile(r"^(\d+)-")
 
 
 def default_worker() -> str:
+    """``host/pid``; under Slurm the job's own name for itself, ``slurm-<array job>_<task>``
+    (or ``slurm-<job>``), so that status and the queue's history say which job ran what."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}"
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
@@ -118,8 +125,9 @@ class Change:
 
 @dataclass(frozen=True)
 class Report:
-    """How a run ended: ``done``, ``failed``, ``interrupted`` (not counted), ``reaped``, or
-    ``released`` (claimed in a batch and given back before it started)."""
+    """How a run ended: ``done``, ``failed``, ``timeout`` (stopped at its wall-clock limit),
+    ``interrupted`` (not counted), ``reaped``, or ``released`` (claimed in a batch and given
+    back before it started)."""
 
     task_id: str
     token: str | None
@@ -670,7 +678,14 @@ class Queue:
             after = task.evolve(state=State.PENDING, run=None)
         else:  # interrupted: the attempt does not count
             after.state = State.PENDING
-        verb = {"done": "done", "failed": "fail", "reaped": "reap", "interrupted": "return", "released": "release"}
+        verb = {
+            "done": "done",
+            "failed": "fail",
+            "timeout": "timeout",
+            "reaped": "reap",
+            "interrupted": "return",
+            "released": "release",
+        }
         subject = f"{verb[report.outcome]} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
         if report.outcome in SPENT_OUTCOMES:
             subject += ": out of attempts" if after.state is State.FAILED else ": will retry"

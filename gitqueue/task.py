@@ -2,7 +2,7 @@
 
 A task file has two parts. Above the marker line is what a person wrote (or what
 ``submit`` wrote for them): ``args``, ``priority``, ``tags``, ``requires``,
-``max_attempts``, ``lease``, ``cmd``. Below it is what gitqueue records: ``submitted``,
+``max_attempts``, ``lease``, ``timeout``, ``cmd``. Below it is what gitqueue records: ``submitted``,
 ``run``, ``attempts``, ``result``. gitqueue only ever rewrites the part below the marker,
 so a person's lines, comments and key order survive every move.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,10 +29,10 @@ MAX_DEPTH = 32
 MAX_ALIASES = 64
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "cmd")
+PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "timeout", "cmd")
 GITQUEUE_FIELDS = ("submitted", "run", "attempts", "requeued", "result")
 # Outcomes of an attempt that use up one of the task's max_attempts.
-SPENT_OUTCOMES = frozenset({"failed", "reaped"})
+SPENT_OUTCOMES = frozenset({"failed", "reaped", "timeout"})
 
 
 class State(StrEnum):
@@ -94,6 +95,7 @@ class Task:
     requires: dict[str, Any] = field(default_factory=dict)
     max_attempts: int | None = None
     lease: int | None = None
+    timeout: float | None = None  # wall-clock seconds a run may take before it is stopped
     cmd: list[str] | None = None
     submitted: dict[str, Any] | None = None
     run: dict[str, Any] | None = None
@@ -128,7 +130,7 @@ class Task:
             out["tags"] = self.tags
         if self.requires:
             out["requires"] = self.requires
-        for key in ("max_attempts", "lease", "cmd"):
+        for key in ("max_attempts", "lease", "timeout", "cmd"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -305,6 +307,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         ("requires", dict, "a mapping"),
         ("max_attempts", int, "an integer"),
         ("lease", int, "an integer (seconds)"),
+        ("timeout", (int, float), "a number (seconds)"),
         ("cmd", list, "a list of strings (an argv)"),
         ("submitted", dict, "a mapping"),
         ("run", dict, "a mapping"),
@@ -318,6 +321,8 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         raise InvalidTask(path, "field 'max_attempts' must be at least 1")
     if data.get("lease") is not None and data["lease"] < 1:
         raise InvalidTask(path, "field 'lease' must be at least 1 second")
+    if data.get("timeout") is not None and (isinstance(data["timeout"], bool) or not 0 < data["timeout"] < math.inf):
+        raise InvalidTask(path, "field 'timeout' must be a positive number of seconds")
     if data.get("cmd") is not None and (not data["cmd"] or not all(isinstance(a, str) for a in data["cmd"])):
         raise InvalidTask(path, "field 'cmd' must be a non-empty list of strings (an argv)")
     tags = data.get("tags") or []
@@ -334,6 +339,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         requires=data.get("requires") or {},
         max_attempts=data.get("max_attempts"),
         lease=data.get("lease"),
+        timeout=data.get("timeout"),
         cmd=data.get("cmd"),
         submitted=data.get("submitted"),
         run=data.get("run") if state is State.RUNNING else None,

@@ -38,6 +38,9 @@ from gitqueue.errors import GitqueueError, InvalidTask, LostRace, NotHeld, TaskN
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
 from gitqueue.task import State, Task, load_yaml, now_iso
 
+# Signals that stop a worker: its runs go back to pending without spending an attempt.
+# SIGUSR1 is the warning Slurm sends before a job's time limit (``--signal=B:USR1@120``).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 EXIT_NO_COMMAND = 127
 
@@ -96,6 +99,7 @@ class Options:
     poll_max: float = 30.0  # longest wait between polls of an idle queue
     max_batch: int = 64  # short tasks: hold up to this many claims, report them in one push
     batch_seconds: float = 1.0  # size a batch to take about this long (longer while pushes collide)
+    task_timeout: float | None = None  # wall-clock seconds a run may take (a task's `timeout` wins)
 
 
 @dataclass
@@ -417,13 +421,11 @@ class Worker:
                 ]
                 for pump in pumps:
                     pump.start()
+                limit = self._time_limit(run)
                 try:
-                    while child.poll() is None:
-                        watch.check()
-                        with contextlib.suppress(subprocess.TimeoutExpired):
-                            child.wait(timeout=0.2)
+                    timed_out = self._watch_child(child, watch, limit)
                 except (Stop, TakenAway):
-                    self._stop_child(child, first=self.signal or signal.SIGTERM)
+                    self._stop_child(child, first=self._signal_for_child())
                     for pump in pumps:
                         pump.join(timeout=5)
                     if self.signal is None:
@@ -437,10 +439,41 @@ class Worker:
             finally:
                 leftovers.forget(running)
         code = child.returncode
-        if code == 0:
+        if code == 0 and not timed_out:
             return Report(run.id, run.token, "done", result=self._read_result(run, result_path))
+        if self.signal is not None and not timed_out:
+            # The signal reached the command too (Slurm's scancel signals every process of the
+            # job): it ended because the worker is being stopped, not by its own failure.
+            return Report(run.id, run.token, "interrupted", error=f"worker stopped by signal {self.signal}")
         output = (b"".join(out_tail) + b"".join(err_tail)).decode(errors="replace")[-ERROR_TAIL:]
+        if timed_out:
+            error = f"timed out after {limit:g}s (stopped; exit status {code})\n{output}".strip()
+            return Report(run.id, run.token, "timeout", exit_code=code, error=error)
         return Report(run.id, run.token, "failed", exit_code=code, error=f"exit status {code}\n{output}".strip())
+
+    def _time_limit(self, run: Run) -> float | None:
+        """The run's wall-clock limit: the task's own ``timeout``, else ``--task-timeout``."""
+        return run.task.timeout or self.options.task_timeout
+
+    def _watch_child(self, child: subprocess.Popen[bytes], watch: Watch, limit: float | None) -> bool:
+        """Wait for the child, keeping its lease alive; past ``limit`` seconds stop its process
+        group (SIGTERM, SIGKILL after the grace) and return True."""
+        deadline = None if limit is None else time.monotonic() + limit
+        while child.poll() is None:
+            watch.check()
+            if deadline is not None and time.monotonic() >= deadline:
+                self.say(f"{watch.run.id}: over its time limit of {limit:g}s; stopping it")
+                self._stop_child(child)
+                return True
+            wait = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=wait)
+        return False
+
+    def _signal_for_child(self) -> int:
+        """What a stopping worker sends its command first: Ctrl-C as Ctrl-C, anything else
+        (SIGTERM, Slurm's warning SIGUSR1) as SIGTERM, which every program takes as 'stop'."""
+        return signal.SIGINT if self.signal == signal.SIGINT else signal.SIGTERM
 
     def _read_result(self, run: Run, path: Path) -> Any:
         if not path.exists() or path.stat().st_size == 0:
@@ -503,7 +536,7 @@ class Worker:
                 self.in_process = False
                 raise KeyboardInterrupt  # stop a function running in this thread; a second Ctrl-C: stop now
 
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
         try:
             yield
         finally:

@@ -109,7 +109,7 @@ def test_missing_args() -> None:
 def test_unknown_field(name: str) -> None:
     message = str(invalid(f"args: {{a: 1}}\n{name}: 1\n"))
     assert f"unknown field '{name}'" in message
-    assert "args, priority, tags, requires, max_attempts, lease, cmd" in message
+    assert "args, priority, tags, requires, max_attempts, lease, timeout, cmd" in message
 
 
 @pytest.mark.parametrize(
