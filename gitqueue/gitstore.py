@@ -564,12 +564,20 @@ class GitStore:
     # ------------------------------------------------------------ identity
 
     def identity(self, fallback: str) -> Identity:
-        """The person's git identity where one is configured, else ``gitqueue <fallback>``."""
-        name = run_git(["config", "--get", "user.name"], cwd=self.path).stdout.decode().strip()
-        email = run_git(["config", "--get", "user.email"], cwd=self.path).stdout.decode().strip()
-        if name and email:
-            return Identity(name, email)
-        return Identity(name or "gitqueue", email or fallback)
+        """The person's identity by git's own rules, else ``gitqueue <fallback>``.
+
+        As for ``git commit``: ``GIT_AUTHOR_NAME`` and ``GIT_AUTHOR_EMAIL`` first, then
+        ``author.name``/``author.email``, then ``user.name``/``user.email``, then ``$EMAIL``.
+        """
+        proc = run_git(["config", "--get-regexp", r"^(author|user)\.(name|email)$"], cwd=self.path)
+        found: dict[str, str] = {}
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            key, _, value = line.partition(" ")
+            found[key.lower()] = value.strip()
+        name = os.environ.get("GIT_AUTHOR_NAME") or found.get("author.name") or found.get("user.name") or ""
+        email = os.environ.get("GIT_AUTHOR_EMAIL") or found.get("author.email") or found.get("user.email") or ""
+        email = email or os.environ.get("EMAIL", "")
+        return Identity(name.strip() or "gitqueue", email.strip() or fallback)
 
     # ------------------------------------------------------------ history (for hooks, validate and log)
 
