@@ -39,8 +39,8 @@ def not_a_queue(url: str, branch: str, refs: RemoteRefs, *, initialising: bool =
     if initialising:
         return QueueNotFound(
             f"{url} is a repository that is not a gitqueue queue (its branches: {others}): gitqueue does not add "
-            f"its files beside what it holds. Keep the queue on a branch of its own: {own_branch}; if the queue "
-            "lives on one of those branches, name it with --branch NAME"
+            f"its files beside what it holds. Keep the queue on a branch of its own: {own_branch}; or name the "
+            "branch the queue is on, or is to go on beside what that branch holds: --branch NAME"
         )
     if not refs.branches:
         return QueueNotFound(f"{url} is not a gitqueue queue yet: run `gitqueue init {url}`")
