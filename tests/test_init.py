@@ -324,3 +324,22 @@ def test_a_password_in_the_url_works_but_is_never_printed_or_stored(
 def test_redact(url: str, shown: str) -> None:
     assert redact(url) == shown
     assert "s3cret" not in scrub(f"fatal: unable to access '{url}/': 403", url)
+
+
+def test_finding_the_branch_waits_for_an_unreachable_remote(tmp_path: Path) -> None:
+    """A worker started while the remote is down asks its HEAD again, within its patience."""
+    bare = plain_bare(tmp_path / "srv" / "q.git")
+    Queue.init(str(bare), worker="setup/0").close()
+    server = GitDaemon(tmp_path / "srv")
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        server.start()
+
+    try:
+        with Queue(server.url("q.git"), worker="w/0", sleep=sleep) as q:
+            assert q.branch == "master" and q.tasks() == []
+    finally:
+        server.stop()
+    assert len(pauses) == 1
