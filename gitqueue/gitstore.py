@@ -184,7 +184,10 @@ def remote_refs(url: str) -> RemoteRefs:
     learns it (protocol v2) without fetching any object.
     """
     url = normal_url(url)
-    proc = run_git(["ls-remote", "--symref", url, "HEAD", "refs/heads/*"])
+    try:
+        proc = run_git(["ls-remote", "--symref", url, "HEAD", "refs/heads/*"])
+    except subprocess.TimeoutExpired:  # its message would quote the command, URL and all
+        raise RemoteUnavailable(f"cannot fetch from {redact(url)}: no answer in {GIT_TIMEOUT:.0f} s") from None
     if proc.returncode:
         raise _remote_error(url, proc)
     head: str | None = None
@@ -212,7 +215,10 @@ def _unborn_head(url: str) -> str | None:
     with tempfile.TemporaryDirectory(prefix="gitqueue-head-") as tmp:
         clone = Path(tmp) / "head.git"
         options = ["-c", f"init.defaultBranch={_UNKNOWN_HEAD}", "-c", "protocol.version=2"]
-        proc = run_git([*options, "clone", "--bare", "-q", "--single-branch", "--depth=1", url, str(clone)])
+        try:
+            proc = run_git([*options, "clone", "--bare", "-q", "--single-branch", "--depth=1", url, str(clone)])
+        except subprocess.TimeoutExpired:
+            return None
         if proc.returncode:
             return None
         head = (clone / "HEAD").read_text().strip().removeprefix("ref: refs/heads/")
@@ -355,6 +361,8 @@ class GitStore:
         started = time.monotonic()
         try:
             return self._fetch(leases)
+        except subprocess.TimeoutExpired:  # its message would quote the command, URL and all
+            raise RemoteUnavailable(f"cannot fetch from {self.display}: no answer in {GIT_TIMEOUT:.0f} s") from None
         finally:
             self.seconds["fetch"] += time.monotonic() - started
 

@@ -279,7 +279,7 @@ class Queue:
         if created is not None and hooks:
             from gitqueue import hooks as server_hooks
 
-            for path in server_hooks.install(server=created, branch=chosen):
+            for path in server_hooks.install(server=created.resolve(), branch=chosen):
                 notes.append(f"installed {path}: it refuses pushes that would break the queue (--no-hooks: none)")
         queue = cls(target, branch=chosen, remote=refs, **options)
         try:

@@ -343,3 +343,23 @@ def test_finding_the_branch_waits_for_an_unreachable_remote(tmp_path: Path) -> N
     finally:
         server.stop()
     assert len(pauses) == 1
+
+
+def test_a_remote_that_never_answers_is_unreachable_and_its_password_stays_unsaid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """git's timeout would print the whole command line, URL and password included."""
+    import socket
+
+    import gitqueue.gitstore
+
+    monkeypatch.setitem(gitqueue.gitstore.run_git.__kwdefaults__, "timeout", 1.0)
+    monkeypatch.setitem(Queue.__init__.__kwdefaults__, "patience", 0.2)
+    with socket.socket() as silent:  # accepts connections (the backlog does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        url = f"http://alice:s3cret@127.0.0.1:{port}/q.git"
+        result = gq("status", "--queue", url, code=5)
+    assert "s3cret" not in result.output + result.stderr
+    assert f"cannot fetch from http://127.0.0.1:{port}/q.git: no answer" in result.stderr
