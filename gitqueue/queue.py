@@ -240,11 +240,16 @@ class Queue:
         if self.branch == config.DEFAULT_BRANCH or config.DEFAULT_BRANCH not in refs.branches:
             return self
         older = type(self)(self._git_url, **{**options, "branch": config.DEFAULT_BRANCH, "remote": refs})
-        if older.snapshot().initialised:
-            self.close()
-            return older
-        older.close()
-        return self
+        try:
+            found = older.snapshot().initialised
+        except BaseException:
+            older.close()
+            raise
+        if not found:
+            older.close()
+            return self
+        self.close()
+        return older
 
     @classmethod
     def init(
