@@ -21,8 +21,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from gitqueue.branches import init_branch
 from gitqueue.errors import GitqueueError
-from gitqueue.gitstore import ZERO_SHA, GitStore, LocalRepo, run_git
+from gitqueue.gitstore import ZERO_SHA, GitStore, LocalRepo, remote_refs
 from gitqueue.validate import check_commits, check_staged
 
 MARK = "installed by gitqueue"
@@ -166,11 +167,10 @@ def install(
 
 
 def _head_branch(repo: Path) -> str:
-    """The branch a repository's HEAD names (existing or not), else the default."""
+    """The queue's branch in ``repo`` as ``init`` finds it: the one HEAD names, as a rule."""
     if not repo.is_dir():
         raise GitqueueError(f"{repo}: no such repository")
-    proc = run_git(["--git-dir", str(repo), "symbolic-ref", "-q", "HEAD"])
-    return proc.stdout.decode().strip().removeprefix("refs/heads/") or DEFAULT_BRANCH
+    return init_branch(remote_refs(str(repo)), None)
 
 
 def _write_hook(repo: Path, name: str, text: str, *, force: bool) -> Path:

@@ -363,3 +363,21 @@ def test_a_remote_that_never_answers_is_unreachable_and_its_password_stays_unsai
         result = gq("status", "--queue", url, code=5)
     assert "s3cret" not in result.output + result.stderr
     assert f"cannot fetch from http://127.0.0.1:{port}/q.git: no answer" in result.stderr
+
+
+def test_hooks_install_guards_the_branch_the_queue_is_on(tmp_path: Path) -> None:
+    """No --branch: the one HEAD names, or an old queue's main while HEAD names a master
+    that does not exist; a person's push that creates master is refused."""
+    bare = plain_bare(tmp_path / "srv" / "old.git")
+    with Queue.init(str(bare), branch="main", worker="w/0"):
+        pass
+    git("symbolic-ref", "HEAD", "refs/heads/master", cwd=bare)
+    gq("hooks", "install", "--server", bare)
+    assert "refs/heads/main" in (bare / "hooks" / "pre-receive").read_text()
+    clone = Clone(str(bare), tmp_path / "dora")  # checks out nothing: HEAD names no branch
+    clone.write("pending/lost.yaml", "args: {lr: 0.1}\n")
+    clone.commit("a task that would be lost")
+    push = clone.run("push", "origin", "HEAD:master", check=False)
+    assert push.returncode != 0
+    assert "refs/heads/master: this repository is a gitqueue queue on branch main" in push.stderr
+    assert branches_of(bare) == ["main"]
