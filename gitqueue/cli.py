@@ -162,20 +162,34 @@ def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
 @app.command()
 def init(
     url: Annotated[str | None, typer.Argument(help="Remote URL or path; none for an embedded local queue.")] = None,
+    branch: Annotated[
+        str | None, typer.Option(help="The queue's branch [default: the one the remote's HEAD names].")
+    ] = None,
+    no_hooks: Annotated[
+        bool, typer.Option("--no-hooks", help="Install no server hook in a repository init creates.")
+    ] = False,
 ) -> None:
     """Create or attach a queue and remember it in ./.gitqueue.
 
     With no URL, makes an embedded bare repository ./.gitqueue.git. With a URL (a path,
     file://, git://, ssh:// or https://) it initialises an empty remote, or attaches to an
-    existing queue without changing it.
+    existing queue without changing it. The queue lives on the branch the remote's HEAD
+    names (what `git clone` checks out), or on --branch. A repository that holds other
+    work (your code) is refused unless --branch names the queue's own branch. A repository
+    init creates on this machine gets the server hook that refuses pushes breaking the
+    queue (--no-hooks: none). Put passwords in git's credential helper, not in the URL:
+    gitqueue neither prints nor stores them.
 
     \b
     Examples:
       gitqueue init
       gitqueue init git@github.com:me/sweeps.git
+      gitqueue init git@github.com:me/project.git --branch gitqueue   # beside your code
     """
-    with Queue.init(url) as queue:
-        typer.echo(f"queue ready: {queue.url} (remembered in {Path.cwd() / '.gitqueue'})")
+    with Queue.init(url, branch=branch, hooks=not no_hooks) as queue:
+        for note in queue.notes:
+            typer.echo(f"note: {note}", err=True)
+        typer.echo(f"queue ready: {queue.url} on branch {queue.branch} (remembered in {Path.cwd() / '.gitqueue'})")
 
 
 @app.command()
@@ -461,6 +475,7 @@ def status(
         if fmt == "json":
             _print_json(q.status())
             return
+        _warn_head(q)
         if not watch:
             out.print(_status_view(q.status()))
             return
@@ -473,6 +488,12 @@ def status(
                     live.update(_status_view(q.status()), refresh=True)
             except KeyboardInterrupt:
                 pass
+
+
+def _warn_head(q: Queue) -> None:
+    warning = q.head_warning()
+    if warning:
+        typer.echo(f"gitqueue: warning: {warning}", err=True)
 
 
 def _status_view(info: dict[str, Any]) -> Table:
@@ -682,6 +703,7 @@ def validate(
         problems = validate_rules.check_disk(top)
     else:
         with Queue.open(queue) as q:
+            _warn_head(q)
             problems = q.validate()
     if fmt == "json":
         _print_json([{"path": validate_rules.display(p.path), "problem": p.message} for p in problems])
@@ -709,7 +731,9 @@ def hooks_install(
     client: Annotated[
         Path | None, typer.Option(metavar="CLONE", help="A clone people edit by hand: pre-commit.")
     ] = None,
-    branch: Annotated[str, typer.Option(help="The queue's branch.")] = "main",
+    branch: Annotated[
+        str | None, typer.Option(help="The queue's branch [default: the one the server's HEAD names].")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a hook gitqueue did not write.")] = False,
 ) -> None:
     """Install git hooks that run `gitqueue validate`'s checks.
@@ -717,7 +741,8 @@ def hooks_install(
     --server writes a pre-receive hook into a self-hosted remote (a bare repository): it
     refuses, with a message naming each file and problem, any push that would leave the
     queue invalid or make a state change no gitqueue command makes, deletes the branch or
-    rewrites its history. --client writes a pre-commit hook into a clone. Forges without
+    rewrites its history, or creates another branch (a task there would never run).
+    --client writes a pre-commit hook into a clone. Forges without
     server hooks (github.com, gitlab.com): see examples/ci/.
 
     \b

@@ -11,11 +11,13 @@ import yaml
 
 from gitqueue.errors import InvalidTask, QueueNotFound
 from gitqueue.task import load_yaml
+from gitqueue.urls import redact
 
 CONFIG_FILE = ".gitqueue"
 EMBEDDED_REPO = ".gitqueue.git"
 SETTINGS_FILE = "gitqueue.yaml"
 FORMAT_VERSION = 1
+DEFAULT_BRANCH = "main"  # a new queue's branch where the remote's HEAD names none
 
 
 @dataclass(frozen=True)
@@ -62,33 +64,62 @@ def find_config(start: Path | None = None) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class QueueRef:
+    """Which queue: its URL and, where known, its branch (None: the remote's HEAD names it)."""
+
+    url: str
+    branch: str | None = None
+
+
 def read_config(path: Path) -> str:
     """The queue URL a ``.gitqueue`` file names; relative paths are relative to the file."""
+    return read_queue_ref(path).url
+
+
+def read_queue_ref(path: Path) -> QueueRef:
+    """The queue a ``.gitqueue`` file names: ``queue: URL`` and, if written, ``branch: NAME``."""
     data = load_yaml(path.read_bytes(), path=str(path))
     if not isinstance(data, dict) or not isinstance(data.get("queue"), str):
         raise QueueNotFound(f"{path}: expected a line 'queue: URL'")
     url = data["queue"]
     if "://" not in url and not Path(url).is_absolute() and ":" not in url.split("/", 1)[0]:
         url = str((path.parent / url).resolve())
-    return url
+    branch = data.get("branch")
+    return QueueRef(url, branch if isinstance(branch, str) and branch else None)
 
 
-def write_config(folder: Path, url: str) -> Path:
+def write_config(folder: Path, url: str, *, branch: str | None = None) -> Path:
+    """Remember the queue in ``folder/.gitqueue``, never with a secret its URL holds."""
     path = folder / CONFIG_FILE
+    body: dict[str, str] = {"queue": redact(url)}
+    if branch:
+        body["branch"] = branch
     path.write_text(
         "# Written by `gitqueue init`: the queue that gitqueue commands use in this folder.\n"
-        + yaml.safe_dump({"queue": url}, sort_keys=False)
+        + yaml.safe_dump(body, sort_keys=False)
     )
     return path
 
 
-def resolve_queue_url(explicit: str | None = None) -> str:
-    """``--queue``, else ``$GITQUEUE_QUEUE``, else the nearest ``.gitqueue`` file."""
+def resolve_queue(explicit: str | None = None) -> QueueRef:
+    """``--queue``, else ``$GITQUEUE_QUEUE``, else the nearest ``.gitqueue`` file.
+
+    ``$GITQUEUE_BRANCH`` names the branch; else a ``.gitqueue`` file's own ``branch:``;
+    else none, and the remote's HEAD decides.
+    """
+    branch = os.environ.get("GITQUEUE_BRANCH") or None
     if explicit:
-        return explicit
+        return QueueRef(explicit, branch)
     if os.environ.get("GITQUEUE_QUEUE"):
-        return os.environ["GITQUEUE_QUEUE"]
+        return QueueRef(os.environ["GITQUEUE_QUEUE"], branch)
     config = find_config()
     if config is None:
         raise QueueNotFound("no queue given: pass --queue URL, set GITQUEUE_QUEUE, or run `gitqueue init` here first")
-    return read_config(config)
+    found = read_queue_ref(config)
+    return QueueRef(found.url, branch or found.branch)
+
+
+def resolve_queue_url(explicit: str | None = None) -> str:
+    """``--queue``, else ``$GITQUEUE_QUEUE``, else the nearest ``.gitqueue`` file."""
+    return resolve_queue(explicit).url

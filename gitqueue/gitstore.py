@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from gitqueue.errors import GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
+from gitqueue.urls import redact, scrub
 
 GIT_TIMEOUT = 60.0
 MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
@@ -132,6 +133,110 @@ def _looks_like_scp(url: str) -> bool:
     return ":" in head and not (len(head) == 2 and head[1] == ":")
 
 
+def normal_url(url: str) -> str:
+    """``url`` as git is given it: a local path made absolute (git runs in the cache folder)."""
+    return str(Path(url).expanduser().resolve()) if is_local_path(url) else url
+
+
+def local_git_dir(url: str) -> Path | None:
+    """The git folder of a queue on this machine (a path or ``file://``), else None."""
+    if url.startswith("file://"):
+        from urllib.parse import unquote
+
+        url = unquote(url.removeprefix("file://"))
+    elif not is_local_path(url):
+        return None
+    path = Path(normal_url(url))
+    return path / ".git" if (path / ".git").exists() else path
+
+
+@dataclass(frozen=True)
+class RemoteRefs:
+    """What a remote's refs say about where its queue lives.
+
+    ``head`` is the branch the remote's HEAD names, whether or not that branch exists yet
+    (a fresh ``git init --bare`` names ``master`` or ``init.defaultBranch``); None when HEAD
+    names no branch or the remote does not say. ``branches`` maps each branch to its tip.
+    """
+
+    head: str | None
+    branches: dict[str, str]
+
+    @property
+    def head_is_unborn(self) -> bool:
+        return self.head is not None and self.head not in self.branches
+
+
+def _remote_error(url: str, proc: subprocess.CompletedProcess[bytes]) -> GitqueueError:
+    """What a failed fetch or ls-remote means: no repository there, or none reachable now."""
+    err = scrub(proc.stderr.decode(errors="replace").strip(), url)
+    last = err.splitlines()[-1] if err else str(proc.returncode)
+    if "does not appear to be a git repository" in err or "not found" in err.lower():
+        return QueueNotFound(f"{redact(url)} is not a git repository: {last}")
+    return RemoteUnavailable(f"cannot fetch from {redact(url)}: {last}")
+
+
+def remote_refs(url: str) -> RemoteRefs:
+    """The remote's HEAD and branches: one ``git ls-remote``.
+
+    git does not list an unborn HEAD, so for a remote whose HEAD names no branch yet, a
+    local one is read directly and any other is asked by an empty ``git clone``, which
+    learns it (protocol v2) without fetching any object.
+    """
+    url = normal_url(url)
+    try:
+        proc = run_git(["ls-remote", "--symref", url, "HEAD", "refs/heads/*"])
+    except subprocess.TimeoutExpired:  # its message would quote the command, URL and all
+        raise RemoteUnavailable(f"cannot fetch from {redact(url)}: no answer in {GIT_TIMEOUT:.0f} s") from None
+    if proc.returncode:
+        raise _remote_error(url, proc)
+    head: str | None = None
+    branches: dict[str, str] = {}
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        value, _, ref = line.partition("\t")
+        if ref == "HEAD" and value.startswith("ref: refs/heads/"):
+            head = value.removeprefix("ref: refs/heads/")
+        elif ref.startswith("refs/heads/") and not value.startswith("ref: "):
+            branches[ref.removeprefix("refs/heads/")] = value
+    if head is None and not any(line.endswith("\tHEAD") for line in proc.stdout.decode().splitlines()):
+        head = _unborn_head(url)
+    return RemoteRefs(head, branches)
+
+
+_UNKNOWN_HEAD = "gitqueue-remote-did-not-say"
+
+
+def _unborn_head(url: str) -> str | None:
+    """The branch an unborn HEAD names, or None if it cannot be learnt."""
+    git_dir = local_git_dir(url)
+    if git_dir is not None:
+        proc = run_git(["--git-dir", str(git_dir), "symbolic-ref", "-q", "HEAD"])
+        return proc.stdout.decode().strip().removeprefix("refs/heads/") or None if proc.returncode == 0 else None
+    with tempfile.TemporaryDirectory(prefix="gitqueue-head-") as tmp:
+        clone = Path(tmp) / "head.git"
+        options = ["-c", f"init.defaultBranch={_UNKNOWN_HEAD}", "-c", "protocol.version=2"]
+        try:
+            proc = run_git([*options, "clone", "--bare", "-q", "--single-branch", "--depth=1", url, str(clone)])
+        except subprocess.TimeoutExpired:
+            return None
+        if proc.returncode:
+            return None
+        head = (clone / "HEAD").read_text().strip().removeprefix("ref: refs/heads/")
+    return None if head == _UNKNOWN_HEAD else head
+
+
+def set_local_head(url: str, branch: str) -> bool:
+    """Point the HEAD of a repository on this machine at ``branch``; False if not local."""
+    git_dir = local_git_dir(url)
+    if git_dir is None:
+        return False
+    proc = run_git(["--git-dir", str(git_dir), "symbolic-ref", "HEAD", f"refs/heads/{branch}"])
+    if proc.returncode:
+        why = proc.stderr.decode(errors="replace").strip()
+        raise GitqueueError(f"cannot point {git_dir}'s HEAD at {branch}: {why}")
+    return True
+
+
 def parse_tree(data: bytes) -> dict[str, tuple[bytes, str]]:
     """A raw tree object as {name: (mode, hex sha)}."""
     out: dict[str, tuple[bytes, str]] = {}
@@ -170,12 +275,12 @@ class GitStore:
     def __init__(
         self, url: str, *, branch: str = "main", cache: Path | None = None, patience: float = 120.0
     ) -> None:
-        # git runs in the cache folder, so a relative path must be made absolute first.
-        self.url = str(Path(url).expanduser().resolve()) if is_local_path(url) else url
+        self.url = normal_url(url)  # what git is given, secrets included (they are never printed)
+        self.display = redact(self.url)  # what gitqueue prints and stores
         self.branch = branch
         self.patience = patience  # how long an unreachable remote is retried to learn a push's outcome
         root = cache or cache_root()
-        name = hashlib.sha1(f"{self.url}\0{branch}".encode()).hexdigest()[:16]
+        name = hashlib.sha1(f"{self.display}\0{branch}".encode()).hexdigest()[:16]
         self.path = root / name
         self._ensure_cache()
         self.namespace = f"refs/gitqueue/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
@@ -206,7 +311,7 @@ class GitStore:
         if proc.returncode:
             raise GitqueueError(f"cannot create the local cache {tmp}: {proc.stderr.decode().strip()}")
         with open(tmp / "config", "a") as config:
-            config.write(f"[gitqueue]\n\turl = {self.url}\n")
+            config.write(f"[gitqueue]\n\turl = {self.display}\n")
         try:
             tmp.rename(self.path)  # atomic: racing processes agree on one cache
         except OSError:
@@ -256,6 +361,8 @@ class GitStore:
         started = time.monotonic()
         try:
             return self._fetch(leases)
+        except subprocess.TimeoutExpired:  # its message would quote the command, URL and all
+            raise RemoteUnavailable(f"cannot fetch from {self.display}: no answer in {GIT_TIMEOUT:.0f} s") from None
         finally:
             self.seconds["fetch"] += time.monotonic() - started
 
@@ -279,12 +386,9 @@ class GitStore:
             cwd=self.path,
         )
         if proc.returncode:
-            err = proc.stderr.decode(errors="replace").strip()
-            if f"couldn't find remote ref refs/heads/{self.branch}" in err:
+            if f"couldn't find remote ref refs/heads/{self.branch}".encode() in proc.stderr:
                 return None
-            if "does not appear to be a git repository" in err or "not found" in err.lower():
-                raise QueueNotFound(f"{self.url} is not a git repository: {err.splitlines()[-1] if err else ''}")
-            raise RemoteUnavailable(f"cannot fetch from {self.url}: {err.splitlines()[-1] if err else proc.returncode}")
+            raise _remote_error(self.url, proc)
         return self._read_ref()
 
     def _read_ref(self) -> str | None:
@@ -320,7 +424,7 @@ class GitStore:
             self._note_landing(new)
             return PushOutcome.LANDED
         self._note_landing(None)
-        output = (proc.stdout + proc.stderr).decode(errors="replace")
+        output = scrub((proc.stdout + proc.stderr).decode(errors="replace"), self.url)
         if "hook declined" in output:
             raise PushRefused(remote_says(output) or "the remote's hook refused the push")
         if any(sign in output for sign in LOST_RACE_SIGNS):
@@ -571,12 +675,20 @@ class GitStore:
     # ------------------------------------------------------------ identity
 
     def identity(self, fallback: str) -> Identity:
-        """The person's git identity where one is configured, else ``gitqueue <fallback>``."""
-        name = run_git(["config", "--get", "user.name"], cwd=self.path).stdout.decode().strip()
-        email = run_git(["config", "--get", "user.email"], cwd=self.path).stdout.decode().strip()
-        if name and email:
-            return Identity(name, email)
-        return Identity(name or "gitqueue", email or fallback)
+        """The person's identity by git's own rules, else ``gitqueue <fallback>``.
+
+        As for ``git commit``: ``GIT_AUTHOR_NAME`` and ``GIT_AUTHOR_EMAIL`` first, then
+        ``author.name``/``author.email``, then ``user.name``/``user.email``, then ``$EMAIL``.
+        """
+        proc = run_git(["config", "--get-regexp", r"^(author|user)\.(name|email)$"], cwd=self.path)
+        found: dict[str, str] = {}
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            key, _, value = line.partition(" ")
+            found[key.lower()] = value.strip()
+        name = os.environ.get("GIT_AUTHOR_NAME") or found.get("author.name") or found.get("user.name") or ""
+        email = os.environ.get("GIT_AUTHOR_EMAIL") or found.get("author.email") or found.get("user.email") or ""
+        email = email or os.environ.get("EMAIL", "")
+        return Identity(name.strip() or "gitqueue", email.strip() or fallback)
 
     # ------------------------------------------------------------ history (for hooks, validate and log)
 
@@ -727,7 +839,7 @@ class LocalRepo(GitStore):
     """
 
     def __init__(self, path: Path | str = ".") -> None:  # no super(): there is no cache to make
-        self.url = str(path)
+        self.url = self.display = str(path)
         self.branch = ""
         self.path = Path(path)
         self.namespace = self.ref = ""

@@ -4,7 +4,8 @@
   branch that would leave the queue invalid: a malformed task, a task in two folders, a
   state change no gitqueue command makes, deleting the branch, rewriting its history.
   Every commit of the push is checked against its parent, reading only what changed, so a
-  worker's claim push stays fast. Other refs (the runs' lease refs) pass untouched.
+  worker's claim push stays fast. It also refuses to create any other branch: a task
+  pushed there would never run. Other refs (the runs' lease refs, tags) pass untouched.
 * ``pre-commit`` in a person's clone refuses the same problems before they are committed.
 
 The scripts git runs are a few lines of shell that call :func:`main`; ``gitqueue hooks
@@ -20,8 +21,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from gitqueue.branches import init_branch
 from gitqueue.errors import GitqueueError
-from gitqueue.gitstore import ZERO_SHA, GitStore, LocalRepo
+from gitqueue.gitstore import ZERO_SHA, GitStore, LocalRepo, remote_refs
 from gitqueue.validate import check_commits, check_staged
 
 MARK = "installed by gitqueue"
@@ -29,11 +31,12 @@ DEFAULT_BRANCH = "main"
 
 SERVER_SCRIPT = """#!/bin/sh
 # gitqueue pre-receive hook ({mark}): refuses pushes to refs/heads/{branch}
-# that would leave the queue invalid. The checks live in gitqueue.validate.
+# that would leave the queue invalid, and new branches beside it. The checks live in
+# gitqueue.validate.
 input=$(cat)
 case "$input" in
-  *" refs/heads/{branch}"*) ;;
-  *) exit 0 ;;  # lease refs and other branches hold nothing of the queue's
+  *" refs/heads/"*) ;;
+  *) exit 0 ;;  # lease refs and tags hold nothing of the queue's
 esac
 printf '%s\\n' "$input" | exec {python} -c {code} pre-receive --branch {branch_q}
 """
@@ -67,8 +70,17 @@ def pre_receive(store: GitStore, updates: Iterable[str], *, branch: str = DEFAUL
     problems: list[str] = []
     for line in updates:
         fields = line.split()
-        if len(fields) == 3 and fields[2] == f"refs/heads/{branch}":
-            problems += check_update(store, fields[2], fields[0], fields[1])
+        if len(fields) != 3:
+            continue
+        old, new, ref = fields
+        if ref == f"refs/heads/{branch}":
+            problems += check_update(store, ref, old, new)
+        elif ref.startswith("refs/heads/") and old == ZERO_SHA and new != ZERO_SHA:
+            problems.append(
+                f"{ref}: this repository is a gitqueue queue on branch {branch}, and other branches are refused: "
+                f"workers never look at them, so a task pushed there would never run. Push to {branch} instead "
+                f"(git push origin HEAD:{branch})"
+            )
     return problems
 
 
@@ -97,12 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     kind = args[0] if args else ""
     with LocalRepo(".") as store:
         try:
-            if kind == "pre-receive":
-                problems = pre_receive(store, sys.stdin.read().splitlines(), branch=branch)
-                advice = "Fix them and push again; `gitqueue validate` in your clone shows the same problems."
-                return _refuse(f"push to {branch}", problems, advice) if problems else 0
-            if kind == "update" and len(args) == 4:
-                problems = pre_receive(store, [" ".join((args[2], args[3], args[1]))], branch=branch)
+            if kind in ("pre-receive", "update") and (kind == "pre-receive" or len(args) == 4):
+                lines = sys.stdin.read().splitlines() if kind == "pre-receive" else [" ".join(args[2:4] + args[1:2])]
+                problems = pre_receive(store, lines, branch=branch)
                 advice = "Fix them and push again; `gitqueue validate` in your clone shows the same problems."
                 return _refuse(f"push to {branch}", problems, advice) if problems else 0
             if kind == "pre-commit":
@@ -123,17 +132,20 @@ def install(
     *,
     server: Path | None = None,
     client: Path | None = None,
-    branch: str = DEFAULT_BRANCH,
+    branch: str | None = None,
     force: bool = False,
     python: str | None = None,
 ) -> list[Path]:
     """Write the hook scripts: ``pre-receive`` into the repository ``server`` (bare, on the
     machine that serves the queue) and/or ``pre-commit`` into the clone ``client``.
 
-    Refuses to replace a hook gitqueue did not write unless ``force``. Returns what it wrote.
+    The queue's branch is ``branch``, else the one the server's HEAD names. Refuses to
+    replace a hook gitqueue did not write unless ``force``. Returns what it wrote.
     """
     if server is None and client is None:
         raise GitqueueError("name a repository: --server BARE_REPO and/or --client CLONE")
+    if server is not None and branch is None:
+        branch = _head_branch(server)
     python = shlex.quote(python or sys.executable)
     # The hook runs this very gitqueue: its folder goes on the path (after site-packages, so
     # an installed copy is found where it is, and a source checkout is found at all).
@@ -143,12 +155,22 @@ def install(
     )
     written = []
     if server is not None:
-        text = SERVER_SCRIPT.format(mark=MARK, branch=branch, branch_q=shlex.quote(branch), python=python, code=code)
+        queue_branch = branch or DEFAULT_BRANCH
+        text = SERVER_SCRIPT.format(
+            mark=MARK, branch=queue_branch, branch_q=shlex.quote(queue_branch), python=python, code=code
+        )
         written.append(_write_hook(server, "pre-receive", text, force=force))
     if client is not None:
         text = CLIENT_SCRIPT.format(mark=MARK, python=python, code=code)
         written.append(_write_hook(client, "pre-commit", text, force=force))
     return written
+
+
+def _head_branch(repo: Path) -> str:
+    """The queue's branch in ``repo`` as ``init`` finds it: the one HEAD names, as a rule."""
+    if not repo.is_dir():
+        raise GitqueueError(f"{repo}: no such repository")
+    return init_branch(remote_refs(str(repo)), None)
 
 
 def _write_hook(repo: Path, name: str, text: str, *, force: bool) -> Path:

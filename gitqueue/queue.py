@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitqueue import config, edits, filters, history
+from gitqueue import branches, config, edits, filters, history
 from gitqueue import validate as rules
 from gitqueue.errors import (
     EditConflict,
@@ -33,7 +33,6 @@ from gitqueue.errors import (
     InvalidTransition,
     LostRace,
     NotHeld,
-    QueueNotFound,
     RemoteUnavailable,
     TaskExists,
     TaskNotFound,
@@ -45,8 +44,12 @@ from gitqueue.gitstore import (
     GitStore,
     Identity,
     PushOutcome,
+    RemoteRefs,
     init_bare,
     is_local_path,
+    local_git_dir,
+    remote_refs,
+    set_local_head,
 )
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
@@ -63,6 +66,7 @@ from gitqueue.task import (
     render,
     task_from_mapping,
 )
+from gitqueue.urls import CREDENTIALS_ADVICE, has_secret, redact
 
 ERROR_TAIL = 2000
 STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something else is wrong
@@ -181,22 +185,27 @@ class Queue:
         url: str,
         *,
         worker: str | None = None,
-        branch: str = "main",
+        branch: str | None = None,
         cache: Path | None = None,
         patience: float = 120.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         max_skew: float = 30.0,
+        remote: RemoteRefs | None = None,
     ) -> None:
-        self.url = url
+        self.url = redact(url)  # for people: never with a secret the URL holds
+        self._git_url = url
         self.worker = worker or default_worker()
-        self.store = GitStore(url, branch=branch, cache=cache, patience=patience)
-        self.cache = TaskCache(self.store)
         self.patience = patience
         self.clock = clock
         self.sleep = sleep
         self.monotonic = monotonic
+        self._remote = remote
+        # No branch given: the queue is where the remote's HEAD points (git clone's default).
+        self.branch = branch or self.remote_refs().head or config.DEFAULT_BRANCH
+        self.store = GitStore(url, branch=self.branch, cache=cache, patience=patience)
+        self.cache = TaskCache(self.store)
         self.max_skew = max_skew
         self._seen: dict[tuple[str, str | None], float] = {}  # (run token, heartbeat) -> first seen
         self._attempt_seconds = 0.03  # moving average of one try (fetch, build, push): the backoff's slot
@@ -205,21 +214,50 @@ class Queue:
         self._last_landed: str | None = None
         self._contenders = 1  # workers seen holding runs at the last claim or lost race: how wide to spread
         self._identity: Identity | None = None
+        self.notes: list[str] = []  # what init did that people should know
         self.checks = rules.WorkerChecks()  # broken files a worker skips, reported once each
 
     # ------------------------------------------------------------ opening
 
     @classmethod
     def open(cls, url: str | None = None, **options: Any) -> Queue:
-        """Attach to an initialised queue (``url``, else ``GITQUEUE_QUEUE``, else ``.gitqueue``)."""
-        queue = cls(config.resolve_queue_url(url), **options)
+        """Attach to an initialised queue (``url``, else ``GITQUEUE_QUEUE``, else ``.gitqueue``).
+
+        The branch is ``branch=``, else ``GITQUEUE_BRANCH`` or the ``.gitqueue`` file's, else
+        the one the remote's HEAD names.
+        """
+        ref = config.resolve_queue(url)
+        told = options.get("branch") or ref.branch
+        queue = cls(ref.url, **{**options, "branch": told})
         try:
-            if not queue.snapshot().initialised:
-                raise QueueNotFound(f"{queue.url} is not a gitqueue queue yet: run `gitqueue init {queue.url}`")
+            ready = queue.snapshot().initialised
+            if not ready and told is None:
+                queue = queue._older_default(options)
+                ready = queue.branch == config.DEFAULT_BRANCH and queue.snapshot().initialised
+            if not ready:
+                raise branches.not_a_queue(queue.url, queue.branch, queue.remote_refs())
         except BaseException:
             queue.close()
             raise
         return queue
+
+    def _older_default(self, options: dict[str, Any]) -> Queue:
+        """A queue made before queues followed the remote's HEAD: on ``main`` whatever HEAD says.
+        Returns that queue (and closes this one), or this one if ``main`` holds none."""
+        refs = self.remote_refs()
+        if self.branch == config.DEFAULT_BRANCH or config.DEFAULT_BRANCH not in refs.branches:
+            return self
+        older = type(self)(self._git_url, **{**options, "branch": config.DEFAULT_BRANCH, "remote": refs})
+        try:
+            found = older.snapshot().initialised
+        except BaseException:
+            older.close()
+            raise
+        if not found:
+            older.close()
+            return self
+        self.close()
+        return older
 
     @classmethod
     def init(
@@ -228,29 +266,50 @@ class Queue:
         *,
         folder: Path | None = None,
         settings: config.Settings | None = None,
+        branch: str | None = None,
+        hooks: bool = True,
         **options: Any,
     ) -> Queue:
         """Create or attach a queue. With no ``url``, an embedded bare repository in ``folder``.
 
-        The folder gets a ``.gitqueue`` file naming the queue, so later commands find it.
-        Attaching to an initialised queue changes nothing in it.
+        The queue goes on ``branch``, else on the branch the remote's HEAD names; a
+        repository on this machine whose HEAD names no existing branch gets its HEAD
+        pointed at the queue's. A repository that holds other work is refused unless
+        ``branch`` names where the queue goes. A repository ``init`` creates gets the
+        server hook unless ``hooks`` is off. The folder gets a ``.gitqueue`` file naming
+        the queue (never a password its URL holds), so later commands find it.
+        Attaching to an initialised queue changes nothing in it. ``notes`` on the
+        returned queue say what ``init`` did that people should know.
         """
         folder = folder or Path.cwd()
         target = url or str(folder / config.EMBEDDED_REPO)
-        if is_local_path(target) or target.startswith("file://"):
-            local = Path(target.removeprefix("file://")).expanduser()
-            if not local.exists() or (local.is_dir() and not any(local.iterdir())):
-                init_bare(local)
-            if not target.startswith("file://"):
-                target = str(local.resolve())
-        queue = cls(target, **options)
+        notes: list[str] = []
+        created = _create_local(target, branch=branch or config.DEFAULT_BRANCH)
+        if is_local_path(target):
+            target = str(Path(target).expanduser().resolve())
+        refs = remote_refs(target)
+        chosen = branches.init_branch(refs, branch)
+        if created is not None and hooks:
+            from gitqueue import hooks as server_hooks
+
+            for path in server_hooks.install(server=created.resolve(), branch=chosen):
+                notes.append(f"installed {path}: it refuses pushes that would break the queue (--no-hooks: none)")
+        queue = cls(target, branch=chosen, remote=refs, **options)
         try:
+            if not queue.snapshot().initialised and refs.branches and branch is None:
+                raise branches.not_a_queue(queue.url, chosen, refs, initialising=True)
             queue._initialise(settings or config.Settings())
+            # A local HEAD that shows nothing (it names no existing branch) now shows the queue.
+            if local_git_dir(target) is not None and refs.head != chosen and (refs.head is None or refs.head_is_unborn):
+                set_local_head(target, chosen)
+                notes.append(f"pointed {queue.url}'s HEAD at {chosen}, so that `git clone` shows the queue")
+                queue._remote = RemoteRefs(chosen, refs.branches)
         except BaseException:
             queue.close()
             raise
         folder.mkdir(parents=True, exist_ok=True)
-        config.write_config(folder, target if url else config.EMBEDDED_REPO)
+        notes += _remember(folder, target if url else config.EMBEDDED_REPO, chosen)
+        queue.notes = notes
         return queue
 
     def _initialise(self, settings: config.Settings) -> None:
@@ -267,6 +326,20 @@ class Queue:
     def close(self) -> None:
         self.cache.close()
         self.store.close()
+
+    def remote_refs(self) -> RemoteRefs:
+        """The remote's HEAD and branches, asked once (retrying while it is unreachable)."""
+        deadline, delay = self.clock() + self.patience, 0.1
+        while self._remote is None:
+            try:
+                self._remote = remote_refs(self._git_url)
+            except RemoteUnavailable as exc:
+                delay = self._wait_for_remote(exc, deadline, delay)
+        return self._remote
+
+    def head_warning(self) -> str | None:
+        """Why people would miss the queue: the remote's HEAD names another branch. None if it does not."""
+        return branches.head_warning(self.url, self.branch, self.remote_refs())
 
     def __enter__(self) -> Queue:
         return self
@@ -443,6 +516,8 @@ class Queue:
                 )
         return {
             "queue": self.url,
+            "branch": self.branch,
+            "warnings": [w for w in (self.head_warning(),) if w],
             "counts": counts,
             "total": sum(counts.values()),
             "oldest_pending": None if oldest is None else {"id": oldest[1], "submitted": oldest[0] or None},
@@ -1086,6 +1161,38 @@ def _fan_pending(snap: Snapshot, files: dict[str, bytes | None]) -> None:
         files[f"pending/{fan(task_id)}/{task_id}.yaml"] = files.pop(path)
 
 
+def _create_local(target: str, *, branch: str) -> Path | None:
+    """Make the bare repository a local ``target`` names if nothing is there; returns it if made."""
+    if not (is_local_path(target) or target.startswith("file://")):
+        return None
+    local = Path(target.removeprefix("file://")).expanduser()
+    if local.exists() and not (local.is_dir() and not any(local.iterdir())):
+        return None
+    init_bare(local, branch=branch)
+    return local
+
+
+def _remember(folder: Path, url: str, branch: str) -> list[str]:
+    """Write ``folder/.gitqueue``; returns what to tell people about it."""
+    notes = []
+    old = folder / config.CONFIG_FILE
+    try:
+        before = config.read_queue_ref(old) if old.is_file() else None
+    except GitqueueError:  # unreadable: it is replaced, and named nothing one could reach
+        before = None
+    path = config.write_config(folder, url, branch=branch)
+    now = config.read_queue_ref(path)
+    if before is not None and (before.url, before.branch or now.branch) != (now.url, now.branch):
+        where = before.url + (f" (branch {before.branch})" if before.branch else "")
+        notes.append(
+            f"{path} named another queue, {where}; it now names this one. That queue is unchanged: "
+            f"`--queue {before.url}` still reaches it"
+        )
+    if has_secret(url):
+        notes.append(
+            f"{path} names {redact(url)}, without the password or token in the URL you gave. {CREDENTIALS_ADVICE}"
+        )
+    return notes
 
 
 __all__ = ["Change", "GitqueueError", "Queue", "Run", "best_pending", "default_worker"]

@@ -160,6 +160,9 @@ class Worker:
 
     def run(self) -> int:
         """Work until the queue is drained (or the limits say stop); returns an exit code."""
+        warning = self.queue.head_warning()
+        if warning:
+            self.say(f"warning: {warning}")
         with self._signals():
             code = self._loop()
         elapsed = time.monotonic() - self.summary.started

@@ -49,9 +49,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("GITQUEUE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for name in ("GITQUEUE_QUEUE", "GITQUEUE_WORKER", "GITQUEUE_TOKEN", "GIT_DIR", "GIT_WORK_TREE"):
+    for name in ("GITQUEUE_QUEUE", "GITQUEUE_BRANCH", "GITQUEUE_WORKER", "GITQUEUE_TOKEN", "GIT_DIR", "GIT_WORK_TREE"):
         monkeypatch.delenv(name, raising=False)
-    for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+    for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"):
         monkeypatch.delenv(name, raising=False)
     # Config that would reach git around HOME (a CI's global file, `git -c` from a hook).
     for name in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT"):

@@ -242,14 +242,21 @@ def test_a_file_broken_before_the_hook_does_not_block_other_pushes(tmp_path: Pat
     assert erin.push().returncode == 0
 
 
-def test_refs_other_than_the_queue_branch_pass(local_hooked: Hooked, tmp_path: Path) -> None:
+def test_lease_refs_and_tags_pass_but_a_new_branch_is_refused(local_hooked: Hooked, tmp_path: Path) -> None:
+    """A task pushed to another branch would never run: the hook refuses to create one."""
     with Queue.init(local_hooked.url, worker="w/0") as q:
         q.submit([{"args": {"lr": 0.1}}])
     fred = local_hooked.clone(tmp_path / "fred")
     fred.write("anything.yaml", "args: not checked here\n")
     fred.commit("a scratch branch")
     assert fred.run("push", "origin", "HEAD:refs/gitqueue/leases/abc", check=False).returncode == 0
-    assert fred.run("push", "origin", "HEAD:refs/heads/scratch", check=False).returncode == 0
+    assert fred.run("push", "origin", "HEAD:refs/tags/v1", check=False).returncode == 0
+    fred.run("checkout", "-q", "-b", "master")
+    message = refused(fred.run("push", "origin", "master", check=False))
+    assert "refs/heads/master: this repository is a gitqueue queue on branch main" in message
+    assert "Push to main instead" in message
+    listed = subprocess.run(["git", "branch", "--list"], cwd=local_hooked.bare, capture_output=True, text=True)
+    assert listed.stdout.split() == ["*", "main"]
 
 
 def test_a_push_refused_by_a_hook_raises_push_refused_and_stops_retrying(tmp_path: Path) -> None:

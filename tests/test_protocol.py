@@ -322,7 +322,8 @@ def test_waiting_for_an_unreachable_remote_leaves_the_caches_turn_to_others(
         server.stop()
         pauses: list[float] = []
         cache = tmp_path / "cache"
-        with Queue(url, worker="box/1", cache=cache) as other:
+        # The branch is named: with none, a Queue asks the (stopped) remote's HEAD for it first.
+        with Queue(url, worker="box/1", cache=cache, branch="main") as other:
 
             def sleep(seconds: float) -> None:
                 with other.store.turn(wait=False):  # CacheBusy if the waiting try kept the turn
@@ -330,7 +331,7 @@ def test_waiting_for_an_unreachable_remote_leaves_the_caches_turn_to_others(
                 if len(pauses) == 2:
                     server.start()
 
-            with Queue(url, worker="box/0", cache=cache, sleep=sleep) as q:
+            with Queue(url, worker="box/0", cache=cache, sleep=sleep, branch="main") as q:
                 run = q.claim()
         assert len(pauses) == 2
         assert run is not None and run.id == task_id

@@ -604,6 +604,27 @@ def test_a_configured_identity_authors_the_commits(
     assert task_file(remote_repo, "000001-a1").submitted["by"] == "Ada Lovelace"  # type: ignore[index]
 
 
+def test_git_author_variables_name_who_submitted_and_author_the_commits(
+    bare_remote: Path, remote_repo: RemoteRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIT_AUTHOR_NAME and GIT_AUTHOR_EMAIL win over git config, as they do for git itself."""
+    gitconfig = tmp_path / "person.gitconfig"
+    gitconfig.write_text("[user]\n\tname = Config Name\n\temail = config@example.org\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Grace Hopper")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "grace@example.org")
+    with Queue.init(str(bare_remote), worker="grace-box/1") as q:
+        q.submit([{"args": {"a": 1}}])
+    assert set(remote_repo.log("%an <%ae>")) == {"Grace Hopper <grace@example.org>"}
+    assert task_file(remote_repo, "000001-a1").submitted["by"] == "Grace Hopper"  # type: ignore[index]
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL")
+    monkeypatch.delenv("GIT_AUTHOR_EMAIL")  # a name alone, with no email anywhere: the fallback's email
+    with Queue.open(str(bare_remote), worker="lab/2") as q:
+        q.submit([{"args": {"a": 2}}])
+    assert remote_repo.log("%an")[-1] == "Grace Hopper"
+    assert task_file(remote_repo, "000002-a2").submitted["by"] == "Grace Hopper"  # type: ignore[index]
+
+
 def test_fsck_is_clean_after_a_run(queue: Queue, remote_repo: RemoteRepo) -> None:
     ids = queue.submit([{"args": {"n": i}, "max_attempts": 1} for i in range(6)])
     runs = [queue.claim() for _ in range(5)]
