@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,8 @@ from gitqueue.queue import Queue, default_worker
 from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
-the task (nothing changed); 5 the queue's remote is unreachable."""
+the task (nothing changed); 5 the queue's remote is unreachable (retried for --patience seconds);
+6 the remote refused our credentials (not retried)."""
 
 
 class _Group(TyperGroup):
@@ -83,8 +85,16 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
+    patience: Annotated[
+        float | None,
+        typer.Option(
+            min=0, envvar="GITQUEUE_PATIENCE", help="Seconds to keep trying an unreachable remote [default: 120]."
+        ),
+    ] = None,
 ) -> None:
     """A task queue for experiments in which the queue is a git repository."""
+    if patience is not None:  # every Queue this process opens reads it (gitqueue.config.patience)
+        os.environ["GITQUEUE_PATIENCE"] = str(patience)
 
 
 # ---------------------------------------------------------------- parsing helpers

@@ -9,10 +9,11 @@ from typing import Any
 
 import yaml
 
-from gitqueue.errors import InvalidTask, QueueNotFound
+from gitqueue.errors import GitqueueError, InvalidTask, QueueNotFound
 from gitqueue.task import load_yaml
 
 CONFIG_FILE = ".gitqueue"
+PATIENCE = 120.0  # seconds an unreachable remote is retried, unless GITQUEUE_PATIENCE says otherwise
 EMBEDDED_REPO = ".gitqueue.git"
 SETTINGS_FILE = "gitqueue.yaml"
 FORMAT_VERSION = 1
@@ -92,3 +93,17 @@ def resolve_queue_url(explicit: str | None = None) -> str:
     if config is None:
         raise QueueNotFound("no queue given: pass --queue URL, set GITQUEUE_QUEUE, or run `gitqueue init` here first")
     return read_config(config)
+
+
+def patience() -> float:
+    """Seconds to keep trying an unreachable remote: ``$GITQUEUE_PATIENCE``, else 120."""
+    text = os.environ.get("GITQUEUE_PATIENCE", "").strip()
+    if not text:
+        return PATIENCE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise GitqueueError(f"GITQUEUE_PATIENCE={text!r}: expected a number of seconds, 0 or more")
+    return value

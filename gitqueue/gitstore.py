@@ -32,7 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO
 
-from gitqueue.errors import GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
+from gitqueue.errors import AuthenticationFailed, GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
 
 GIT_TIMEOUT = 60.0
 MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
@@ -55,6 +55,31 @@ LOST_RACE_SIGNS = (
     "cannot lock ref",
     "File exists",
     "failed to lock",
+)
+# How git (and ssh, and an HTTP server) says that it knows the remote but will not let us in:
+# retrying cannot help, the person must fix a key, a credential or a known_hosts entry.
+AUTH_SIGNS = (
+    "Authentication failed",
+    "Permission denied",
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "could not read Username",
+    "could not read Password",
+    "The requested URL returned error: 401",
+    "The requested URL returned error: 403",
+    "HTTP Basic: Access denied",
+)
+# How git says that there is no repository at that address.
+NOT_FOUND_SIGNS = (
+    "does not appear to be a git repository",
+    "The requested URL returned error: 404",
+    "not found",
+)
+# Lines git adds to every failure of a remote, which say nothing about this one.
+BOILERPLATE = (
+    "Could not read from remote repository",
+    "Please make sure you have the correct access rights",
+    "and the repository exists.",
 )
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -282,9 +307,7 @@ class GitStore:
             err = proc.stderr.decode(errors="replace").strip()
             if f"couldn't find remote ref refs/heads/{self.branch}" in err:
                 return None
-            if "does not appear to be a git repository" in err or "not found" in err.lower():
-                raise QueueNotFound(f"{self.url} is not a git repository: {err.splitlines()[-1] if err else ''}")
-            raise RemoteUnavailable(f"cannot fetch from {self.url}: {err.splitlines()[-1] if err else proc.returncode}")
+            raise remote_error(self.url, err or f"git fetch exited {proc.returncode}", doing="fetch from")
         return self._read_ref()
 
     def _read_ref(self) -> str | None:
@@ -321,6 +344,8 @@ class GitStore:
             return PushOutcome.LANDED
         self._note_landing(None)
         output = (proc.stdout + proc.stderr).decode(errors="replace")
+        if any(sign in output for sign in AUTH_SIGNS):  # refused before anything landed
+            raise remote_error(self.url, proc.stderr.decode(errors="replace"), doing="push to")
         if "hook declined" in output:
             raise PushRefused(remote_says(output) or "the remote's hook refused the push")
         if any(sign in output for sign in LOST_RACE_SIGNS):
@@ -339,9 +364,11 @@ class GitStore:
             try:
                 tip = self.fetch()
                 break
-            except RemoteUnavailable:
+            except RemoteUnavailable as exc:
                 if time.monotonic() > deadline:
                     raise
+                if delay == 0.05:
+                    tell_retrying(exc, self.patience)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         if tip is not None and self.is_ancestor(new, tip):
@@ -703,6 +730,37 @@ class LogEntry:
             if sep and name == key:
                 return value.strip()
         return None
+
+
+def tell_retrying(exc: RemoteUnavailable, patience: float) -> None:
+    """Say, once per outage, that an unreachable remote is being retried and for how long."""
+    import logging
+
+    logging.getLogger("gitqueue").warning(
+        "%s; trying again for up to %gs (--patience, GITQUEUE_PATIENCE)", exc, patience
+    )
+
+
+def git_says(stderr: str) -> str:
+    """git's reasons from its stderr, without the lines it adds to every failure of a remote:
+    ``ssh: connect to host h port 22: Connection refused``, not ``... and the repository exists.``"""
+    lines = [line.strip().removeprefix("fatal: ") for line in stderr.splitlines() if line.strip()]
+    kept = [line for line in lines if not any(text in line for text in BOILERPLATE)]
+    return "; ".join(kept or lines[-1:])[:1000]
+
+
+def remote_error(url: str, stderr: str, *, doing: str) -> GitqueueError:
+    """What a failed fetch or push means, in git's own words: AuthenticationFailed and
+    QueueNotFound are final; RemoteUnavailable (refused, timed out, 5xx) may pass by itself."""
+    says = git_says(stderr)
+    if any(sign in stderr for sign in AUTH_SIGNS):
+        return AuthenticationFailed(
+            f"{url} refused us: {says} (gitqueue uses git's own credentials: check your ssh key, "
+            "known_hosts or credential helper with plain git, e.g. `git ls-remote URL`)"
+        )
+    if any(sign in stderr for sign in NOT_FOUND_SIGNS):
+        return QueueNotFound(f"{url} is not a git repository: {says}")
+    return RemoteUnavailable(f"cannot {doing} {url}: {says}")
 
 
 def remote_says(output: str) -> str:

@@ -47,6 +47,7 @@ from gitqueue.gitstore import (
     PushOutcome,
     init_bare,
     is_local_path,
+    tell_retrying,
 )
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
@@ -65,6 +66,7 @@ from gitqueue.task import (
 )
 
 ERROR_TAIL = 2000
+FIRST_RETRY = 0.1  # seconds before asking an unreachable remote again, doubling up to 5 s
 STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something else is wrong
 OPTIMISTIC_WINDOW = 2.0  # seconds after a push from our cache in which we build on it without fetching
 OPTIMISTIC_STREAK = 4  # then pause a try's length: a rival elsewhere, fetching each try, gets its chance
@@ -175,7 +177,7 @@ class Queue:
         worker: str | None = None,
         branch: str = "main",
         cache: Path | None = None,
-        patience: float = 120.0,
+        patience: float | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -183,6 +185,7 @@ class Queue:
     ) -> None:
         self.url = url
         self.worker = worker or default_worker()
+        patience = config.patience() if patience is None else patience
         self.store = GitStore(url, branch=branch, cache=cache, patience=patience)
         self.cache = TaskCache(self.store)
         self.patience = patience
@@ -271,7 +274,7 @@ class Queue:
     def snapshot(self, *, leases: bool = False) -> Snapshot:
         """Fetch, then view the queue at the remote's tip (retrying while it is unreachable)."""
         deadline = self.clock() + self.patience
-        delay = 0.1
+        delay = FIRST_RETRY
         while True:
             try:
                 return Snapshot(self.store, self.cache, self.store.fetch(leases=leases))
@@ -283,6 +286,8 @@ class Queue:
         that would pass ``deadline``); returns the next, longer delay."""
         if self.clock() + delay > deadline:
             raise exc
+        if delay == FIRST_RETRY:
+            tell_retrying(exc, self.patience)
         self.sleep(delay * random.uniform(0.5, 1.5))
         return min(delay * 2, 5.0)
 
@@ -304,7 +309,7 @@ class Queue:
         last_tip: str | None = None
         fetch = leases  # lease refs come only with a fetch
         unreachable: RemoteUnavailable | None = None
-        deadline, delay = float("inf"), 0.1
+        deadline, delay = float("inf"), FIRST_RETRY
         if self._streak >= OPTIMISTIC_STREAK:  # leave a rival that fetches each try a gap to land in
             self.sleep(random.uniform(0.5, 1.5) * self._attempt_seconds)
             self._streak = 0

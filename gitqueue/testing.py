@@ -24,6 +24,7 @@ outage never leaves a ref locked (see its docstring).
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import signal
@@ -342,6 +343,8 @@ class _CGIHandler(BaseHTTPRequestHandler):
 
     def _run_backend(self) -> None:
         self.close_connection = True
+        if not self._authorised():
+            return
         try:
             body = self._read_body()
         except ValueError as e:
@@ -365,6 +368,21 @@ class _CGIHandler(BaseHTTPRequestHandler):
             proc.stdout.close()
             proc.wait()
             feeder.join()
+
+    def _authorised(self) -> bool:
+        """With ``auth`` on the server, answer 401 to a request without those credentials."""
+        expected = self.server.auth
+        if expected is None:
+            return True
+        token = base64.b64encode(f"{expected[0]}:{expected[1]}".encode()).decode()
+        if self.headers.get("Authorization", "") == f"Basic {token}":
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="gitqueue test"')
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        return False
 
     def _relay(self, out: io.BufferedReader) -> None:
         """Turn CGI output into an HTTP response, streamed to the client."""
@@ -415,9 +433,10 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = True
     request_queue_size = 128  # many concurrent pushers connect at once
 
-    def __init__(self, port: int, base_path: Path, log: BinaryIO | None) -> None:
+    def __init__(self, port: int, base_path: Path, log: BinaryIO | None, auth: tuple[str, str] | None = None) -> None:
         self.base_path = base_path
         self.log = log
+        self.auth = auth
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__((HOST, port), _CGIHandler)
@@ -466,15 +485,25 @@ class SmartHTTPServer(_Server):
 
     A ThreadingHTTPServer in a background thread runs ``git http-backend``
     (CGI) per request, serving every repository under ``base_path``; pushes
-    are allowed for all of them without authentication.  Chunked request
+    are allowed for all of them without authentication (with ``auth=(user,
+    password)``, every request needs those basic-auth credentials, as behind a
+    forge or an nginx ``auth_basic``, and others get 401).  Chunked request
     bodies (large pushes) and gzip-encoded ones (large fetch negotiations) are
     supported.  Backend stderr and request lines go to ``log_path`` if given.
     """
 
     scheme = "http"
 
-    def __init__(self, base_path: Path, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        base_path: Path,
+        port: int | None = None,
+        log_path: Path | None = None,
+        *,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(base_path, port, log_path)
+        self.auth = auth
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -488,7 +517,7 @@ class SmartHTTPServer(_Server):
             raise RuntimeError("SmartHTTPServer already started")
         log = self._open_log()
         try:
-            self._server = _HTTPServer(self.port, self.base_path, log)
+            self._server = _HTTPServer(self.port, self.base_path, log, self.auth)
         except BaseException:
             if log is not None:
                 log.close()

@@ -1,0 +1,118 @@
+"""What a remote's failures look like to a user: git's own words, at once when retrying cannot
+help (a refused password, no repository there), retried for ``--patience`` when it can."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli import gq
+
+from gitqueue import Queue
+from gitqueue.errors import AuthenticationFailed, QueueNotFound, RemoteUnavailable
+from gitqueue.gitstore import remote_error
+from gitqueue.testing import SmartHTTPServer, free_port, make_bare_repo
+
+USER, PASSWORD = "alice", "s3cret"
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[str]:
+    """An initialised queue served over smart HTTP that wants basic auth (alice / s3cret)."""
+    base = tmp_path / "srv"
+    Queue.init(str(make_bare_repo(base / "queue.git"))).close()
+    with SmartHTTPServer(base, auth=(USER, PASSWORD)) as server:
+        yield server.url("queue.git")
+
+
+class FakeTime:
+    """The clock and sleep a Queue is given: sleeping moves the clock, nobody waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_refused_password_is_reported_at_once_in_gits_words(guarded: str) -> None:
+    time = FakeTime()
+    with pytest.raises(AuthenticationFailed, match=r"Authentication failed for 'http://127\.0\.0\.1:\d+/queue\.git/'"):
+        Queue.open(guarded, clock=time.clock, sleep=time.sleep)
+    assert time.slept == []  # not one retry: no password gets better by waiting
+
+
+def test_a_refused_password_exits_6_without_waiting_out_the_patience(guarded: str) -> None:
+    result = gq("--patience", "600", "ls", "--queue", guarded, code=6)
+    assert "Authentication failed" in result.stderr and "credential helper" in result.stderr
+
+
+def test_the_right_credentials_from_a_credential_helper_get_in(guarded: str, isolated_env: Path) -> None:
+    store = isolated_env / "git-credentials"
+    store.write_text(f"http://{USER}:{PASSWORD}@{guarded.split('/')[2]}\n")
+    subprocess.run(["git", "config", "--global", "credential.helper", f"store --file={store}"], check=True)
+    gq("submit", "--id", "t1", "lr=0.1", "--queue", guarded)
+    with Queue.open(guarded) as q:
+        assert [t.id for t in q.tasks("pending")] == ["t1"]
+
+
+def test_no_repository_at_that_address_is_final(tmp_path: Path) -> None:
+    time = FakeTime()
+    (tmp_path / "srv").mkdir()
+    with SmartHTTPServer(tmp_path / "srv") as server, pytest.raises(QueueNotFound, match="not a git repository"):
+        Queue.open(server.url("nothing-here.git"), clock=time.clock, sleep=time.sleep)
+    assert time.slept == []
+
+
+def test_a_refused_connection_is_retried_for_the_patience_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    time = FakeTime()
+    url = f"http://127.0.0.1:{free_port()}/queue.git"
+    with caplog.at_level(logging.WARNING, logger="gitqueue"), pytest.raises(RemoteUnavailable) as caught:
+        Queue.open(url, patience=30, clock=time.clock, sleep=time.sleep)
+    assert "Failed to connect to 127.0.0.1" in str(caught.value)
+    assert len(time.slept) > 3 and sum(time.slept) <= 30  # backed off, within the patience
+    told = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(told) == 1 and "Failed to connect" in told[0] and "up to 30s" in told[0]
+
+
+def test_patience_from_the_environment() -> None:
+    url = f"git://127.0.0.1:{free_port()}/queue.git"
+    result = gq("status", "--queue", url, code=5, env={"GITQUEUE_PATIENCE": "0"})
+    assert "Connection refused" in result.stderr
+    assert "GITQUEUE_PATIENCE" in gq("status", "--queue", url, code=2, env={"GITQUEUE_PATIENCE": "soon"}).stderr
+
+
+def test_ssh_says_connection_refused_not_only_its_last_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real ssh client against a closed port on loopback."""
+    monkeypatch.setenv("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=5")
+    with pytest.raises(RemoteUnavailable) as caught:
+        Queue.open(f"ssh://git@127.0.0.1:{free_port()}/srv/queue.git", patience=0)
+    message = str(caught.value)
+    assert "Connection refused" in message
+    assert "and the repository exists" not in message and "correct access rights" not in message
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        # what git over ssh prints for a key the server does not take, and for an unknown host key
+        "git@127.0.0.1: Permission denied (publickey).\r\nfatal: Could not read from remote repository.\n\n"
+        "Please make sure you have the correct access rights\nand the repository exists.\n",
+        "Host key verification failed.\r\nfatal: Could not read from remote repository.\n\n"
+        "Please make sure you have the correct access rights\nand the repository exists.\n",
+        "remote: HTTP Basic: Access denied\nfatal: Authentication failed for 'https://gitlab.example/q.git/'\n",
+    ],
+)
+def test_ssh_and_forge_refusals_are_authentication_failures(stderr: str) -> None:
+    error = remote_error("ssh://git@127.0.0.1/q.git", stderr, doing="fetch from")
+    assert isinstance(error, AuthenticationFailed) and error.exit_code == 6
+    first = stderr.splitlines()[0].strip().removeprefix("remote: ")
+    assert first in str(error) and "and the repository exists" not in str(error)
