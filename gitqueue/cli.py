@@ -655,6 +655,9 @@ def validate(
     since: Annotated[
         str | None, typer.Option(metavar="REV", help="Each commit after REV up to HEAD, as the server hook checks.")
     ] = None,
+    ci: Annotated[
+        bool, typer.Option("--ci", help="In CI: the files and every commit since the push's or request's base.")
+    ] = False,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
 ) -> None:
@@ -671,9 +674,13 @@ def validate(
       gitqueue validate pending/lr0.01.yaml   # one file, e.g. before you commit it
       gitqueue validate --staged              # what the pre-commit hook checks
       gitqueue validate --since origin/main   # new commits, as the server hook checks them
+      gitqueue validate --ci                  # in GitHub Actions or GitLab CI (examples/ci/)
     """
     _check_format(fmt, ("text", "json"))
     top = validate_rules.queue_top()
+    if ci:
+        _validate_ci(top, fmt)
+        return
     if (staged or since) and top is None:
         raise typer.BadParameter("--staged and --since work in a clone of the queue", param_hint="--staged/--since")
     if staged or since:
@@ -695,6 +702,29 @@ def validate(
         plural = "s" * (len(problems) != 1), "s" * (files != 1)
         err.print(f"{len(problems)} problem{plural[0]} in {files} file{plural[1]}" if problems else "no problems")
     if problems:
+        raise typer.Exit(1)
+
+
+def _validate_ci(top: Path | None, fmt: str) -> None:
+    """``validate --ci``: both reports, then one verdict (see gitqueue.ci)."""
+    from gitqueue import ci as forge_ci
+
+    if top is None:
+        raise typer.BadParameter("--ci works in a clone of the queue (the CI's checkout)", param_hint="--ci")
+    report = forge_ci.check(top)
+    if fmt == "json":
+        listed = {
+            name: [{"path": validate_rules.display(p.path), "problem": p.message} for p in found]
+            for name, found in (("files", report.files), ("moves", report.moves))
+        }
+        summary = {"base": report.base.commit, "why": report.base.why, "head": report.head}
+        _print_json({**summary, "commits": report.commits, "by_people": report.by_people, **listed})
+    else:
+        for problem in [*report.files, *report.moves]:
+            typer.echo(problem.message)
+        for line in forge_ci.describe(report):
+            typer.echo(line, err=True)
+    if not report.ok:
         raise typer.Exit(1)
 
 

@@ -828,6 +828,14 @@ class LocalRepo(GitStore):
         path = Path(proc.stdout.decode().strip())
         return path if path.is_absolute() else self.path / path
 
+    def first_commit(self, tip: str) -> str:
+        """The oldest commit in ``tip``'s history (its root; the oldest of several)."""
+        proc = run_git(["rev-list", "--max-parents=0", "--reverse", tip], cwd=self.path)
+        roots = proc.stdout.decode().split()
+        if proc.returncode or not roots:
+            raise GitqueueError(f"cannot read the history of {tip}: {proc.stderr.decode(errors='replace').strip()}")
+        return roots[0]
+
     def __enter__(self) -> LocalRepo:
         return self
 
