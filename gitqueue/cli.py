@@ -48,7 +48,7 @@ app = typer.Typer(
     cls=_Group,
     help="A task queue for experiments in which the queue is a git repository.\n\n" + EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
@@ -69,6 +69,23 @@ WhereOpt = Annotated[
     str | None,
     typer.Option("--where", "-W", help="""A filter like 'args.lr < 0.01 and "s3" in tags' (see ls --help)."""),
 ]
+
+
+def _complete_ids(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Task ids for the shell, from the local cache (no fetch): see gitqueue.complete."""
+    from gitqueue import complete
+
+    return complete.task_ids(incomplete, queue=ctx.params.get("queue"), command=ctx.info_name or "")
+
+
+def _complete_states(incomplete: str) -> list[str]:
+    from gitqueue import complete
+
+    return complete.states(incomplete)
+
+
+IdArg = Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_ids)]
+IdsArg = Annotated[list[str] | None, typer.Argument(metavar="[ID]...", autocompletion=_complete_ids)]
 err = Console(stderr=True)
 # In a terminal tables fit its width; piped into a file or a pager, rows stay whole.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
@@ -286,7 +303,7 @@ def claim(
 
 @app.command()
 def done(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     result: Annotated[list[str] | None, typer.Option("--result", "-r", help="KEY=VALUE of the result.")] = None,
     result_file: Annotated[Path | None, typer.Option(help="A JSON or YAML mapping: the result.")] = None,
     token: TokenOpt = None,
@@ -313,7 +330,7 @@ def done(
 
 @app.command()
 def fail(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     error: Annotated[str | None, typer.Option("--error", "-e", help="What went wrong.")] = None,
     exit_code: Annotated[int | None, typer.Option(help="The run's exit status.")] = None,
     token: TokenOpt = None,
@@ -333,7 +350,7 @@ def fail(
 
 @app.command()
 def requeue(
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    task_ids: IdsArg = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
 ) -> None:
@@ -356,7 +373,7 @@ def requeue(
 
 @app.command()
 def cancel(
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    task_ids: IdsArg = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
 ) -> None:
@@ -379,7 +396,10 @@ def cancel(
 @app.command("ls")
 def ls(
     state: Annotated[
-        str | None, typer.Option("--state", "-s", help="pending, running, done, failed, cancelled.")
+        str | None,
+        typer.Option(
+            "--state", "-s", help="pending, running, done, failed, cancelled.", autocompletion=_complete_states
+        ),
     ] = None,
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
     where: WhereOpt = None,
@@ -431,7 +451,7 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 @app.command()
 def show(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="yaml or json.")] = "yaml",
 ) -> None:
@@ -594,7 +614,9 @@ def reap(
 
 @app.command()
 def results(
-    state: Annotated[str, typer.Option("--state", "-s", help="State of the tasks to show.")] = "done",
+    state: Annotated[
+        str, typer.Option("--state", "-s", help="State of the tasks to show.", autocompletion=_complete_states)
+    ] = "done",
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
@@ -771,7 +793,7 @@ def _editor(text: str) -> str | None:
 
 @app.command()
 def edit(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     queue: QueueOpt = None,
 ) -> None:
     """Edit a task's file in $EDITOR, then commit and push it (one commit).
@@ -797,7 +819,7 @@ def edit(
 
 @app.command("set")
 def set_fields(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="priority=50, args.lr=0.02, tags=[a,b].")],
     queue: QueueOpt = None,
 ) -> None:
@@ -821,7 +843,7 @@ def set_fields(
 
 @app.command()
 def log(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
 ) -> None:

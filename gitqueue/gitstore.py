@@ -41,6 +41,7 @@ MAINTAIN_PAUSE = 3600.0  # seconds between two gc runs in one cache
 TREE_CACHE_ENTRIES = 30_000  # tree entries kept in memory; claims keep sorted candidates, not trees
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
+SEEN_FILE = "gitqueue-seen"  # in the cache: the branch's tip as last fetched, for shell completion
 LANDED_FILE = "gitqueue-landed"  # in the cache: the last commit pushed from it that landed, and when
 TREE_MODE = b"40000"
 BLOB_MODE = b"100644"
@@ -116,6 +117,25 @@ def cache_root() -> Path:
         return Path(os.environ["GITQUEUE_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "gitqueue"
+
+
+def canonical_url(url: str) -> str:
+    """The URL as a cache is named by it: a local path made absolute."""
+    return str(Path(url).expanduser().resolve()) if is_local_path(url) else url
+
+
+def cache_path(url: str, branch: str = "main", cache: Path | None = None) -> Path:
+    """The local cache folder of one queue (``url`` as :func:`canonical_url` gives it)."""
+    name = hashlib.sha1(f"{url}\0{branch}".encode()).hexdigest()[:16]
+    return (cache or cache_root()) / name
+
+
+def seen_tip(path: Path) -> str | None:
+    """The queue branch's tip as the last process using the cache at ``path`` saw it (no fetch)."""
+    try:
+        return (path / SEEN_FILE).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def run_git(
@@ -196,12 +216,10 @@ class GitStore:
         self, url: str, *, branch: str = "main", cache: Path | None = None, patience: float = 120.0
     ) -> None:
         # git runs in the cache folder, so a relative path must be made absolute first.
-        self.url = str(Path(url).expanduser().resolve()) if is_local_path(url) else url
+        self.url = canonical_url(url)
         self.branch = branch
         self.patience = patience  # how long an unreachable remote is retried to learn a push's outcome
-        root = cache or cache_root()
-        name = hashlib.sha1(f"{self.url}\0{branch}".encode()).hexdigest()[:16]
-        self.path = root / name
+        self.path = cache_path(self.url, branch, cache)
         self._ensure_cache()
         self.namespace = f"refs/gitqueue/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
         self.ref = f"{self.namespace}/tip"
@@ -219,6 +237,7 @@ class GitStore:
         self._local = threading.local()  # how deep this thread is in turn()
         self.seconds: defaultdict[str, float] = defaultdict(float)  # wall time in fetch, push (stats)
         self.last_rejection = ""  # what the remote said when it last refused a push
+        self._seen: str | None = None  # the branch's newest tip we know of: fetched, or pushed by us
 
     # ------------------------------------------------------------ lifecycle
 
@@ -238,7 +257,14 @@ class GitStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self) -> None:
-        """Release the cat-file processes and this instance's fetched refs."""
+        """Release the cat-file processes and this instance's fetched refs, noting the tip
+        last fetched (what shell completion reads)."""
+        tip = self._seen
+        if tip:
+            tmp = self.path / f"{self._tmp_prefix}-seen"
+            with contextlib.suppress(OSError):
+                tmp.write_text(tip + "\n")
+                tmp.replace(self.path / SEEN_FILE)
         shutil.rmtree(self.path / self.namespace, ignore_errors=True)
         self._repo.close()
         if self.pushes:
@@ -308,7 +334,8 @@ class GitStore:
             if f"couldn't find remote ref refs/heads/{self.branch}" in err:
                 return None
             raise remote_error(self.url, err or f"git fetch exited {proc.returncode}", doing="fetch from")
-        return self._read_ref()
+        self._seen = self._read_ref()
+        return self._seen
 
     def _read_ref(self) -> str | None:
         try:
@@ -341,6 +368,7 @@ class GitStore:
             self.seconds["push"] += time.monotonic() - started
         if proc.returncode == 0:
             self._note_landing(new)
+            self._seen = new
             return PushOutcome.LANDED
         self._note_landing(None)
         output = (proc.stdout + proc.stderr).decode(errors="replace")
