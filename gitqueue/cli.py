@@ -695,6 +695,7 @@ def validate(
       gitqueue validate                       # every file of this clone (or the queue)
       gitqueue validate pending/lr0.01.yaml   # one file, e.g. before you commit it
       gitqueue validate --staged              # what the pre-commit hook checks
+      gitqueue validate --staged pending/a.yaml   # and these files (pre-commit passes them)
       gitqueue validate --since origin/main   # new commits, as the server hook checks them
       gitqueue validate --ci                  # in GitHub Actions or GitLab CI (examples/ci/)
     """
@@ -708,6 +709,8 @@ def validate(
     if staged or since:
         with LocalRepo(top or Path.cwd()) as repo:
             problems = validate_rules.check_staged(repo) if staged else validate_rules.check_since(repo, since or "")
+        if paths:  # the pre-commit framework names files too: every one of them with --all-files
+            problems = sorted(set(problems) | set(validate_rules.check_disk(top, paths)), key=lambda p: p.path)
     elif paths:
         problems = validate_rules.check_disk(top, paths)
     elif queue is None and top is not None and (top / SETTINGS_FILE).exists():
