@@ -43,6 +43,8 @@ TREE_CACHE_ENTRIES = 30_000  # tree entries kept in memory; claims keep sorted c
 LEASE_REFS = "refs/gitqueue/leases"
 SEEN_FILE = "gitqueue-seen"  # in the cache: the branch's tip as last fetched, for shell completion
 LANDED_FILE = "gitqueue-landed"  # in the cache: the last commit pushed from it that landed, and when
+SSH_PERSIST = 60  # seconds an idle shared ssh connection stays open
+SOCKET_PATH_MAX = 100  # a Unix socket's path must fit in 108 bytes; ssh adds a suffix while it sets up
 TREE_MODE = b"40000"
 BLOB_MODE = b"100644"
 # How git says "someone else moved the ref first"; every form leaves the ref unchanged.
@@ -139,14 +141,19 @@ def seen_tip(path: Path) -> str | None:
 
 
 def run_git(
-    args: list[str], *, cwd: Path | None = None, timeout: float = GIT_TIMEOUT, input: bytes | None = None
+    args: list[str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = GIT_TIMEOUT,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run one git command, never prompting, output captured.
+    """Run one git command, never prompting, output captured (``env``: more variables).
 
     git runs in a session of its own, so a Ctrl-C meant for a worker cannot cut a push
     in half; the worker decides when to stop.
     """
-    env = {**os.environ, **_ENV}
+    env = {**os.environ, **_ENV, **(env or {})}
     return subprocess.run(
         ["git", *args],
         cwd=cwd,
@@ -170,6 +177,27 @@ def init_bare(path: Path, *, branch: str = "main") -> None:
 
 def is_local_path(url: str) -> bool:
     return "://" not in url and not _looks_like_scp(url)
+
+
+def is_ssh(url: str) -> bool:
+    return url.startswith(("ssh://", "git+ssh://", "ssh+git://")) or ("://" not in url and _looks_like_scp(url))
+
+
+def ssh_env(url: str, cache: Path) -> dict[str, str]:
+    """For an ssh remote, a ``GIT_SSH_COMMAND`` that keeps one connection per cache open for a
+    short while (``ControlMaster=auto``, the socket in the cache), so that a worker's fetches
+    and pushes do not pay an ssh handshake each (~0.35 s). Nothing if the user chose their
+    own ssh command (``GIT_SSH_COMMAND``, ``GIT_SSH`` or ``core.sshCommand``), or if the
+    socket's path would be too long or need quoting."""
+    if not is_ssh(url) or os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH"):
+        return {}
+    if run_git(["config", "--get", "core.sshCommand"], cwd=cache).stdout.strip():
+        return {}
+    socket_path = str(cache / "ssh-control")
+    if len(socket_path) > SOCKET_PATH_MAX or any(c in socket_path for c in " \t%\"'\\$`"):
+        return {}
+    options = f"-o ControlMaster=auto -o ControlPersist={SSH_PERSIST} -o ControlPath={socket_path}"
+    return {"GIT_SSH_COMMAND": f"ssh {options}"}
 
 
 def _looks_like_scp(url: str) -> bool:
@@ -221,6 +249,7 @@ class GitStore:
         self.patience = patience  # how long an unreachable remote is retried to learn a push's outcome
         self.path = cache_path(self.url, branch, cache)
         self._ensure_cache()
+        self.git_env = ssh_env(self.url, self.path)  # for the commands that reach the remote
         self.namespace = f"refs/gitqueue/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
         self.ref = f"{self.namespace}/tip"
         self._objects = str(self.path / "objects")
@@ -328,6 +357,7 @@ class GitStore:
                 *refspecs,
             ],
             cwd=self.path,
+            env=self.git_env,
         )
         if proc.returncode:
             err = proc.stderr.decode(errors="replace").strip()
@@ -360,6 +390,7 @@ class GitStore:
             proc = run_git(
                 ["push", "--porcelain", "--no-verify", "-q", self.url, f"{new}:refs/heads/{self.branch}", *extra],
                 cwd=self.path,
+                env=self.git_env,
             )
         except subprocess.TimeoutExpired:
             self._note_landing(None)
@@ -480,7 +511,9 @@ class GitStore:
         commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
         try:
             proc = run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"], cwd=self.path
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"],
+                cwd=self.path,
+                env=self.git_env,
             )
         except subprocess.TimeoutExpired:
             return None
@@ -489,7 +522,11 @@ class GitStore:
     def drop_lease(self, token: str) -> None:
         """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
         with contextlib.suppress(subprocess.TimeoutExpired):
-            run_git(["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"], cwd=self.path)
+            run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
 
     def commit_time(self, commit: str) -> float:
         """The committer time of ``commit`` (as the committing machine's clock had it)."""

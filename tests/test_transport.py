@@ -4,7 +4,10 @@ help (a refused password, no repository there), retried for ``--patience`` when 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from test_cli import gq
 
 from gitqueue import Queue
 from gitqueue.errors import AuthenticationFailed, QueueNotFound, RemoteUnavailable
-from gitqueue.gitstore import remote_error
+from gitqueue.gitstore import GitStore, remote_error
 from gitqueue.testing import SmartHTTPServer, free_port, make_bare_repo
 
 USER, PASSWORD = "alice", "s3cret"
@@ -78,7 +81,9 @@ def test_a_refused_connection_is_retried_for_the_patience_and_said_once(caplog: 
     with caplog.at_level(logging.WARNING, logger="gitqueue"), pytest.raises(RemoteUnavailable) as caught:
         Queue.open(url, patience=30, clock=time.clock, sleep=time.sleep)
     assert "Failed to connect to 127.0.0.1" in str(caught.value)
-    assert len(time.slept) > 3 and sum(time.slept) <= 30  # backed off, within the patience
+    assert (
+        len(time.slept) > 3 and 30 - 5 <= sum(time.slept) <= 30 + 7.5
+    )  # the patience, give or take one jittered pause
     told = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
     assert len(told) == 1 and "Failed to connect" in told[0] and "up to 30s" in told[0]
 
@@ -116,3 +121,52 @@ def test_ssh_and_forge_refusals_are_authentication_failures(stderr: str) -> None
     assert isinstance(error, AuthenticationFailed) and error.exit_code == 6
     first = stderr.splitlines()[0].strip().removeprefix("remote: ")
     assert first in str(error) and "and the repository exists" not in str(error)
+
+
+# ---------------------------------------------------------------- one ssh connection per cache
+
+
+@pytest.fixture
+def short_cache() -> Iterator[Path]:
+    """A cache folder with a short path, as ~/.cache/gitqueue is: a control socket's path must
+    fit in 108 bytes, which a deep pytest folder may not leave room for."""
+    folder = Path(tempfile.mkdtemp(prefix="gq-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_ssh_remotes_reuse_one_connection_per_cache(
+    tmp_path: Path, short_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git runs ssh with ControlMaster=auto and a control socket in the cache: seen in the
+    arguments the real ssh client gets (a wrapper on PATH logs them, then runs ssh)."""
+    monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
+    monkeypatch.delenv("GIT_SSH", raising=False)
+    bin_dir, log = tmp_path / "bin", tmp_path / "ssh-args"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {shutil.which("ssh")} -o BatchMode=yes "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    store = GitStore(f"ssh://git@127.0.0.1:{free_port()}/srv/queue.git", cache=short_cache)
+    with store, pytest.raises(RemoteUnavailable, match="Connection refused"):
+        store.fetch()
+    control = store.path / "ssh-control"
+    assert f"-o ControlMaster=auto -o ControlPersist=60 -o ControlPath={control}" in log.read_text()
+    assert GitStore("git@127.0.0.1:srv/queue.git", cache=short_cache).git_env["GIT_SSH_COMMAND"].startswith("ssh ")
+
+
+def test_a_users_own_ssh_command_wins(short_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "ssh://git@127.0.0.1:2222/srv/queue.git"
+    monkeypatch.setenv("GIT_SSH_COMMAND", "ssh -i ~/.ssh/lab_key")
+    assert GitStore(url, cache=short_cache).git_env == {}
+    monkeypatch.delenv("GIT_SSH_COMMAND")
+    subprocess.run(["git", "config", "--global", "core.sshCommand", "ssh -i ~/.ssh/lab_key"], check=True)
+    assert GitStore(url, cache=short_cache).git_env == {}
+    subprocess.run(["git", "config", "--global", "--unset", "core.sshCommand"], check=True)
+    assert "ControlMaster=auto" in GitStore(url, cache=short_cache).git_env["GIT_SSH_COMMAND"]
+
+
+def test_other_transports_get_no_ssh_command(tmp_path: Path, bare_remote: Path) -> None:
+    for url in (str(bare_remote), "http://127.0.0.1:1/q.git", "git://127.0.0.1:1/q.git", "file:///srv/q.git"):
+        assert GitStore(url, cache=tmp_path / "c").git_env == {}
