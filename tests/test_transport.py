@@ -17,7 +17,7 @@ from test_cli import gq
 from gitqueue import Queue
 from gitqueue.errors import AuthenticationFailed, QueueNotFound, RemoteUnavailable
 from gitqueue.gitstore import GitStore, remote_error
-from gitqueue.testing import SmartHTTPServer, free_port, make_bare_repo
+from gitqueue.testing import SmartHTTPServer, SSHServer, free_port, make_bare_repo
 
 USER, PASSWORD = "alice", "s3cret"
 
@@ -170,3 +170,49 @@ def test_a_users_own_ssh_command_wins(short_cache: Path, monkeypatch: pytest.Mon
 def test_other_transports_get_no_ssh_command(tmp_path: Path, bare_remote: Path) -> None:
     for url in (str(bare_remote), "http://127.0.0.1:1/q.git", "git://127.0.0.1:1/q.git", "file:///srv/q.git"):
         assert GitStore(url, cache=tmp_path / "c").git_env == {}
+
+
+# ---------------------------------------------------------------- over a real sshd
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SSHServer]:
+    """OpenSSH's sshd on loopback serving tmp_path/srv, with an initialised queue in queue.git."""
+    base = tmp_path / "srv"
+    Queue.init(str(make_bare_repo(base / "queue.git"))).close()
+    with SSHServer(base, tmp_path / "sshd", log_path=tmp_path / "sshd.log") as server:
+        yield server
+
+
+def test_over_ssh_the_right_key_drains_the_queue(sshd: SSHServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_SSH_COMMAND", sshd.ssh_command())
+    with Queue.open(sshd.url("queue.git"), worker="box/0") as q:
+        q.submit([{"id": "t1", "args": {"n": 1}}])
+        with q.claim() as run:
+            assert run.id == "t1"
+    with Queue.open(str(sshd.base_path / "queue.git")) as q:
+        assert [t.id for t in q.tasks("done")] == ["t1"]
+
+
+def test_over_ssh_a_rejected_key_is_reported_at_once(sshd: SSHServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_SSH_COMMAND", sshd.ssh_command(key=sshd.stranger_key))
+    time = FakeTime()
+    with pytest.raises(AuthenticationFailed, match=r"Permission denied \(publickey\)") as caught:
+        Queue.open(sshd.url("queue.git"), clock=time.clock, sleep=time.sleep)
+    assert time.slept == [] and "and the repository exists" not in str(caught.value)
+
+
+def test_over_ssh_an_unknown_host_key_exits_6(sshd: SSHServer, tmp_path: Path) -> None:
+    empty = tmp_path / "no-known-hosts"
+    empty.write_text("")
+    env = {"GIT_SSH_COMMAND": sshd.ssh_command(known_hosts=empty)}
+    result = gq("--patience", "600", "ls", "--queue", sshd.url("queue.git"), code=6, env=env)
+    assert "Host key verification failed" in result.stderr
+
+
+def test_over_ssh_no_repository_there_is_final(sshd: SSHServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_SSH_COMMAND", sshd.ssh_command())
+    time = FakeTime()
+    with pytest.raises(QueueNotFound, match="does not appear to be a git repository"):
+        Queue.open(sshd.url("elsewhere.git"), clock=time.clock, sleep=time.sleep)
+    assert time.slept == []
