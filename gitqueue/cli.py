@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from gitqueue import __version__, hooks
+from gitqueue import __version__, config, hooks
 from gitqueue import validate as validate_rules
 from gitqueue.config import SETTINGS_FILE
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
@@ -42,6 +41,8 @@ class _Group(TyperGroup):
         except GitqueueError as exc:
             typer.echo(f"gitqueue: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        finally:
+            config.cli_patience = None  # one command's --patience, not the rest of the process's
 
 
 app = typer.Typer(
@@ -110,8 +111,7 @@ def _root(
     ] = None,
 ) -> None:
     """A task queue for experiments in which the queue is a git repository."""
-    if patience is not None:  # every Queue this process opens reads it (gitqueue.config.patience)
-        os.environ["GITQUEUE_PATIENCE"] = str(patience)
+    config.cli_patience = patience  # every Queue the command opens reads it (config.patience)
 
 
 # ---------------------------------------------------------------- parsing helpers

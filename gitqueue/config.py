@@ -95,8 +95,14 @@ def resolve_queue_url(explicit: str | None = None) -> str:
     return read_config(config)
 
 
+cli_patience: float | None = None  # `gitqueue --patience S`, while that command runs
+
+
 def patience() -> float:
-    """Seconds to keep trying an unreachable remote: ``$GITQUEUE_PATIENCE``, else 120."""
+    """Seconds to keep trying an unreachable remote: ``--patience``, else ``$GITQUEUE_PATIENCE``,
+    else 120."""
+    if cli_patience is not None:
+        return cli_patience
     text = os.environ.get("GITQUEUE_PATIENCE", "").strip()
     if not text:
         return PATIENCE

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_cli import gq
 
-from gitqueue import Queue
+from gitqueue import Queue, config
 from gitqueue.errors import AuthenticationFailed, QueueNotFound, RemoteUnavailable
 from gitqueue.gitstore import GitStore, remote_error
 from gitqueue.testing import SmartHTTPServer, SSHServer, free_port, make_bare_repo
@@ -56,6 +56,7 @@ def test_a_refused_password_is_reported_at_once_in_gits_words(guarded: str) -> N
 def test_a_refused_password_exits_6_without_waiting_out_the_patience(guarded: str) -> None:
     result = gq("--patience", "600", "ls", "--queue", guarded, code=6)
     assert "Authentication failed" in result.stderr and "credential helper" in result.stderr
+    assert config.patience() == 120  # one command's --patience does not outlive it
 
 
 def test_the_right_credentials_from_a_credential_helper_get_in(guarded: str, isolated_env: Path) -> None:
