@@ -147,9 +147,7 @@ def check(top: Path, env: Mapping[str, str] | None = None) -> Report:
             raise GitqueueError(f"{top} has no commit checked out: nothing for CI to check")
         base = find_base(repo, head, env, state)
         commits = repo.new_commits(base.commit, head) if base.commit != head else []
-        people = sum(
-            1 for commit in commits if not is_own(repo.read(commit).partition(b"\n\n")[2].decode("utf-8", "replace"))
-        )
+        people = sum(1 for commit in commits if not is_own(_message(repo, commit)))
         report = Report(base, head, len(commits), people)
         report.files = check_disk(top)
         if commits:
@@ -159,6 +157,10 @@ def check(top: Path, env: Mapping[str, str] | None = None) -> Report:
         state.write_text(head + "\n")
         report.recorded = state
     return report
+
+
+def _message(repo: LocalRepo, commit: str) -> str:
+    return repo.read(commit).partition(b"\n\n")[2].decode("utf-8", "replace")
 
 
 def is_own(message: str) -> bool:
