@@ -217,3 +217,38 @@ def test_over_ssh_no_repository_there_is_final(sshd: SSHServer, monkeypatch: pyt
     with pytest.raises(QueueNotFound, match="does not appear to be a git repository"):
         Queue.open(sshd.url("elsewhere.git"), clock=time.clock, sleep=time.sleep)
     assert time.slept == []
+
+
+def test_over_ssh_fetches_and_pushes_share_one_connection(
+    sshd: SSHServer, short_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a real sshd, gitqueue's own ssh command keeps one connection open for a cache.
+
+    The user's ssh settings (this server's host key and the client key) come from an ``ssh``
+    earlier on PATH that adds them, as a user's ~/.ssh/config would: gitqueue's command is
+    then in force, since GIT_SSH_COMMAND and core.sshCommand stay unset."""
+    monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_ssh = shutil.which("ssh")
+    user_settings = sshd.ssh_command().removeprefix("ssh ")
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec {real_ssh} {user_settings} "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    control = None
+    try:
+        with Queue.open(sshd.url("queue.git"), worker="box/0", cache=short_cache) as q:
+            control = q.store.path / "ssh-control"
+            q.submit([{"id": f"t{n}", "args": {"n": n}} for n in range(3)])
+            for _ in range(3):
+                with q.claim() as run:
+                    assert run.id.startswith("t")
+            assert control.exists()
+        with Queue.open(str(sshd.base_path / "queue.git")) as q:
+            assert sorted(t.id for t in q.tasks("done")) == ["t0", "t1", "t2"]
+        log = (tmp_path / "sshd.log").read_text()
+        assert log.count("Accepted publickey") == 1  # one login (one handshake) ...
+        assert log.count("Starting session") >= 7  # ... for all the fetches and pushes
+    finally:
+        if control is not None:
+            subprocess.run([real_ssh or "ssh", "-o", f"ControlPath={control}", "-O", "exit", "x"], capture_output=True)
