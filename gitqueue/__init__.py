@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from gitqueue.errors import (
+    AuthenticationFailed,
     GitqueueError,
     InvalidTask,
     InvalidTransition,
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationFailed",
     "GitqueueError",
     "InvalidTask",
     "InvalidTransition",

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from gitqueue import __version__, hooks
+from gitqueue import __version__, config, hooks
 from gitqueue import validate as validate_rules
 from gitqueue.config import SETTINGS_FILE, resolve_queue_url
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
@@ -29,7 +29,8 @@ from gitqueue.queue import Queue, default_worker
 from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
-the task (nothing changed); 5 the queue's remote is unreachable."""
+the task (nothing changed); 5 the queue's remote is unreachable (retried for --patience seconds);
+6 the remote refused our credentials (not retried)."""
 
 
 class _Group(TyperGroup):
@@ -41,13 +42,15 @@ class _Group(TyperGroup):
         except GitqueueError as exc:
             typer.echo(f"gitqueue: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        finally:
+            config.cli_patience = None  # one command's --patience, not the rest of the process's
 
 
 app = typer.Typer(
     cls=_Group,
     help="A task queue for experiments in which the queue is a git repository.\n\n" + EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
@@ -68,6 +71,23 @@ WhereOpt = Annotated[
     str | None,
     typer.Option("--where", "-W", help="""A filter like 'args.lr < 0.01 and "s3" in tags' (see ls --help)."""),
 ]
+
+
+def _complete_ids(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Task ids for the shell, from the local cache (no fetch): see gitqueue.complete."""
+    from gitqueue import complete
+
+    return complete.task_ids(incomplete, queue=ctx.params.get("queue"), command=ctx.info_name or "")
+
+
+def _complete_states(incomplete: str) -> list[str]:
+    from gitqueue import complete
+
+    return complete.states(incomplete)
+
+
+IdArg = Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_ids)]
+IdsArg = Annotated[list[str] | None, typer.Argument(metavar="[ID]...", autocompletion=_complete_ids)]
 err = Console(stderr=True)
 # In a terminal tables fit its width; piped into a file or a pager, rows stay whole.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
@@ -84,8 +104,15 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
+    patience: Annotated[
+        float | None,
+        typer.Option(
+            min=0, envvar="GITQUEUE_PATIENCE", help="Seconds to keep trying an unreachable remote [default: 120]."
+        ),
+    ] = None,
 ) -> None:
     """A task queue for experiments in which the queue is a git repository."""
+    config.cli_patience = patience  # every Queue the command opens reads it (config.patience)
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -291,7 +318,7 @@ def claim(
 
 @app.command()
 def done(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     result: Annotated[list[str] | None, typer.Option("--result", "-r", help="KEY=VALUE of the result.")] = None,
     result_file: Annotated[Path | None, typer.Option(help="A JSON or YAML mapping: the result.")] = None,
     token: TokenOpt = None,
@@ -318,7 +345,7 @@ def done(
 
 @app.command()
 def fail(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     error: Annotated[str | None, typer.Option("--error", "-e", help="What went wrong.")] = None,
     exit_code: Annotated[int | None, typer.Option(help="The run's exit status.")] = None,
     token: TokenOpt = None,
@@ -338,7 +365,7 @@ def fail(
 
 @app.command()
 def requeue(
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    task_ids: IdsArg = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
 ) -> None:
@@ -361,7 +388,7 @@ def requeue(
 
 @app.command()
 def cancel(
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    task_ids: IdsArg = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
 ) -> None:
@@ -384,7 +411,10 @@ def cancel(
 @app.command("ls")
 def ls(
     state: Annotated[
-        str | None, typer.Option("--state", "-s", help="pending, running, done, failed, cancelled.")
+        str | None,
+        typer.Option(
+            "--state", "-s", help="pending, running, done, failed, cancelled.", autocompletion=_complete_states
+        ),
     ] = None,
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
     where: WhereOpt = None,
@@ -436,7 +466,7 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 @app.command()
 def show(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="yaml or json.")] = "yaml",
 ) -> None:
@@ -612,7 +642,9 @@ def reap(
 
 @app.command()
 def results(
-    state: Annotated[str, typer.Option("--state", "-s", help="State of the tasks to show.")] = "done",
+    state: Annotated[
+        str, typer.Option("--state", "-s", help="State of the tasks to show.", autocompletion=_complete_states)
+    ] = "done",
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
@@ -673,6 +705,9 @@ def validate(
     since: Annotated[
         str | None, typer.Option(metavar="REV", help="Each commit after REV up to HEAD, as the server hook checks.")
     ] = None,
+    ci: Annotated[
+        bool, typer.Option("--ci", help="In CI: the files and every commit since the push's or request's base.")
+    ] = False,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
 ) -> None:
@@ -688,15 +723,22 @@ def validate(
       gitqueue validate                       # every file of this clone (or the queue)
       gitqueue validate pending/lr0.01.yaml   # one file, e.g. before you commit it
       gitqueue validate --staged              # what the pre-commit hook checks
+      gitqueue validate --staged pending/a.yaml   # and these files (pre-commit passes them)
       gitqueue validate --since origin/main   # new commits, as the server hook checks them
+      gitqueue validate --ci                  # in GitHub Actions or GitLab CI (examples/ci/)
     """
     _check_format(fmt, ("text", "json"))
     top = validate_rules.queue_top()
+    if ci:
+        _validate_ci(top, fmt)
+        return
     if (staged or since) and top is None:
         raise typer.BadParameter("--staged and --since work in a clone of the queue", param_hint="--staged/--since")
     if staged or since:
         with LocalRepo(top or Path.cwd()) as repo:
             problems = validate_rules.check_staged(repo) if staged else validate_rules.check_since(repo, since or "")
+        if paths:  # the pre-commit framework names files too: every one of them with --all-files
+            problems = sorted(set(problems) | set(validate_rules.check_disk(top, paths)), key=lambda p: p.path)
     elif paths:
         problems = validate_rules.check_disk(top, paths)
     elif queue is None and top is not None and (top / SETTINGS_FILE).exists():
@@ -714,6 +756,29 @@ def validate(
         plural = "s" * (len(problems) != 1), "s" * (files != 1)
         err.print(f"{len(problems)} problem{plural[0]} in {files} file{plural[1]}" if problems else "no problems")
     if problems:
+        raise typer.Exit(1)
+
+
+def _validate_ci(top: Path | None, fmt: str) -> None:
+    """``validate --ci``: both reports, then one verdict (see gitqueue.ci)."""
+    from gitqueue import ci as forge_ci
+
+    if top is None:
+        raise typer.BadParameter("--ci works in a clone of the queue (the CI's checkout)", param_hint="--ci")
+    report = forge_ci.check(top)
+    if fmt == "json":
+        listed = {
+            name: [{"path": validate_rules.display(p.path), "problem": p.message} for p in found]
+            for name, found in (("files", report.files), ("moves", report.moves))
+        }
+        summary = {"base": report.base.commit, "why": report.base.why, "head": report.head}
+        _print_json({**summary, "commits": report.commits, "by_people": report.by_people, **listed})
+    else:
+        for problem in [*report.files, *report.moves]:
+            typer.echo(problem.message)
+        for line in forge_ci.describe(report):
+            typer.echo(line, err=True)
+    if not report.ok:
         raise typer.Exit(1)
 
 
@@ -906,7 +971,7 @@ def _editor(text: str) -> str | None:
 
 @app.command()
 def edit(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     queue: QueueOpt = None,
 ) -> None:
     """Edit a task's file in $EDITOR, then commit and push it (one commit).
@@ -932,7 +997,7 @@ def edit(
 
 @app.command("set")
 def set_fields(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="priority=50, args.lr=0.02, tags=[a,b].")],
     queue: QueueOpt = None,
 ) -> None:
@@ -956,7 +1021,7 @@ def set_fields(
 
 @app.command()
 def log(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    task_id: IdArg,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
 ) -> None:

@@ -9,11 +9,12 @@ from typing import Any
 
 import yaml
 
-from gitqueue.errors import InvalidTask, QueueNotFound
+from gitqueue.errors import GitqueueError, InvalidTask, QueueNotFound
 from gitqueue.task import load_yaml
 from gitqueue.urls import redact
 
 CONFIG_FILE = ".gitqueue"
+PATIENCE = 120.0  # seconds an unreachable remote is retried, unless GITQUEUE_PATIENCE says otherwise
 EMBEDDED_REPO = ".gitqueue.git"
 SETTINGS_FILE = "gitqueue.yaml"
 FORMAT_VERSION = 1
@@ -123,3 +124,23 @@ def resolve_queue(explicit: str | None = None) -> QueueRef:
 def resolve_queue_url(explicit: str | None = None) -> str:
     """``--queue``, else ``$GITQUEUE_QUEUE``, else the nearest ``.gitqueue`` file."""
     return resolve_queue(explicit).url
+
+
+cli_patience: float | None = None  # `gitqueue --patience S`, while that command runs
+
+
+def patience() -> float:
+    """Seconds to keep trying an unreachable remote: ``--patience``, else ``$GITQUEUE_PATIENCE``,
+    else 120."""
+    if cli_patience is not None:
+        return cli_patience
+    text = os.environ.get("GITQUEUE_PATIENCE", "").strip()
+    if not text:
+        return PATIENCE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise GitqueueError(f"GITQUEUE_PATIENCE={text!r}: expected a number of seconds, 0 or more")
+    return value

@@ -22,6 +22,13 @@ class RemoteUnavailable(GitqueueError):
     exit_code = 5
 
 
+class AuthenticationFailed(GitqueueError):
+    """The remote answered but refused us (HTTP 401/403, a rejected ssh key, an unknown host
+    key): retrying cannot help, so it is reported at once, in git's own words."""
+
+    exit_code = 6
+
+
 class InvalidTask(GitqueueError):
     """A task file (or a task given to ``submit``) breaks the task format."""
 

@@ -32,7 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO
 
-from gitqueue.errors import GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
+from gitqueue.errors import AuthenticationFailed, GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
 from gitqueue.urls import redact, scrub
 
 GIT_TIMEOUT = 60.0
@@ -42,7 +42,10 @@ MAINTAIN_PAUSE = 3600.0  # seconds between two gc runs in one cache
 TREE_CACHE_ENTRIES = 30_000  # tree entries kept in memory; claims keep sorted candidates, not trees
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
+SEEN_FILE = "gitqueue-seen"  # in the cache: the branch's tip as last fetched, for shell completion
 LANDED_FILE = "gitqueue-landed"  # in the cache: the last commit pushed from it that landed, and when
+SSH_PERSIST = 60  # seconds an idle shared ssh connection stays open
+SOCKET_PATH_MAX = 100  # a Unix socket's path must fit in 108 bytes; ssh adds a suffix while it sets up
 TREE_MODE = b"40000"
 BLOB_MODE = b"100644"
 # How git says "someone else moved the ref first"; every form leaves the ref unchanged.
@@ -56,6 +59,31 @@ LOST_RACE_SIGNS = (
     "cannot lock ref",
     "File exists",
     "failed to lock",
+)
+# How git (and ssh, and an HTTP server) says that it knows the remote but will not let us in:
+# retrying cannot help, the person must fix a key, a credential or a known_hosts entry.
+AUTH_SIGNS = (
+    "Authentication failed",
+    "Permission denied",
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "could not read Username",
+    "could not read Password",
+    "The requested URL returned error: 401",
+    "The requested URL returned error: 403",
+    "HTTP Basic: Access denied",
+)
+# How git says that there is no repository at that address.
+NOT_FOUND_SIGNS = (
+    "does not appear to be a git repository",
+    "The requested URL returned error: 404",
+    "not found",
+)
+# Lines git adds to every failure of a remote, which say nothing about this one.
+BOILERPLATE = (
+    "Could not read from remote repository",
+    "Please make sure you have the correct access rights",
+    "and the repository exists.",
 )
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -94,15 +122,40 @@ def cache_root() -> Path:
     return Path(base) / "gitqueue"
 
 
+def canonical_url(url: str) -> str:
+    """The URL as a cache is named by it: a local path made absolute."""
+    return str(Path(url).expanduser().resolve()) if is_local_path(url) else url
+
+
+def cache_path(url: str, branch: str = "main", cache: Path | None = None) -> Path:
+    """The local cache folder of one queue (``url`` as :func:`canonical_url` gives it), named
+    by the URL without its secrets, so that a password is not kept even in a folder's name."""
+    name = hashlib.sha1(f"{redact(url)}\0{branch}".encode()).hexdigest()[:16]
+    return (cache or cache_root()) / name
+
+
+def seen_tip(path: Path) -> str | None:
+    """The queue branch's tip as the last process using the cache at ``path`` saw it (no fetch)."""
+    try:
+        return (path / SEEN_FILE).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def run_git(
-    args: list[str], *, cwd: Path | None = None, timeout: float = GIT_TIMEOUT, input: bytes | None = None
+    args: list[str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = GIT_TIMEOUT,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run one git command, never prompting, output captured.
+    """Run one git command, never prompting, output captured (``env``: more variables).
 
     git runs in a session of its own, so a Ctrl-C meant for a worker cannot cut a push
     in half; the worker decides when to stop.
     """
-    env = {**os.environ, **_ENV}
+    env = {**os.environ, **_ENV, **(env or {})}
     return subprocess.run(
         ["git", *args],
         cwd=cwd,
@@ -128,14 +181,36 @@ def is_local_path(url: str) -> bool:
     return "://" not in url and not _looks_like_scp(url)
 
 
+def is_ssh(url: str) -> bool:
+    return url.startswith(("ssh://", "git+ssh://", "ssh+git://")) or ("://" not in url and _looks_like_scp(url))
+
+
+def ssh_socket(url: str, root: Path) -> Path:
+    """Where the ssh connection to ``url`` is kept open: in ``root``, named by the URL."""
+    return root / f"ssh-{hashlib.sha1(redact(url).encode()).hexdigest()[:12]}"
+
+
+def ssh_env(url: str, root: Path) -> dict[str, str]:
+    """For an ssh remote, a ``GIT_SSH_COMMAND`` that keeps one connection to it open for a
+    short while (``ControlMaster=auto``, the socket beside the caches in ``root``, one per
+    remote), so that a worker's fetches and pushes do not pay an ssh handshake each (~0.35 s).
+    Nothing if the user chose their own ssh command (``GIT_SSH_COMMAND``, ``GIT_SSH`` or
+    ``core.sshCommand``), or if the socket's path would be too long or need quoting."""
+    if not is_ssh(url) or os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH"):
+        return {}
+    root.mkdir(parents=True, exist_ok=True)
+    if run_git(["config", "--get", "core.sshCommand"], cwd=root).stdout.strip():
+        return {}
+    socket_path = str(ssh_socket(url, root))
+    if len(socket_path) > SOCKET_PATH_MAX or any(c in socket_path for c in " \t%\"'\\$`"):
+        return {}
+    options = f"-o ControlMaster=auto -o ControlPersist={SSH_PERSIST} -o ControlPath={socket_path}"
+    return {"GIT_SSH_COMMAND": f"ssh {options}"}
+
+
 def _looks_like_scp(url: str) -> bool:
     head = url.split("/", 1)[0]
     return ":" in head and not (len(head) == 2 and head[1] == ":")
-
-
-def normal_url(url: str) -> str:
-    """``url`` as git is given it: a local path made absolute (git runs in the cache folder)."""
-    return str(Path(url).expanduser().resolve()) if is_local_path(url) else url
 
 
 def local_git_dir(url: str) -> Path | None:
@@ -146,7 +221,7 @@ def local_git_dir(url: str) -> Path | None:
         url = unquote(url.removeprefix("file://"))
     elif not is_local_path(url):
         return None
-    path = Path(normal_url(url))
+    path = Path(canonical_url(url))
     return path / ".git" if (path / ".git").exists() else path
 
 
@@ -167,29 +242,21 @@ class RemoteRefs:
         return self.head is not None and self.head not in self.branches
 
 
-def _remote_error(url: str, proc: subprocess.CompletedProcess[bytes]) -> GitqueueError:
-    """What a failed fetch or ls-remote means: no repository there, or none reachable now."""
-    err = scrub(proc.stderr.decode(errors="replace").strip(), url)
-    last = err.splitlines()[-1] if err else str(proc.returncode)
-    if "does not appear to be a git repository" in err or "not found" in err.lower():
-        return QueueNotFound(f"{redact(url)} is not a git repository: {last}")
-    return RemoteUnavailable(f"cannot fetch from {redact(url)}: {last}")
-
-
-def remote_refs(url: str) -> RemoteRefs:
+def remote_refs(url: str, *, root: Path | None = None) -> RemoteRefs:
     """The remote's HEAD and branches: one ``git ls-remote``.
 
     git does not list an unborn HEAD, so for a remote whose HEAD names no branch yet, a
     local one is read directly and any other is asked by an empty ``git clone``, which
     learns it (protocol v2) without fetching any object.
     """
-    url = normal_url(url)
+    url = canonical_url(url)
+    env = ssh_env(url, root or cache_root())  # the connection the queue's cache then goes on using
     try:
-        proc = run_git(["ls-remote", "--symref", url, "HEAD", "refs/heads/*"])
+        proc = run_git(["ls-remote", "--symref", url, "HEAD", "refs/heads/*"], env=env)
     except subprocess.TimeoutExpired:  # its message would quote the command, URL and all
         raise RemoteUnavailable(f"cannot fetch from {redact(url)}: no answer in {GIT_TIMEOUT:.0f} s") from None
     if proc.returncode:
-        raise _remote_error(url, proc)
+        raise remote_error(url, proc.stderr.decode(errors="replace"), doing="fetch from")
     head: str | None = None
     branches: dict[str, str] = {}
     for line in proc.stdout.decode(errors="replace").splitlines():
@@ -275,14 +342,13 @@ class GitStore:
     def __init__(
         self, url: str, *, branch: str = "main", cache: Path | None = None, patience: float = 120.0
     ) -> None:
-        self.url = normal_url(url)  # what git is given, secrets included (they are never printed)
+        self.url = canonical_url(url)  # what git is given, secrets included (they are never printed)
         self.display = redact(self.url)  # what gitqueue prints and stores
         self.branch = branch
         self.patience = patience  # how long an unreachable remote is retried to learn a push's outcome
-        root = cache or cache_root()
-        name = hashlib.sha1(f"{self.display}\0{branch}".encode()).hexdigest()[:16]
-        self.path = root / name
+        self.path = cache_path(self.url, branch, cache)
         self._ensure_cache()
+        self.git_env = ssh_env(self.url, self.path.parent)  # for the commands that reach the remote
         self.namespace = f"refs/gitqueue/{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
         self.ref = f"{self.namespace}/tip"
         self._objects = str(self.path / "objects")
@@ -299,6 +365,7 @@ class GitStore:
         self._local = threading.local()  # how deep this thread is in turn()
         self.seconds: defaultdict[str, float] = defaultdict(float)  # wall time in fetch, push (stats)
         self.last_rejection = ""  # what the remote said when it last refused a push
+        self._seen: str | None = None  # the branch's newest tip we know of: fetched, or pushed by us
 
     # ------------------------------------------------------------ lifecycle
 
@@ -318,7 +385,14 @@ class GitStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self) -> None:
-        """Release the cat-file processes and this instance's fetched refs."""
+        """Release the cat-file processes and this instance's fetched refs, noting the tip
+        last fetched (what shell completion reads)."""
+        tip = self._seen
+        if tip:
+            tmp = self.path / f"{self._tmp_prefix}-seen"
+            with contextlib.suppress(OSError):
+                tmp.write_text(tip + "\n")
+                tmp.replace(self.path / SEEN_FILE)
         shutil.rmtree(self.path / self.namespace, ignore_errors=True)
         self._repo.close()
         if self.pushes:
@@ -384,12 +458,14 @@ class GitStore:
                 *refspecs,
             ],
             cwd=self.path,
+            env=self.git_env,
         )
         if proc.returncode:
             if f"couldn't find remote ref refs/heads/{self.branch}".encode() in proc.stderr:
                 return None
-            raise _remote_error(self.url, proc)
-        return self._read_ref()
+            raise remote_error(self.url, proc.stderr.decode(errors="replace"), doing="fetch from")
+        self._seen = self._read_ref()
+        return self._seen
 
     def _read_ref(self) -> str | None:
         try:
@@ -414,6 +490,7 @@ class GitStore:
             proc = run_git(
                 ["push", "--porcelain", "--no-verify", "-q", self.url, f"{new}:refs/heads/{self.branch}", *extra],
                 cwd=self.path,
+                env=self.git_env,
             )
         except subprocess.TimeoutExpired:
             self._note_landing(None)
@@ -422,9 +499,12 @@ class GitStore:
             self.seconds["push"] += time.monotonic() - started
         if proc.returncode == 0:
             self._note_landing(new)
+            self._seen = new
             return PushOutcome.LANDED
         self._note_landing(None)
         output = scrub((proc.stdout + proc.stderr).decode(errors="replace"), self.url)
+        if any(sign in output for sign in AUTH_SIGNS):  # refused before anything landed
+            raise remote_error(self.url, proc.stderr.decode(errors="replace"), doing="push to")
         if "hook declined" in output:
             raise PushRefused(remote_says(output) or "the remote's hook refused the push")
         if any(sign in output for sign in LOST_RACE_SIGNS):
@@ -443,9 +523,11 @@ class GitStore:
             try:
                 tip = self.fetch()
                 break
-            except RemoteUnavailable:
+            except RemoteUnavailable as exc:
                 if time.monotonic() > deadline:
                     raise
+                if delay == 0.05:
+                    tell_retrying(exc, self.patience)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         if tip is not None and self.is_ancestor(new, tip):
@@ -529,7 +611,9 @@ class GitStore:
         commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
         try:
             proc = run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"], cwd=self.path
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"],
+                cwd=self.path,
+                env=self.git_env,
             )
         except subprocess.TimeoutExpired:
             return None
@@ -538,7 +622,11 @@ class GitStore:
     def drop_lease(self, token: str) -> None:
         """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
         with contextlib.suppress(subprocess.TimeoutExpired):
-            run_git(["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"], cwd=self.path)
+            run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
 
     def commit_time(self, commit: str) -> float:
         """The committer time of ``commit`` (as the committing machine's clock had it)."""
@@ -824,6 +912,38 @@ class LogEntry:
         return None
 
 
+def tell_retrying(exc: RemoteUnavailable, patience: float) -> None:
+    """Say, once per outage, that an unreachable remote is being retried and for how long."""
+    import logging
+
+    logging.getLogger("gitqueue").warning(
+        "%s; trying again for up to %gs (--patience, GITQUEUE_PATIENCE)", exc, patience
+    )
+
+
+def git_says(stderr: str) -> str:
+    """git's reasons from its stderr, without the lines it adds to every failure of a remote:
+    ``ssh: connect to host h port 22: Connection refused``, not ``... and the repository exists.``"""
+    lines = [line.strip().removeprefix("fatal: ") for line in stderr.splitlines() if line.strip()]
+    kept = [line for line in lines if not any(text in line for text in BOILERPLATE)]
+    return "; ".join(kept or lines[-1:])[:1000]
+
+
+def remote_error(url: str, stderr: str, *, doing: str) -> GitqueueError:
+    """What a failed fetch or push means, in git's own words: AuthenticationFailed and
+    QueueNotFound are final; RemoteUnavailable (refused, timed out, 5xx) may pass by itself."""
+    stderr, url = scrub(stderr, url), redact(url)  # never a password in a message
+    says = git_says(stderr) or "git gave no reason"
+    if any(sign in stderr for sign in AUTH_SIGNS):
+        return AuthenticationFailed(
+            f"{url} refused us: {says} (gitqueue uses git's own credentials: check your ssh key, "
+            "known_hosts or credential helper with plain git, e.g. `git ls-remote URL`)"
+        )
+    if any(sign in stderr for sign in NOT_FOUND_SIGNS):
+        return QueueNotFound(f"{url} is not a git repository: {says}")
+    return RemoteUnavailable(f"cannot {doing} {url}: {says}")
+
+
 def remote_says(output: str) -> str:
     """What a remote's hook printed (git's ``remote:`` lines), without the prefix and padding."""
     lines = [line[len("remote:") :].strip() for line in output.splitlines() if line.startswith("remote:")]
@@ -888,6 +1008,14 @@ class LocalRepo(GitStore):
             raise GitqueueError(f"{self.path} is not a git repository: {proc.stderr.decode(errors='replace').strip()}")
         path = Path(proc.stdout.decode().strip())
         return path if path.is_absolute() else self.path / path
+
+    def first_commit(self, tip: str) -> str:
+        """The oldest commit in ``tip``'s history (its root; the oldest of several)."""
+        proc = run_git(["rev-list", "--max-parents=0", "--reverse", tip], cwd=self.path)
+        roots = proc.stdout.decode().split()
+        if proc.returncode or not roots:
+            raise GitqueueError(f"cannot read the history of {tip}: {proc.stderr.decode(errors='replace').strip()}")
+        return roots[0]
 
     def __enter__(self) -> LocalRepo:
         return self

@@ -50,6 +50,7 @@ from gitqueue.gitstore import (
     local_git_dir,
     remote_refs,
     set_local_head,
+    tell_retrying,
 )
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
@@ -69,6 +70,7 @@ from gitqueue.task import (
 from gitqueue.urls import CREDENTIALS_ADVICE, has_secret, redact
 
 ERROR_TAIL = 2000
+FIRST_RETRY = 0.1  # seconds before asking an unreachable remote again, doubling up to 5 s
 STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something else is wrong
 OPTIMISTIC_WINDOW = 2.0  # seconds after a push from our cache in which we build on it without fetching
 OPTIMISTIC_STREAK = 4  # then pause a try's length: a rival elsewhere, fetching each try, gets its chance
@@ -187,7 +189,7 @@ class Queue:
         worker: str | None = None,
         branch: str | None = None,
         cache: Path | None = None,
-        patience: float = 120.0,
+        patience: float | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -197,11 +199,13 @@ class Queue:
         self.url = redact(url)  # for people: never with a secret the URL holds
         self._git_url = url
         self.worker = worker or default_worker()
+        patience = config.patience() if patience is None else patience
         self.patience = patience
         self.clock = clock
         self.sleep = sleep
         self.monotonic = monotonic
         self._remote = remote
+        self._cache_root = cache  # where caches (and a kept-open ssh connection) live; None: the default
         # No branch given: the queue is where the remote's HEAD points (git clone's default).
         self.branch = branch or self.remote_refs().head or config.DEFAULT_BRANCH
         self.store = GitStore(url, branch=self.branch, cache=cache, patience=patience)
@@ -332,7 +336,7 @@ class Queue:
         deadline, delay = self.clock() + self.patience, 0.1
         while self._remote is None:
             try:
-                self._remote = remote_refs(self._git_url)
+                self._remote = remote_refs(self._git_url, root=self._cache_root)
             except RemoteUnavailable as exc:
                 delay = self._wait_for_remote(exc, deadline, delay)
         return self._remote
@@ -352,7 +356,7 @@ class Queue:
     def snapshot(self, *, leases: bool = False) -> Snapshot:
         """Fetch, then view the queue at the remote's tip (retrying while it is unreachable)."""
         deadline = self.clock() + self.patience
-        delay = 0.1
+        delay = FIRST_RETRY
         while True:
             try:
                 return Snapshot(self.store, self.cache, self.store.fetch(leases=leases))
@@ -364,6 +368,8 @@ class Queue:
         that would pass ``deadline``); returns the next, longer delay."""
         if self.clock() + delay > deadline:
             raise exc
+        if delay == FIRST_RETRY:
+            tell_retrying(exc, self.patience)
         self.sleep(delay * random.uniform(0.5, 1.5))
         return min(delay * 2, 5.0)
 
@@ -385,7 +391,7 @@ class Queue:
         last_tip: str | None = None
         fetch = leases  # lease refs come only with a fetch
         unreachable: RemoteUnavailable | None = None
-        deadline, delay = float("inf"), 0.1
+        deadline, delay = float("inf"), FIRST_RETRY
         if self._streak >= OPTIMISTIC_STREAK:  # leave a rival that fetches each try a gap to land in
             self.sleep(random.uniform(0.5, 1.5) * self._attempt_seconds)
             self._streak = 0

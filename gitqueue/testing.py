@@ -5,6 +5,8 @@ Two servers with the same small interface, both listening on 127.0.0.1 only:
 * :class:`GitDaemon` runs stock ``git daemon`` (``git://`` URLs).
 * :class:`SmartHTTPServer` runs ``git http-backend`` as CGI behind a threaded
   Python HTTP server (``http://`` URLs).
+* :class:`SSHServer` runs OpenSSH's ``sshd`` (``ssh://`` URLs, key login as the
+  user running it; needs the ``openssh-server`` package).
 
 Both serve every repository below ``base_path`` (no export marker needed) and
 accept pushes without authentication.  Both are context managers::
@@ -24,8 +26,11 @@ outage never leaves a ref locked (see its docstring).
 
 from __future__ import annotations
 
+import base64
+import getpass
 import io
 import os
+import shutil
 import signal
 import socket
 import socketserver
@@ -41,7 +46,7 @@ from typing import IO, Any, BinaryIO, Self
 
 from gitqueue import leftovers
 
-__all__ = ["GitDaemon", "SmartHTTPServer", "free_port", "make_bare_repo"]
+__all__ = ["GitDaemon", "SSHServer", "SmartHTTPServer", "free_port", "make_bare_repo"]
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0  # seconds to wait for a server to accept connections
@@ -342,6 +347,8 @@ class _CGIHandler(BaseHTTPRequestHandler):
 
     def _run_backend(self) -> None:
         self.close_connection = True
+        if not self._authorised():
+            return
         try:
             body = self._read_body()
         except ValueError as e:
@@ -365,6 +372,21 @@ class _CGIHandler(BaseHTTPRequestHandler):
             proc.stdout.close()
             proc.wait()
             feeder.join()
+
+    def _authorised(self) -> bool:
+        """With ``auth`` on the server, answer 401 to a request without those credentials."""
+        expected = self.server.auth
+        if expected is None:
+            return True
+        token = base64.b64encode(f"{expected[0]}:{expected[1]}".encode()).decode()
+        if self.headers.get("Authorization", "") == f"Basic {token}":
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="gitqueue test"')
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        return False
 
     def _relay(self, out: io.BufferedReader) -> None:
         """Turn CGI output into an HTTP response, streamed to the client."""
@@ -415,9 +437,10 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = True
     request_queue_size = 128  # many concurrent pushers connect at once
 
-    def __init__(self, port: int, base_path: Path, log: BinaryIO | None) -> None:
+    def __init__(self, port: int, base_path: Path, log: BinaryIO | None, auth: tuple[str, str] | None = None) -> None:
         self.base_path = base_path
         self.log = log
+        self.auth = auth
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__((HOST, port), _CGIHandler)
@@ -466,15 +489,25 @@ class SmartHTTPServer(_Server):
 
     A ThreadingHTTPServer in a background thread runs ``git http-backend``
     (CGI) per request, serving every repository under ``base_path``; pushes
-    are allowed for all of them without authentication.  Chunked request
+    are allowed for all of them without authentication (with ``auth=(user,
+    password)``, every request needs those basic-auth credentials, as behind a
+    forge or an nginx ``auth_basic``, and others get 401).  Chunked request
     bodies (large pushes) and gzip-encoded ones (large fetch negotiations) are
     supported.  Backend stderr and request lines go to ``log_path`` if given.
     """
 
     scheme = "http"
 
-    def __init__(self, base_path: Path, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        base_path: Path,
+        port: int | None = None,
+        log_path: Path | None = None,
+        *,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(base_path, port, log_path)
+        self.auth = auth
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -488,7 +521,7 @@ class SmartHTTPServer(_Server):
             raise RuntimeError("SmartHTTPServer already started")
         log = self._open_log()
         try:
-            self._server = _HTTPServer(self.port, self.base_path, log)
+            self._server = _HTTPServer(self.port, self.base_path, log, self.auth)
         except BaseException:
             if log is not None:
                 log.close()
@@ -517,3 +550,109 @@ class SmartHTTPServer(_Server):
         server.server_close()  # closes the listening socket, joins handlers
         if server.log is not None:
             server.log.close()
+
+
+class SSHServer(_Server):
+    """OpenSSH's ``sshd`` on ``ssh://USER@127.0.0.1:port/``, as the user running it.
+
+    Repositories are addressed by their absolute path below ``base_path``. Keys live in
+    ``state`` (made once): the server's host key, a client key it accepts, and one it does
+    not. The client's ssh reads its own config and known hosts from the real home folder
+    (not ``$HOME``), so a test names them with :meth:`ssh_command` (``GIT_SSH_COMMAND``).
+    """
+
+    scheme = "ssh"
+
+    def __init__(self, base_path: Path, state: Path, port: int | None = None, log_path: Path | None = None) -> None:
+        super().__init__(base_path, port, log_path)
+        self.state = Path(state).resolve()
+        self.user = getpass.getuser()
+        self.client_key = self.state / "client_key"
+        self.stranger_key = self.state / "stranger_key"
+        self.known_hosts = self.state / "known_hosts"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, repo_name: str) -> str:
+        return f"ssh://{self.user}@{HOST}:{self.port}{self.base_path}/{repo_name}"
+
+    def ssh_command(self, *, key: Path | None = None, known_hosts: Path | None = None) -> str:
+        """A ``GIT_SSH_COMMAND`` that trusts this server (or ``known_hosts``) and logs in with
+        ``key`` (the accepted client key unless told otherwise), never asking anything."""
+        options = [
+            "-F /dev/null", "-o BatchMode=yes", "-o IdentitiesOnly=yes", "-o StrictHostKeyChecking=yes",
+            f"-o UserKnownHostsFile={known_hosts or self.known_hosts}", f"-i {key or self.client_key}",
+        ]  # fmt: skip
+        return "ssh " + " ".join(options)
+
+    def _keys(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        for name in ("host_key", "client_key", "stranger_key"):
+            if not (self.state / name).exists():
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(self.state / name)],
+                    check=True,
+                )
+        (self.state / "authorized_keys").write_text((self.state / "client_key.pub").read_text())
+        host = (self.state / "host_key.pub").read_text().split()
+        self.known_hosts.write_text(f"[{HOST}]:{self.port} {host[0]} {host[1]}\n")
+        (self.state / "sshd_config").write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}", f"ListenAddress {HOST}", f"HostKey {self.state / 'host_key'}",
+                    f"PidFile {self.state / 'sshd.pid'}", f"AuthorizedKeysFile {self.state / 'authorized_keys'}",
+                    f"AllowUsers {self.user}", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
+                    "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
+                    "LogLevel VERBOSE", "",
+                ]
+            )
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Start sshd; return once the port accepts connections."""
+        if self._proc is not None:
+            raise RuntimeError("SSHServer already started")
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not os.path.exists(sshd):
+            raise RuntimeError("sshd is not installed (apt-get install openssh-server)")
+        self._keys()
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+        log = self._open_log()
+        try:
+            self._proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(self.state / "sshd_config")],
+                stdin=subprocess.DEVNULL,
+                stdout=log or subprocess.DEVNULL,
+                stderr=log or subprocess.DEVNULL,
+                env=_server_env(),
+                start_new_session=True,
+            )
+        finally:
+            if log is not None:
+                log.close()
+        proc = self._proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                self._proc = None
+                raise RuntimeError(f"sshd exited with {proc.returncode} on port {self.port}")
+            return _port_open(self.port)
+
+        try:
+            _wait_until(ready, START_TIMEOUT, f"sshd on port {self.port}")
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop sshd and its sessions; return once the port is closed. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            _wait_until(lambda: proc.poll() is not None, STOP_GRACE, f"sshd on port {self.port} to stop")
+        except TimeoutError:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _wait_until(lambda: not _port_open(self.port), STOP_GRACE, f"port {self.port} to close")

@@ -407,19 +407,20 @@ def check_since(repo: LocalRepo, rev: str, tip: str = "HEAD") -> list[Problem]:
     return check_commits(repo, old, new)
 
 
-def check_commits(store: GitStore, old: str | None, new: str) -> list[Problem]:
+def check_commits(store: GitStore, old: str | None, new: str, *, files: bool = True) -> list[Problem]:
     """The commits ``old..new`` (with no ``old``: every commit no ref has yet), as a push.
 
     Each commit's moves are checked against its parent (a merge passes if what it does to
     one of its parents passes); the files are checked as ``new`` leaves them, so a later
-    commit may fix an earlier one's mistake.
+    commit may fix an earlier one's mistake (not at all without ``files``: the caller checks
+    them another way).
     """
     commits = store.new_commits(old, new)
     old_root = store.commit_info(old)[0] if old else None
     new_root = store.commit_info(new)[0]
     if len(commits) == 1 and store.commit_info(new)[1] == ((old,) if old else ()):
-        return check_change(store, old_root, new_root)  # the usual push: one commit on the tip
-    problems = check_change(store, old_root, new_root, moves=False)
+        return check_change(store, old_root, new_root, files=files)  # the usual push: one commit on the tip
+    problems = check_change(store, old_root, new_root, moves=False) if files else []
     for commit in commits:
         tree, parents = store.commit_info(commit)
         options = [check_change(store, store.commit_info(p)[0], tree, files=False) for p in parents]
