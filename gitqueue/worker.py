@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gitqueue import leftovers
-from gitqueue.errors import GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
+from gitqueue.errors import CacheDamaged, GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
 from gitqueue.task import State, Task, load_yaml, now_iso
 
@@ -167,6 +167,7 @@ class Worker:
         self.suspects: list[tuple[Run, MissingArg]] = []
         self._command_fits = False  # our command's placeholders were filled for some task
         queue.checks.tell = lambda problem: self.say(f"skipping {problem.message} (left as it is)")
+        queue.store.tell = self.say  # a damaged cache, rebuilt
         if not options.command and not options.allow_task_cmd and runner is None:
             raise GitqueueError("no command to run: give one after --, or --allow-task-cmd to run tasks' own cmd")
 
@@ -175,7 +176,12 @@ class Worker:
     def run(self) -> int:
         """Work until the queue is drained (or the limits say stop); returns an exit code."""
         with self._signals():
-            code = self._loop()
+            try:
+                code = self._loop()
+            except CacheDamaged:  # rebuilding did not help: give back what we hold before stopping
+                with contextlib.suppress(GitqueueError):
+                    self._flush(claim=0, release=True)
+                raise
         elapsed = time.monotonic() - self.summary.started
         s = self.summary
         self.say(f"stopping: {s.done} done, {s.failed} failed, {s.lost} taken away, in {elapsed:.1f}s")

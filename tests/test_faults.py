@@ -6,15 +6,19 @@ asserts on what the queue's remote holds afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_worker import Lab, make_lab  # noqa: F401  (a fixture)
+from conftest import RemoteRepo, poll_until
+from test_worker import LEASE_REFS, Lab, make_lab  # noqa: F401  (a fixture)
 
-from gitqueue import State
+from gitqueue import GitqueueError, Queue, State
 
 
 @pytest.fixture
@@ -124,3 +128,146 @@ def test_a_task_lacking_an_arg_the_others_have_fails_even_when_tried_first(lab: 
     for task_id in ("a-lacks", "c-lacks"):
         [attempt] = lab.task(task_id).attempts
         assert attempt["error"] == "placeholder {x} names an arg the task lacks (its args: y)"
+
+
+# ---------------------------------------------------------------- a damaged cache
+
+# Notes each run in a shared file (one line per run), and holds while its args say so until
+# the test releases it: the moment the test damages the cache is mid-drain, by construction.
+NOTER = r"""
+import json, os, pathlib, sys, time
+marks = pathlib.Path(sys.argv[1])
+task = os.environ["GITQUEUE_TASK_ID"]
+args = json.loads(pathlib.Path(os.environ["GITQUEUE_ARGS_FILE"]).read_text())
+with open(marks / "runs", "a") as runs:
+    runs.write(task + "\n")
+if args.get("hold"):
+    (marks / f"{task}.started").write_text("")
+    deadline = time.monotonic() + 60
+    while not (marks / f"{task}.release").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+"""
+
+
+def truncate_objects(cache: Path) -> int:
+    """Cut every loose object and every pack in the caches below ``cache`` to half its size."""
+    damaged = 0
+    for path in [*cache.glob("*/objects/??/*"), *cache.glob("*/objects/pack/*.pack")]:
+        with contextlib.suppress(OSError):
+            path.chmod(0o644)
+            with open(path, "r+b") as f:
+                f.truncate(path.stat().st_size // 2)
+            damaged += 1
+    return damaged
+
+
+def test_a_cache_truncated_then_deleted_mid_drain_heals_and_the_drain_completes(lab: Lab, tmp_path: Path) -> None:
+    script = tmp_path / "noter.py"
+    script.write_text(NOTER)
+    marks = lab.marks
+    lab.submit({"id": "gate-1", "args": {"hold": True}, "priority": 2})
+    lab.submit({"id": "gate-2", "args": {"hold": True}, "priority": -1})
+    ids = ["gate-1", "gate-2"]
+    ids += lab.submit(*({"args": {"i": i}, "priority": 3 if i < 8 else 0 if i < 20 else -2} for i in range(30)))
+    command = [sys.executable, str(script), str(marks)]
+    workers = [lab.start(name, "--max-batch", "2", command=command) for name in ("w1", "w2")]
+    cache = Path(os.environ["GITQUEUE_CACHE"])
+
+    poll_until(lambda: (marks / "gate-1.started").exists(), what="the first gate task to start")
+    assert truncate_objects(cache) > 0  # loose objects and packs, while the other worker drains
+    (marks / "gate-1.release").write_text("")
+    poll_until(lambda: (marks / "gate-2.started").exists(), what="the second gate task to start", timeout=60)
+    shutil.rmtree(cache, ignore_errors=True)  # the whole cache folder, runs/ and all
+    shutil.rmtree(cache, ignore_errors=True)
+    (marks / "gate-2.release").write_text("")
+
+    assert [w.wait(timeout=90) for w in workers] == [0, 0], "\n".join(w.stderr for w in workers)
+    assert lab.remote.states() == dict.fromkeys(ids, "done")  # nothing lost
+    ran = (marks / "runs").read_text().split()
+    assert sorted(ran) == sorted(ids)  # every task ran exactly once
+    for task_id in ids:
+        assert [a["outcome"] for a in lab.task(task_id).attempts] == ["done"], task_id
+    messages = lab.remote.log("%B")
+    for task_id in ids:
+        assert sum(f"done {task_id} by " in m for m in messages) == 1, task_id
+    stderr = "".join(w.stderr for w in workers)
+    assert "is damaged" in stderr and "rebuilding it from" in stderr
+    assert "Traceback" not in stderr and "cannot fetch" not in stderr, stderr
+    assert lab.lease_refs() == []
+    lab.remote.fsck()
+
+
+def fill(url: str, count: int, cache: Path) -> list[str]:
+    """Submit ``count`` tasks from another machine (a cache of its own)."""
+    with Queue.open(url, worker="submitter", cache=cache) as q:
+        return q.submit({"args": {"i": i}} for i in range(count))
+
+
+def test_truncated_loose_objects_are_rebuilt_not_blamed_on_the_remote(
+    bare_remote: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    Queue.init(str(bare_remote), worker="init").close()
+    ids = fill(str(bare_remote), 5, tmp_path / "elsewhere")
+    with Queue.open(str(bare_remote), worker="reader") as q:
+        assert len(q.tasks()) == 5  # few objects: the cache keeps them loose
+    cache = tmp_path / "cache"
+    assert truncate_objects(cache) > 0 and not list(cache.glob("*/objects/pack/*.pack"))
+    with Queue.open(str(bare_remote), worker="w", patience=1.0) as q:  # old code: blamed the remote for 1 s
+        assert [t.id for t in q.tasks()] == ids
+        run = q.claim()
+        assert run is not None and run.done({"ok": 1}).state is State.DONE
+    told = [r.getMessage() for r in caplog.records if r.name == "gitqueue"]
+    assert any("is damaged" in line and "rebuilding it from" in line for line in told), told
+
+
+def test_a_truncated_pack_is_rebuilt(bare_remote: Path, tmp_path: Path) -> None:
+    Queue.init(str(bare_remote), worker="init").close()
+    ids = fill(str(bare_remote), 150, tmp_path / "elsewhere")  # many objects: the fetch keeps a pack
+    cache = tmp_path / "cache"
+    with Queue.open(str(bare_remote), worker="reader") as q:
+        assert len(q.tasks()) == 150
+    assert list(cache.glob("*/objects/pack/*.pack"))
+    truncate_objects(cache)
+    with Queue.open(str(bare_remote), worker="w", patience=1.0) as q:
+        assert [t.id for t in q.tasks()] == ids
+        assert q.status()["counts"]["pending"] == 150
+
+
+def test_a_cache_deleted_under_an_open_queue_is_made_again(bare_remote: Path, tmp_path: Path) -> None:
+    Queue.init(str(bare_remote), worker="init").close()
+    with Queue.open(str(bare_remote), worker="w", patience=1.0) as q:
+        q.store.tell = lambda message: None
+        ids = q.submit([{"args": {"i": 1}}, {"args": {"i": 2}}])
+        shutil.rmtree(tmp_path / "cache")
+        assert [t.id for t in q.tasks()] == ids
+        shutil.rmtree(tmp_path / "cache")
+        run = q.claim()  # a write: fetch, build, push into the cache made again
+        assert run is not None and run.id == ids[0]
+        shutil.rmtree(tmp_path / "cache")
+        assert run.done().state is State.DONE
+        assert q.store.heals >= 3
+    with Queue.open(str(bare_remote), worker="reader") as q:
+        assert [(t.id, t.state) for t in q.tasks()] == [(ids[1], State.PENDING), (ids[0], State.DONE)]
+
+
+def test_a_heartbeat_goes_on_after_the_cache_is_rebuilt(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    Queue.init(str(bare_remote), worker="init").close()
+    with Queue.open(str(bare_remote), worker="w") as q:
+        q.store.tell = lambda message: None
+        first = q.store.heartbeat("tok", parent=None, message="beat 1\n", author=q.identity)
+        assert first is not None
+        q.store.heal("a test says so")  # the first beat's commit is no longer in the cache
+        second = q.store.heartbeat("tok", parent=first, message="beat 2\n", author=q.identity)
+        assert second is not None
+    assert remote_repo.git("rev-parse", f"{LEASE_REFS}/tok").strip() == second
+    assert remote_repo.git("rev-parse", f"{second}^").strip() == first  # a fast-forward, never forced
+
+
+def test_a_remote_whose_own_objects_are_damaged_is_named_at_once(bare_remote: Path, tmp_path: Path) -> None:
+    Queue.init(str(bare_remote), worker="init").close()
+    fill(str(bare_remote), 3, tmp_path / "elsewhere")
+    for path in bare_remote.glob("objects/??/*"):  # the remote's own objects, not a cache's
+        path.chmod(0o644)
+        path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(GitqueueError, match="damaged"):
+        Queue.open(str(bare_remote), worker="w", patience=1.0)
