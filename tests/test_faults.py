@@ -18,7 +18,7 @@ import pytest
 from conftest import RemoteRepo, poll_until
 from test_worker import LEASE_REFS, Lab, make_lab  # noqa: F401  (a fixture)
 
-from gitqueue import GitqueueError, Queue, State
+from gitqueue import GitqueueError, Queue, QueueNotFound, RemoteUnavailable, State
 
 
 @pytest.fixture
@@ -271,3 +271,57 @@ def test_a_remote_whose_own_objects_are_damaged_is_named_at_once(bare_remote: Pa
         path.write_bytes(path.read_bytes()[:10])
     with pytest.raises(GitqueueError, match="damaged"):
         Queue.open(str(bare_remote), worker="w", patience=1.0)
+
+
+# ---------------------------------------------------------------- a local queue whose folder vanishes
+
+
+class Clock:
+    """Time that passes only when the queue sleeps; ``on_sleep`` sees each pause."""
+
+    def __init__(self, on_sleep: Callable[[int], None] = lambda n: None) -> None:
+        self.now, self.sleeps, self.on_sleep = 1_000_000.0, 0, on_sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.sleeps += 1
+        self.on_sleep(self.sleeps)
+
+
+def test_a_local_queue_whose_folder_vanishes_is_retried_until_it_is_back(bare_remote: Path) -> None:
+    Queue.init(str(bare_remote), worker="init").close()
+    away = bare_remote.with_name("queue.git.unmounted")
+
+    def remount(sleeps: int) -> None:
+        if sleeps == 3:
+            away.rename(bare_remote)
+
+    clock = Clock(remount)
+    with Queue.open(str(bare_remote), worker="w", clock=clock, sleep=clock.sleep) as q:
+        ids = q.submit([{"args": {"i": 1}}])
+        bare_remote.rename(away)  # the shared disk drops
+        assert [t.id for t in q.tasks()] == ids  # old code: QueueNotFound at once
+        assert clock.sleeps == 3
+
+
+def test_a_local_queue_gone_for_good_says_so_as_an_unreachable_remote(bare_remote: Path) -> None:
+    Queue.init(str(bare_remote), worker="init").close()
+    clock = Clock()
+    with Queue.open(str(bare_remote), worker="w", clock=clock, sleep=clock.sleep, patience=30) as q:
+        bare_remote.rename(bare_remote.with_name("elsewhere.git"))
+        with pytest.raises(RemoteUnavailable) as raised:
+            q.tasks()
+    assert raised.value.exit_code == 5 and clock.sleeps > 1
+    assert str(raised.value) == (
+        f"the queue's repository {bare_remote} is not there any more (a shared disk or mount that dropped?)"
+    )
+
+
+def test_a_mistyped_local_path_is_no_queue_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    with pytest.raises(QueueNotFound):
+        Queue.open(str(tmp_path / "no-such-queue.git"), clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == 0
