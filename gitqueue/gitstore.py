@@ -69,10 +69,11 @@ DAMAGE_SIGNS = (
     "bad object",
     "packfile",
     "bad packed object",
-    "unable to read",
+    "unable to read tree",
+    "unable to read sha1",
     "did not send all necessary objects",
     "not a git repository",
-    "is empty",
+    "object file",
     "missing blob",
     "missing tree",
     "missing commit",
@@ -362,10 +363,10 @@ class GitStore:
                 self.heal(str(exc), fetch=False)
             try:
                 return self._fetch(leases)
-            except CacheDamaged as exc:
-                raise GitqueueError(
-                    f"fetching from {self.url} fails even into a rebuilt cache; is the remote's repository "
-                    f"damaged? {exc}"
+            except CacheDamaged as exc:  # not our cache's fault, then: the remote's own repository?
+                raise RemoteUnavailable(
+                    f"cannot fetch from {self.url}, even into a rebuilt cache: "
+                    f"is the remote's repository damaged? {exc}"
                 ) from None
         finally:
             self.seconds["fetch"] += time.monotonic() - started
