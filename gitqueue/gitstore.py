@@ -575,11 +575,8 @@ class GitStore:
             proc = run_git(
                 ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"], cwd=self.path
             )
-        except subprocess.TimeoutExpired:
-            return None
-        except CacheDamaged as exc:
-            self.heal(str(exc))
-            return None
+        except (subprocess.TimeoutExpired, CacheDamaged):  # the next read rebuilds a damaged cache
+            return None  # (not here: this may be a second thread, and the cache's reader is not thread-safe)
         if proc.returncode == 0:
             return commit
         if parent is not None and not self.has(parent):  # lost with a rebuilt cache: go on from the remote's
@@ -666,7 +663,8 @@ class GitStore:
             end = out.find(b"\n", pos)
             header = out[pos:end].split() if end >= 0 else []
             if len(header) != 3:
-                raise CacheDamaged(f"object {sha} is missing or unreadable ({header[-1:] or 'no answer'})")
+                said = header[-1].decode(errors="replace") if header else "no answer"
+                raise CacheDamaged(f"object {sha} is missing or unreadable (git cat-file: {said})")
             size = int(header[2])
             found[sha] = data = out[end + 1 : end + 1 + size]
             if len(data) != size or not _sound(sha, header[1], data):
