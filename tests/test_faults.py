@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from conftest import RemoteRepo, poll_until
 from test_worker import LEASE_REFS, Lab, make_lab  # noqa: F401  (a fixture)
 
 from gitqueue import Queue, QueueNotFound, RemoteUnavailable, State
+from gitqueue.testing import GitDaemon
 
 
 @pytest.fixture
@@ -161,7 +162,18 @@ def truncate_objects(cache: Path) -> int:
     return damaged
 
 
-def test_a_cache_truncated_then_deleted_mid_drain_heals_and_the_drain_completes(lab: Lab, tmp_path: Path) -> None:
+@pytest.fixture(params=["path", "daemon"])
+def any_lab(request: pytest.FixtureRequest, make_lab: Callable[[str], Lab], bare_remote: Path) -> Iterator[Lab]:  # noqa: F811
+    """A lab on a queue reached by path, then over git daemon."""
+    if request.param == "path":
+        yield make_lab(str(bare_remote))
+        return
+    with GitDaemon(bare_remote.parent) as daemon:
+        yield make_lab(daemon.url(bare_remote.name))
+
+
+def test_a_cache_truncated_then_deleted_mid_drain_heals_and_the_drain_completes(any_lab: Lab, tmp_path: Path) -> None:
+    lab = any_lab
     script = tmp_path / "noter.py"
     script.write_text(NOTER)
     marks = lab.marks
