@@ -42,6 +42,7 @@ from gitqueue.task import State, Task, load_yaml, now_iso
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 EXIT_NO_COMMAND = 127
 EXIT_WRONG_COMMAND = 2  # bad usage: the worker's command names an arg no task it tried has
+SHOWN_ARGS = 1000  # characters of a task's args shown when its run starts
 SUSPECTS = 3  # tasks in a row lacking a placeholder, before any had it: the command is wrong, not the tasks
 # Linux refuses to start a command with one argv item or environment string longer than this
 # (MAX_ARG_STRLEN, "NAME=value" and its NUL included): E2BIG, "Argument list too long".
@@ -368,6 +369,7 @@ class Worker:
             self.say(f"{run.id}: {missing}; not run")
             return Report(run.id, run.token, "failed", error=str(missing), final=True)
         self.suspects.append((run, missing))
+        self.say(f"{run.id}: {missing}; held back, not run: is it the task or the command?")
         return None
 
     def _command_ran(self) -> None:
@@ -405,6 +407,7 @@ class Worker:
 
     def _execute(self, run: Run) -> Report | None:
         args = " ".join(f"{k}={_as_argument(v)}" for k, v in run.args.items())
+        args = args if len(args) <= SHOWN_ARGS else f"{args[:SHOWN_ARGS]}... ({len(args):,} characters)"
         self.say(f"▶ {run.id} (attempt {run.attempt}) {args}")
         watch = Watch(self, run)
         started = time.monotonic()

@@ -57,6 +57,7 @@ def test_args_too_big_for_the_environment_reach_the_command_by_file(lab: Lab) ->
     log = (worker.log_dir / "a-wide.1.log").read_text()
     assert "GITQUEUE_ARGS left out" in log and "GITQUEUE_ARGS_FILE" in log
     assert json.loads((worker.log_dir / "a-wide.1.args.json").read_text()) == {"big": big}
+    assert max(map(len, worker.stderr.splitlines())) < 2000  # the worker's own log shows the start of them
 
 
 def test_a_task_whose_args_make_the_command_line_too_long_fails_and_the_worker_goes_on(lab: Lab) -> None:
