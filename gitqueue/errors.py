@@ -29,6 +29,12 @@ class AuthenticationFailed(GitqueueError):
     exit_code = 6
 
 
+class CacheDamaged(GitqueueError):
+    """The local cache of a queue (a bare repository under ``~/.cache/gitqueue``) is damaged or
+    gone: a truncated object or pack, a deleted folder. It is only a cache: gitqueue rebuilds it
+    from the remote and goes on; this reaches a caller only when rebuilding does not help."""
+
+
 class InvalidTask(GitqueueError):
     """A task file (or a task given to ``submit``) breaks the task format."""
 

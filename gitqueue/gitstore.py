@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import logging
 import os
 import random
 import shutil
@@ -26,13 +27,20 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import IO
 
-from gitqueue.errors import AuthenticationFailed, GitqueueError, PushRefused, QueueNotFound, RemoteUnavailable
+from gitqueue.errors import (
+    AuthenticationFailed,
+    CacheDamaged,
+    GitqueueError,
+    PushRefused,
+    QueueNotFound,
+    RemoteUnavailable,
+)
 from gitqueue.urls import redact, scrub
 
 GIT_TIMEOUT = 60.0
@@ -84,6 +92,28 @@ BOILERPLATE = (
     "Could not read from remote repository",
     "Please make sure you have the correct access rights",
     "and the repository exists.",
+)
+# How git says that an object of the cache it runs in cannot be read (a truncated or deleted
+# file, a broken pack): lines from the remote's side start with "remote:" and are not ours.
+DAMAGE_SIGNS = (
+    "is corrupt",
+    "corrupt loose object",
+    "inflate:",
+    "unable to unpack",
+    "too long, exceeds",
+    "cannot read existing object",
+    "bad object",
+    "packfile",
+    "bad packed object",
+    "unable to read tree",
+    "unable to read sha1",
+    "did not send all necessary objects",
+    "not a git repository",
+    "object file",
+    "missing blob",
+    "missing tree",
+    "missing commit",
+    "invalid object",
 )
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -156,16 +186,42 @@ def run_git(
     in half; the worker decides when to stop.
     """
     env = {**os.environ, **_ENV, **(env or {})}
-    return subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        env=env,
-        input=input,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-        start_new_session=True,
-    )
+    try:
+        return subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=env,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            start_new_session=True,
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        if cwd is not None and not os.path.isdir(cwd):  # the folder git was to run in is gone
+            raise CacheDamaged(f"the folder {cwd} is gone") from None
+        raise
+
+
+def damage_in(output: str) -> str | None:
+    """The line of git's output that says an object of our own repository is damaged, if any."""
+    for line in output.splitlines():
+        if not line.startswith("remote:") and any(sign in line for sign in DAMAGE_SIGNS):
+            return line.strip()
+    return None
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """Which folder is at ``path`` now (a rebuilt cache is another folder at the same path)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _warn(message: str) -> None:
+    logging.getLogger("gitqueue").warning("%s", message)
 
 
 def init_bare(path: Path, *, branch: str = "main") -> None:
@@ -354,9 +410,9 @@ class GitStore:
         self._objects = str(self.path / "objects")
         self._tmp_names = itertools.count()
         self._tmp_prefix = f".tmp-{os.getpid()}-{random.randrange(16**8):08x}"  # unique across hosts sharing a cache
-        import git  # here, not at the top: a server hook reading objects should not pay for GitPython
-
-        self._repo = git.Repo(self.path)
+        self.tell: Callable[[str], None] = _warn  # how a rebuilt cache is reported (a worker: its log)
+        self.heals = 0  # times this instance rebuilt a damaged cache
+        self._open()
         self._trees: OrderedDict[str, dict[str, tuple[bytes, str]]] = OrderedDict()
         self._tree_entries = 0
         self.pushes = 0
@@ -369,10 +425,18 @@ class GitStore:
 
     # ------------------------------------------------------------ lifecycle
 
+    def _open(self) -> None:
+        import git  # here, not at the top: a server hook reading objects should not pay for GitPython
+
+        self._repo = git.Repo(self.path)
+        self._opened = _folder_id(self.path)  # the folder this instance reads (see heal)
+
     def _ensure_cache(self) -> None:
         if (self.path / "HEAD").exists():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # a remnant without HEAD (half deleted, say): not a cache
+            self._move_aside()
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.path.parent))
         proc = run_git(["init", "--bare", "-q", str(tmp)])
         if proc.returncode:
@@ -383,6 +447,50 @@ class GitStore:
             tmp.rename(self.path)  # atomic: racing processes agree on one cache
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _rebuild(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".heal-lock"), "a+b") as lock:
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if _folder_id(self.path) == self._opened or not (self.path / "HEAD").exists():
+                self._move_aside()
+            self._ensure_cache()
+        self._open()
+
+    def _move_aside(self) -> None:
+        """Take the folder at ``path`` out of the way (atomically) and delete it."""
+        aside = self.path.with_name(f".damaged-{self.path.name}-{os.getpid()}-{random.randrange(16**6):06x}")
+        try:
+            self.path.rename(aside)
+        except OSError:
+            return  # gone already (another process moved it)
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def heal(self, why: str, *, fetch: bool = True) -> None:
+        """Rebuild a damaged cache: move it aside, make a fresh one, reopen it, and (with
+        ``fetch``) fetch the branch and the lease refs into it again.
+
+        The cache is only a cache: everything in it that matters is on the remote. Processes
+        sharing it take turns here (a lock beside it); one that finds a cache rebuilt since it
+        opened it only reopens it. Objects this process wrote and did not push are lost, which
+        is harmless: every write is built again on a fetched tip.
+        """
+        import git
+
+        self.heals += 1
+        self.tell(f"the local cache {self.path} is damaged ({why}); rebuilding it from {self.url}")
+        self._repo.close()  # its cat-file reads the old folder
+        for attempt in range(1, 4):
+            try:
+                self._rebuild()
+                break
+            except (GitqueueError, OSError, git.GitError) as exc:  # the folder went away again meanwhile
+                if attempt == 3:
+                    raise CacheDamaged(f"cannot rebuild the local cache {self.path}: {exc}") from None
+        if fetch:
+            with contextlib.suppress(GitqueueError):  # the next read or fetch says what is wrong
+                self._fetch(True)
 
     def close(self) -> None:
         """Release the cat-file processes and this instance's fetched refs, noting the tip
@@ -396,7 +504,8 @@ class GitStore:
         shutil.rmtree(self.path / self.namespace, ignore_errors=True)
         self._repo.close()
         if self.pushes:
-            self.maintain()
+            with contextlib.suppress(GitqueueError):  # a cache gone meanwhile needs no packing
+                self.maintain()
 
     def maintain(self) -> None:
         """Let git pack the cache's loose objects once there are many, at most hourly.
@@ -434,9 +543,17 @@ class GitStore:
         self.fetches += 1
         started = time.monotonic()
         try:
-            return self._fetch(leases)
-        except subprocess.TimeoutExpired:  # its message would quote the command, URL and all
-            raise RemoteUnavailable(f"cannot fetch from {self.display}: no answer in {GIT_TIMEOUT:.0f} s") from None
+            try:
+                return self._fetch(leases)
+            except CacheDamaged as exc:
+                self.heal(str(exc), fetch=False)
+            try:
+                return self._fetch(leases)
+            except CacheDamaged as exc:  # not our cache's fault, then: the remote's own repository?
+                raise RemoteUnavailable(
+                    f"cannot fetch from {self.display}, even into a rebuilt cache: "
+                    f"is the remote's repository damaged? {exc}"
+                ) from None
         finally:
             self.seconds["fetch"] += time.monotonic() - started
 
@@ -461,11 +578,40 @@ class GitStore:
             env=self.git_env,
         )
         if proc.returncode:
-            if f"couldn't find remote ref refs/heads/{self.branch}".encode() in proc.stderr:
+            err = proc.stderr.decode(errors="replace").strip()
+            self._check_fetch(err)
+            if f"couldn't find remote ref refs/heads/{self.branch}" in err:
                 return None
             raise remote_error(self.url, proc.stderr.decode(errors="replace"), doing="fetch from")
         self._seen = self._read_ref()
         return self._seen
+
+    def _check_fetch(self, err: str) -> None:
+        """A failed fetch that is not the remote's fault: our cache is damaged, or a queue on
+        this machine's disks that we have fetched before is gone (a shared disk that dropped
+        is a remote gone away, to be retried, not a wrong address)."""
+        damage = damage_in(err)
+        if damage is not None:
+            raise CacheDamaged(f"git says: {damage}")
+        folder = self._local_folder()
+        if folder is not None and not _is_repository(folder) and self._has_fetched():
+            raise RemoteUnavailable(
+                f"the queue's repository {folder} is not there any more (a shared disk or mount that dropped?)"
+            )
+
+    def _local_folder(self) -> Path | None:
+        if self.url.startswith("file://"):
+            return Path(self.url.removeprefix("file://"))
+        return Path(self.url) if is_local_path(self.url) else None
+
+    def _has_fetched(self) -> bool:
+        """Whether this cache holds objects: it fetched from the remote before (a new cache
+        for a mistyped path holds none)."""
+        objects = Path(self._objects)
+        try:
+            return any(len(p.name) == 2 for p in objects.iterdir()) or any((objects / "pack").glob("*.pack"))
+        except OSError:
+            return False
 
     def _read_ref(self) -> str | None:
         try:
@@ -507,6 +653,10 @@ class GitStore:
             raise remote_error(self.url, proc.stderr.decode(errors="replace"), doing="push to")
         if "hook declined" in output:
             raise PushRefused(remote_says(output) or "the remote's hook refused the push")
+        damage = damage_in(output)
+        if damage is not None:  # our side could not send the objects: rebuild, then fetch to see what landed
+            self.heal(f"git says: {damage}")
+            return PushOutcome.UNKNOWN
         if any(sign in output for sign in LOST_RACE_SIGNS):
             why = [line for line in output.splitlines() if any(sign in line for sign in LOST_RACE_SIGNS)]
             self.last_rejection = " ".join(" ".join(why).split())[:500]  # e.g. which lock file exists
@@ -549,7 +699,11 @@ class GitStore:
         if getattr(self._local, "depth", 0):  # already ours (a transaction inside another)
             yield
             return
-        with open(self.path / "gitqueue.lock", "a+b") as lock:
+        try:
+            opened = open(self.path / "gitqueue.lock", "a+b")  # noqa: SIM115 (the with below closes it)
+        except (FileNotFoundError, NotADirectoryError):
+            raise CacheDamaged(f"the folder {self.path} is gone") from None
+        with opened as lock:
             asked = time.monotonic()
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -608,20 +762,43 @@ class GitStore:
         Heartbeats never touch the queue branch, so its history stays one commit per state
         change. Each heartbeat is a fast-forward of the previous one (never a forced push).
         """
-        commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
         try:
+            commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
             proc = run_git(
                 ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"],
                 cwd=self.path,
                 env=self.git_env,
             )
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, CacheDamaged):  # the next read rebuilds a damaged cache
+            return None  # (not here: this may be a second thread, and the cache's reader is not thread-safe)
+        if proc.returncode == 0:
+            return commit
+        if parent is not None and not self.has(parent):  # lost with a rebuilt cache: go on from the remote's
+            remote = self._fetch_lease(token)
+            if remote is not None and self.has(remote):
+                return self.heartbeat(token, parent=remote, message=message, author=author)
+        return None
+
+    def has(self, sha: str) -> bool:
+        """Whether the cache holds the object ``sha``."""
+        return run_git(["cat-file", "-e", sha], cwd=self.path).returncode == 0
+
+    def _fetch_lease(self, token: str) -> str | None:
+        """The remote's lease ref of one run, fetched; None if it has none (the run ended)."""
+        ref = f"{self.namespace}/leases/{token}"
+        proc = run_git(
+            ["fetch", "-q", "--no-tags", "--no-write-fetch-head", self.url, f"+{LEASE_REFS}/{token}:{ref}"],
+            cwd=self.path,
+        )
+        if proc.returncode:
             return None
-        return commit if proc.returncode == 0 else None
+        with contextlib.suppress(OSError):
+            return (self.path / ref).read_text().strip() or None
+        return None
 
     def drop_lease(self, token: str) -> None:
         """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
             run_git(
                 ["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"],
                 cwd=self.path,
@@ -646,28 +823,60 @@ class GitStore:
     # ------------------------------------------------------------ objects
 
     def read(self, sha: str) -> bytes:
+        """One object, checked against its id. A damaged cache is rebuilt and read again once;
+        CacheDamaged if the object is still not there (the caller reads from a fetched tip again)."""
         try:
-            return self._repo.odb.stream(bytes.fromhex(sha)).read()
-        except (OSError, ValueError):
-            # GitPython's long-lived `git cat-file` died: a signal for the whole job (Slurm's
+            return self._read_checked(sha)
+        except CacheDamaged as exc:
+            self.heal(str(exc))
+        return self._read_checked(sha)
+
+    def _read_checked(self, sha: str) -> bytes:
+        try:
+            return self._read_once(sha)
+        except CacheDamaged:
+            # GitPython's long-lived `git cat-file` may have died: a signal for the whole job (Slurm's
             # scancel signals every process in it, a terminal's Ctrl-C the whole process group)
-            # reached it too. Start a fresh one, so the worker can still return its runs.
+            # reaches it too. A fresh one decides whether the cache itself is damaged.
             self._repo.git.clear_cache()
-            return self._repo.odb.stream(bytes.fromhex(sha)).read()
+            return self._read_once(sha)
+
+    def _read_once(self, sha: str) -> bytes:
+        stream = None
+        try:
+            stream = self._repo.odb.stream(bytes.fromhex(sha))
+            data: bytes = stream.read()
+        except Exception as exc:  # missing, or a cat-file that died on a broken object: ValueError, BrokenPipeError
+            _abandon(stream)
+            raise CacheDamaged(f"object {sha} is missing or unreadable: {type(exc).__name__}") from None
+        if len(data) != stream.size or not _sound(sha, stream.type, data):
+            _abandon(stream)
+            raise CacheDamaged(f"object {sha} reads back wrong ({len(data)} of {stream.size} bytes)")
+        return data
 
     def read_many(self, shas: list[str]) -> dict[str, bytes]:
         """Many objects at once: one ``git cat-file --batch`` pass instead of a round trip each."""
         if len(shas) < 64:
             return {sha: self.read(sha) for sha in shas}
+        try:
+            return self._read_many(shas)
+        except CacheDamaged as exc:
+            self.heal(str(exc))
+        return self._read_many(shas)
+
+    def _read_many(self, shas: list[str]) -> dict[str, bytes]:
         proc = run_git(["cat-file", "--batch"], cwd=self.path, input="".join(f"{s}\n" for s in shas).encode())
         out, pos, found = proc.stdout, 0, {}
         for sha in shas:
-            end = out.index(b"\n", pos)
-            header = out[pos:end].split()
+            end = out.find(b"\n", pos)
+            header = out[pos:end].split() if end >= 0 else []
             if len(header) != 3:
-                raise GitqueueError(f"object {sha} is missing from the local cache {self.path}")
+                said = header[-1].decode(errors="replace") if header else "no answer"
+                raise CacheDamaged(f"object {sha} is missing or unreadable (git cat-file: {said})")
             size = int(header[2])
-            found[sha] = out[end + 1 : end + 1 + size]
+            found[sha] = data = out[end + 1 : end + 1 + size]
+            if len(data) != size or not _sound(sha, header[1], data):
+                raise CacheDamaged(f"object {sha} reads back wrong ({len(data)} of {size} bytes)")
             pos = end + 1 + size + 1
         return found
 
@@ -702,9 +911,13 @@ class GitStore:
         folder = f"{self._objects}/{sha[:2]}"
         path = f"{folder}/{sha[2:]}"
         if not os.path.exists(path):
-            os.makedirs(folder, exist_ok=True)
             tmp = f"{folder}/{self._tmp_prefix}-{threading.get_ident()}-{next(self._tmp_names)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(folder)  # not makedirs: a cache folder that is gone must not come back half made
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            except (FileNotFoundError, NotADirectoryError):
+                raise CacheDamaged(f"the folder {self._objects} is gone") from None
             try:
                 os.write(fd, zlib.compress(header + data, 1))
             finally:
@@ -879,6 +1092,24 @@ LINK_MODE = b"120000"
 ZERO_SHA = "0" * 40
 
 
+def _abandon(stream: object) -> None:
+    """Tell GitPython not to drain a half-read object from a cat-file that has died: its
+    stream would try when collected, and print a traceback."""
+    inner = getattr(stream, "stream", None)
+    if inner is not None and hasattr(inner, "_size"):
+        inner._nbr = inner._size
+
+
+def _sound(sha: str, kind: bytes | str, data: bytes) -> bool:
+    """Whether ``data`` is the object ``sha`` names (a truncated object reads back short)."""
+    kind = kind.encode() if isinstance(kind, str) else kind
+    return hashlib.sha1(kind + b" " + str(len(data)).encode() + b"\0" + data).hexdigest() == sha
+
+
+def _is_repository(folder: Path) -> bool:
+    return (folder / "HEAD").is_file() or (folder / ".git").exists()
+
+
 @dataclass(frozen=True)
 class TreeChange:
     """One file that differs between two trees: (mode, blob) before and after, None if absent."""
@@ -968,6 +1199,10 @@ class LocalRepo(GitStore):
         self.pushes = self.rejected_pushes = self.fetches = 0
         self.seconds = defaultdict(float)
         self._batch: subprocess.Popen[bytes] | None = None
+
+    def heal(self, why: str, *, fetch: bool = True) -> None:
+        """A repository that is no cache cannot be rebuilt: say what is wrong with it."""
+        raise GitqueueError(f"cannot read {self.url}: {why}")
 
     def read(self, sha: str) -> bytes:
         if self._batch is None:

@@ -8,6 +8,7 @@ growing moment and rebuild from the new tip (never rebase an old commit).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
@@ -22,11 +23,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from gitqueue import branches, config, edits, filters, history
 from gitqueue import validate as rules
 from gitqueue.errors import (
+    CacheDamaged,
     EditConflict,
     GitqueueError,
     InvalidTask,
@@ -75,6 +77,23 @@ STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something els
 OPTIMISTIC_WINDOW = 2.0  # seconds after a push from our cache in which we build on it without fetching
 OPTIMISTIC_STREAK = 4  # then pause a try's length: a rival elsewhere, fetching each try, gets its chance
 _SEQ_RE = re.compile(r"^(\d+)-")
+HEAL_TRIES = 3  # rebuilds of a damaged cache within one operation before it gives up
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _heals(method: _F) -> _F:
+    """A read that meets a damaged local cache rebuilds it (see GitStore.heal) and reads again."""
+
+    @functools.wraps(method)
+    def healing(self: Queue, *args: Any, **kwargs: Any) -> Any:
+        heals = 0
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except CacheDamaged as exc:
+                heals = self._rebuild(exc, heals)
+
+    return cast(_F, healing)
 
 
 def default_worker() -> str:
@@ -354,14 +373,26 @@ class Queue:
     # ------------------------------------------------------------ the protocol
 
     def snapshot(self, *, leases: bool = False) -> Snapshot:
-        """Fetch, then view the queue at the remote's tip (retrying while it is unreachable)."""
+        """Fetch, then view the queue at the remote's tip (retrying while it is unreachable,
+        rebuilding a damaged cache)."""
         deadline = self.clock() + self.patience
         delay = FIRST_RETRY
+        heals = 0
         while True:
             try:
                 return Snapshot(self.store, self.cache, self.store.fetch(leases=leases))
             except RemoteUnavailable as exc:
                 delay = self._wait_for_remote(exc, deadline, delay)
+            except CacheDamaged as exc:
+                heals = self._rebuild(exc, heals)
+
+    def _rebuild(self, exc: CacheDamaged, heals: int) -> int:
+        """Rebuild the damaged cache, unless it was rebuilt HEAL_TRIES times in this operation
+        already (then the damage is not the cache's: say so). Returns the count so far."""
+        if heals >= HEAL_TRIES:
+            raise CacheDamaged(f"{exc} (still, after rebuilding the cache {self.store.path} {heals} times)") from exc
+        self.store.heal(str(exc))
+        return heals + 1
 
     def _wait_for_remote(self, exc: RemoteUnavailable, deadline: float, delay: float) -> float:
         """Sleep about ``delay`` before asking an unreachable remote again (raise ``exc`` if
@@ -387,7 +418,7 @@ class Queue:
         to back would keep the branch from rivals elsewhere (they fetch first), so after
         OPTIMISTIC_STREAK of them it pauses for about one try.
         """
-        lost = still = 0
+        lost = still = heals = 0
         last_tip: str | None = None
         fetch = leases  # lease refs come only with a fetch
         unreachable: RemoteUnavailable | None = None
@@ -425,6 +456,9 @@ class Queue:
                     self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * (self.monotonic() - started)
             except CacheBusy:
                 raise LostRace("another worker on this machine is pushing") from None
+            except CacheDamaged as exc:  # rebuilt: the next try builds afresh on a fetched tip
+                heals, fetch = self._rebuild(exc, heals), True
+                continue
             if outcome is PushOutcome.UNKNOWN:  # learn it by fetching, outside the turn
                 outcome = self.store.settle(commit)
             if outcome is PushOutcome.LANDED:
@@ -476,6 +510,7 @@ class Queue:
 
     # ------------------------------------------------------------ reading
 
+    @_heals
     def tasks(
         self, state: State | str | None = None, *, problems: list[Problem] | None = None, where: str | None = None
     ) -> list[Task]:
@@ -488,10 +523,12 @@ class Queue:
         found = (t for t in snap.tasks(State(state) if state else None, problems) if match is None or match(t))
         return sorted(found, key=lambda t: (list(State).index(t.state), -t.priority, id_order(t.id)))
 
+    @_heals
     def get(self, task_id: str) -> Task:
         """One task by id (or by a prefix that names exactly one task)."""
         return self.snapshot().get(task_id)
 
+    @_heals
     def status(self) -> dict[str, Any]:
         """Counts per state, the oldest pending task, and who runs what for how long."""
         snap = self.snapshot()
@@ -650,6 +687,7 @@ class Queue:
         """Fail a running task's attempt: back to pending while attempts remain, else failed/."""
         return self.finish(Report(task_id, token, "failed", error=error, exit_code=exit_code)).raise_lost()
 
+    @_heals
     def reap(self) -> list[str]:
         """Return tasks whose lease ran out to pending (attempt spent) or to failed.
 
@@ -913,6 +951,7 @@ class Queue:
 
         return self._transact(build)
 
+    @_heals
     def log(self, task_id: str) -> list[history.Event]:
         """A task's life from the queue's git history, oldest first (also of deleted tasks)."""
         snap = self.snapshot()
@@ -925,6 +964,7 @@ class Queue:
             raise TaskNotFound(f"no task {task_id!r} in the queue or its history")
         return events
 
+    @_heals
     def validate(self) -> list[Problem]:
         """Every problem of the queue at the remote's tip (see :mod:`gitqueue.validate`)."""
         return rules.check_tree(self.store, self.snapshot().root)

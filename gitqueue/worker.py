@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import ctypes
 import dataclasses
+import errno
 import inspect
 import json
 import os
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gitqueue import leftovers
-from gitqueue.errors import GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
+from gitqueue.errors import CacheDamaged, GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
 from gitqueue.task import State, Task, load_yaml, now_iso
 
@@ -43,10 +44,21 @@ from gitqueue.task import State, Task, load_yaml, now_iso
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 EXIT_NO_COMMAND = 127
+EXIT_WRONG_COMMAND = 2  # bad usage: the worker's command names an arg no task it tried has
+SHOWN_ARGS = 1000  # characters of a task's args shown when its run starts
+SUSPECTS = 3  # tasks in a row lacking a placeholder, before any had it: the command is wrong, not the tasks
+# Linux refuses to start a command with one argv item or environment string longer than this
+# (MAX_ARG_STRLEN, "NAME=value" and its NUL included): E2BIG, "Argument list too long".
+ARG_STRING_LIMIT = 128 * 1024
 
 
 class MissingArg(GitqueueError):
     """A command placeholder names an argument the task does not have."""
+
+    def __init__(self, message: str, *, placeholder: str = "", have: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.placeholder = placeholder
+        self.have = have
 
 
 def expand(argv: list[str], args: Mapping[str, Any]) -> list[str]:
@@ -63,8 +75,11 @@ def expand(argv: list[str], args: Mapping[str, Any]) -> list[str]:
         value: Any = args
         for part in match.group(1).split("."):
             if not isinstance(value, Mapping) or part not in value:
-                have = ", ".join(sorted(args)) or "none"
-                raise MissingArg(f"placeholder {token} names an arg the task lacks (its args: {have})")
+                names = tuple(sorted(map(str, args)))
+                have = ", ".join(names) or "none"
+                raise MissingArg(
+                    f"placeholder {token} names an arg the task lacks (its args: {have})", placeholder=token, have=names
+                )
             value = value[part]
         return _as_argument(value)
 
@@ -152,7 +167,12 @@ class Worker:
         self._last_reap = float("-inf")
         self._runs_folder = queue.store.path.parent / "runs"  # what our commands are (see leftovers)
         self._warned: set[str] = set()
+        # Runs whose task lacks a placeholder of our command, held back while no task has had them
+        # all: the command may be wrong, not the tasks (see _suspect).
+        self.suspects: list[tuple[Run, MissingArg]] = []
+        self._command_fits = False  # our command's placeholders were filled for some task
         queue.checks.tell = lambda problem: self.say(f"skipping {problem.message} (left as it is)")
+        queue.store.tell = self.say  # a damaged cache, rebuilt
         if not options.command and not options.allow_task_cmd and runner is None:
             raise GitqueueError("no command to run: give one after --, or --allow-task-cmd to run tasks' own cmd")
 
@@ -164,7 +184,12 @@ class Worker:
         if warning:
             self.say(f"warning: {warning}")
         with self._signals():
-            code = self._loop()
+            try:
+                code = self._loop()
+            except CacheDamaged:  # rebuilding did not help: give back what we hold before stopping
+                with contextlib.suppress(GitqueueError):
+                    self._flush(claim=0, release=True)
+                raise
         elapsed = time.monotonic() - self.summary.started
         s = self.summary
         self.say(f"stopping: {s.done} done, {s.failed} failed, {s.lost} taken away, in {elapsed:.1f}s")
@@ -209,6 +234,8 @@ class Worker:
                 if not self._lost_tries:  # it landed: the queue gave what it had
                     self._batch = len(self.held)
                     self._drained = len(claimed) < asked  # nothing more to claim for now: report at the end
+            if not self.held and self.suspects:  # nothing more to try: every task tried lacks the arg
+                return self._wrong_command()
             if not self.held:
                 now = time.monotonic()
                 idle_since = idle_since or now
@@ -227,7 +254,9 @@ class Worker:
             started = time.monotonic()
             report = self._execute(self.held.popleft())
             self.seconds["run"] += time.monotonic() - started
-            if report is None:  # taken away while it ran: nothing to report
+            if report is None:  # taken away while it ran, or held back as a suspect: nothing to report
+                if len(self.suspects) >= SUSPECTS:
+                    return self._wrong_command()
                 continue
             self.reports.append(report)
             if report.outcome == "interrupted":
@@ -287,7 +316,8 @@ class Worker:
     def _report_and_claim(self, claim: int, release: bool, patient: bool) -> list[Run]:
         reports = list(self.reports)
         if release:
-            reports += [Report(run.id, run.token, "released") for run in self.held]
+            unstarted = [*self.held, *(run for run, _ in self.suspects)]
+            reports += [Report(run.id, run.token, "released") for run in unstarted]
         if not reports:
             return self.queue.claim_batch(claim, **self._claim_options(), patient=patient) if claim else []
         then_claim = {**self._claim_options(), "count": claim} if claim else None
@@ -295,6 +325,7 @@ class Worker:
         self.reports = []  # landed: reported, and the held runs given back
         if release:
             self.held.clear()
+            self.suspects.clear()
         for lost in finished.losses:  # the task was taken away, or a person broke its file
             self.summary.lost += 1
             if isinstance(lost, NotHeld):
@@ -337,6 +368,38 @@ class Worker:
             return 0
         return None
 
+    def _suspect(self, run: Run, missing: MissingArg) -> Report | None:
+        """A task lacks a placeholder of our command. Once the command has run some task, the
+        task is at fault and fails at once (a retry cannot mend it); before that it is held
+        back, as SUSPECTS tasks in a row lacking one mean the command is wrong (a typo)."""
+        if self._command_fits:
+            self.say(f"{run.id}: {missing}; not run")
+            return Report(run.id, run.token, "failed", error=str(missing), final=True)
+        self.suspects.append((run, missing))
+        self.say(f"{run.id}: {missing}; held back, not run: is it the task or the command?")
+        return None
+
+    def _command_ran(self) -> None:
+        """Our command's placeholders were all filled: tasks held back for lacking one are at fault."""
+        self._command_fits = True
+        for run, missing in self.suspects:
+            self.say(f"{run.id}: {missing}; not run")
+            self.reports.append(Report(run.id, run.token, "failed", error=str(missing), final=True))
+        self.suspects.clear()
+
+    def _wrong_command(self) -> int:
+        """Every task tried lacks a placeholder: give them (and every held run) back untouched, and stop."""
+        placeholders = sorted({missing.placeholder for _, missing in self.suspects})
+        have = sorted({name for _, missing in self.suspects for name in missing.have})
+        count = len(self.suspects)
+        self.say(
+            f"placeholder {', '.join(placeholders)} of the command names an arg that none of the {count} "
+            f"task{'s' if count != 1 else ''} tried has (their args: {', '.join(have) or 'none'}): "
+            "is the command right? Returning them untouched (no attempt spent) and stopping"
+        )
+        self._flush(claim=0, release=True)
+        return EXIT_WRONG_COMMAND
+
     def _maybe_reap(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_reap < self.options.reap_every:
@@ -351,6 +414,7 @@ class Worker:
 
     def _execute(self, run: Run) -> Report | None:
         args = " ".join(f"{k}={_as_argument(v)}" for k, v in run.args.items())
+        args = args if len(args) <= SHOWN_ARGS else f"{args[:SHOWN_ARGS]}... ({len(args):,} characters)"
         self.say(f"▶ {run.id} (attempt {run.attempt}) {args}")
         watch = Watch(self, run)
         started = time.monotonic()
@@ -375,28 +439,28 @@ class Worker:
             self.say(f"{'✓' if report.outcome == 'done' else '✗'} {run.id} {report.outcome}{how} in {took:.1f}s")
         return report
 
-    def _run_command(self, run: Run, watch: Watch) -> Report:
+    def _run_command(self, run: Run, watch: Watch) -> Report | None:
         """Run the task's command as a child process, streaming its output to us and a log."""
-        template = run.task.cmd if run.task.cmd and self.options.allow_task_cmd else self.options.command
+        own = bool(run.task.cmd and self.options.allow_task_cmd)
+        template = run.task.cmd if own and run.task.cmd else self.options.command
         try:
             argv = expand(template, run.args)
         except MissingArg as exc:
-            self.say(f"{run.id}: {exc}; not run")
-            return Report(run.id, run.token, "failed", error=str(exc), final=True)
-        log_path = self.options.log_dir / f"{run.id}.{run.attempt}.log"
-        result_path = self.options.log_dir / f"{run.id}.{run.attempt}.result"
+            if own:  # the task's own command lacks the task's own arg
+                self.say(f"{run.id}: {exc}; not run")
+                return Report(run.id, run.token, "failed", error=str(exc), final=True)
+            return self._suspect(run, exc)
+        if not own:
+            self._command_ran()
+        stem = self.options.log_dir / f"{run.id}.{run.attempt}"
+        log_path, result_path = stem.with_name(stem.name + ".log"), stem.with_name(stem.name + ".result")
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         result_path.unlink(missing_ok=True)
-        env = {
-            **os.environ,
-            "GITQUEUE_TASK_ID": run.id,
-            "GITQUEUE_ARGS": json.dumps(run.args, default=str),
-            "GITQUEUE_ATTEMPT": str(run.attempt),
-            "GITQUEUE_RESULT_FILE": str(result_path.resolve()),
-            "GITQUEUE_WORKER": self.queue.worker,
-        }
+        env, note = self._environment(run, result_path, stem.with_name(stem.name + ".args.json"))
         with open(log_path, "wb") as log:
             log.write(f"# {now_iso()} {run.id} attempt {run.attempt}: {argv}\n".encode())
+            if note:
+                log.write(f"# {note}\n".encode())
             log.flush()
             try:
                 child = subprocess.Popen(
@@ -408,9 +472,7 @@ class Worker:
                     preexec_fn=_die_with(os.getpid()),
                 )
             except OSError as exc:
-                self.stop_code = EXIT_NO_COMMAND  # a broken worker must not burn the queue
-                self.say(f"cannot start {argv[0]!r}: {exc.strerror}; returning {run.id} and stopping")
-                return Report(run.id, run.token, "interrupted", error=f"cannot start {argv[0]!r}: {exc.strerror}")
+                return self._cannot_start(run, exc, argv, machine=not own and argv[:1] == template[:1])
             running = leftovers.record(self._runs_folder, child.pid, run.id, self.queue.worker)
             try:
                 # Each stream keeps its own last lines: their interleaving across two pipes is not
@@ -477,6 +539,55 @@ class Worker:
         """What a stopping worker sends its command first: Ctrl-C as Ctrl-C, anything else
         (SIGTERM, Slurm's warning SIGUSR1) as SIGTERM, which every program takes as 'stop'."""
         return signal.SIGINT if self.signal == signal.SIGINT else signal.SIGTERM
+
+    def _environment(self, run: Run, result_path: Path, args_path: Path) -> tuple[dict[str, str], str]:
+        """The command's environment, and a note for the run's log if GITQUEUE_ARGS was left out.
+
+        The args are always in the file named by GITQUEUE_ARGS_FILE; GITQUEUE_ARGS holds them too
+        unless they are longer than one environment string may be (the command could not start).
+        """
+        args = json.dumps(run.args, default=str)
+        args_path.write_text(args, encoding="utf-8")
+        env = {
+            **os.environ,
+            "GITQUEUE_TASK_ID": run.id,
+            "GITQUEUE_ARGS_FILE": str(args_path.resolve()),
+            "GITQUEUE_ATTEMPT": str(run.attempt),
+            "GITQUEUE_RESULT_FILE": str(result_path.resolve()),
+            "GITQUEUE_WORKER": self.queue.worker,
+        }
+        size = len(f"GITQUEUE_ARGS={args}".encode()) + 1
+        if size <= ARG_STRING_LIMIT:
+            env["GITQUEUE_ARGS"] = args
+            return env, ""
+        note = (
+            f"GITQUEUE_ARGS left out: the args are {size:,} bytes, more than one environment variable may hold "
+            f"({ARG_STRING_LIMIT:,}); read them from GITQUEUE_ARGS_FILE"
+        )
+        self.say(f"{run.id}: {note}")
+        return env, note
+
+    def _cannot_start(self, run: Run, exc: OSError, argv: list[str], *, machine: bool) -> Report:
+        """A command that does not start. The machine's fault (our own program is missing or
+        not executable) stops the worker, returning the task: a broken worker must not burn the
+        queue. The task's fault (its args make the command too long, its own program is
+        missing) spends that task's attempt, and the worker goes on."""
+        why = f"cannot start {argv[0][:200]!r}: {exc.strerror}"
+        if exc.errno == errno.E2BIG:
+            longest = max(range(len(argv)), key=lambda i: len(argv[i].encode()))
+            size = len(argv[longest].encode())
+            why += (
+                f" (argument {longest} is {size:,} bytes; one argument may hold {ARG_STRING_LIMIT:,}: pass such "
+                "args through GITQUEUE_ARGS_FILE, not a placeholder)"
+                if size >= ARG_STRING_LIMIT
+                else " (the command line and environment are longer than this system allows)"
+            )
+        elif machine:
+            self.stop_code = EXIT_NO_COMMAND
+            self.say(f"{why}; returning {run.id} and stopping")
+            return Report(run.id, run.token, "interrupted", error=why)
+        self.say(f"{run.id}: {why}")
+        return Report(run.id, run.token, "failed", error=why)
 
     def _read_result(self, run: Run, path: Path) -> Any:
         if not path.exists() or path.stat().st_size == 0:
