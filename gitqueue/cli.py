@@ -567,19 +567,47 @@ def work(
 def reap(
     max_skew: Annotated[float, typer.Option(help="Seconds of clock difference to allow between machines.")] = 30.0,
     queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
 ) -> None:
-    """Return tasks whose lease ran out (their worker died) to pending, or to failed.
+    """Return tasks whose worker died to pending (or to failed), and say what is left running.
 
-    Workers reap as they go; this is for when none is running. A lease has run out when
-    its last heartbeat is older than the lease plus --max-skew by this machine's clock.
+    A worker that died on this machine is known at once: its process is gone (workers note
+    what they hold in the local cache). Elsewhere a run is dead when its last heartbeat is
+    older than its lease plus --max-skew by this machine's clock. Only a run that started
+    spends an attempt; claims a worker held but never started go back with none. Workers
+    reap as they go; this is for when none is running.
 
     \b
-    Example:
-      gitqueue reap --max-skew 5
+    Examples:
+      gitqueue reap
+      gitqueue reap --max-skew 5 --format json
     """
+    _check_format(fmt, ("text", "json"))
     with Queue.open(queue, max_skew=max_skew) as q:
-        ids = q.reap()
-    typer.echo(f"reaped {len(ids)}" + (f": {' '.join(ids)}" if ids else ""))
+        reaped = q.reap_runs()
+        left = q.runs()
+    if fmt == "json":
+        _print_json({"reaped": [r.to_dict() for r in reaped], "running": left})
+        return
+    why = "" if reaped or left else ": nothing is running"
+    typer.echo(f"reaped {len(reaped)}" + (f": {' '.join(r.id for r in reaped)}" if reaped else why))
+    for r in reaped:
+        typer.echo(f"  {r.id}: {r.reason}; " + ("attempt spent" if r.spent else "never started: no attempt spent"))
+    if left:
+        typer.echo(f"left {len(left)} running (their workers show signs of life, or their leases have not run out):")
+    for run in left:
+        typer.echo("  " + _lease_line(run))
+
+
+def _lease_line(run: dict[str, Any]) -> str:
+    """One run under way: whose, its last sign of life, when its lease runs out."""
+    beat = f"last heartbeat {run['heartbeat']}" if run["heartbeat"] else "no heartbeat yet"
+    ends = "lease end unknown"
+    if run["lease_ends"]:
+        left = run["seconds_left"]
+        when = f"in {_duration(left)}" if left >= 0 else f"{_duration(-left)} ago, plus --max-skew"
+        ends = f"lease runs out {run['lease_ends']} ({when})"
+    return f"{run['id']} (worker {run['worker']}, attempt {run['attempt']}): {beat}; {ends}"
 
 
 @app.command()

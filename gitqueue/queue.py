@@ -8,6 +8,7 @@ growing moment and rebuild from the new tip (never rebase an old commit).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitqueue import config, edits, filters, history
+from gitqueue import config, edits, filters, history, leftovers
 from gitqueue import validate as rules
 from gitqueue.errors import (
     EditConflict,
@@ -118,8 +119,9 @@ class Change:
 
 @dataclass(frozen=True)
 class Report:
-    """How a run ended: ``done``, ``failed``, ``interrupted`` (not counted), ``reaped``, or
-    ``released`` (claimed in a batch and given back before it started)."""
+    """How a run ended: ``done``, ``failed``, ``interrupted`` (not counted), ``reaped``,
+    ``released`` (claimed in a batch and given back before it started) or ``abandoned``
+    (reaped, but it never started: its worker died holding the claim; not counted)."""
 
     task_id: str
     token: str | None
@@ -129,6 +131,20 @@ class Report:
     exit_code: int | None = None
     lease_ref: bool = False  # the run pushed heartbeats: delete its lease ref with the report
     final: bool = False  # a failure no retry can mend (e.g. the task lacks an arg): straight to failed/
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A dead run whose task went back to the queue: whose it was, why, and whether its
+    attempt was spent (only a run that started spends one)."""
+
+    id: str
+    worker: str
+    reason: str
+    spent: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -561,38 +577,119 @@ class Queue:
         """Fail a running task's attempt: back to pending while attempts remain, else failed/."""
         return self.finish(Report(task_id, token, "failed", error=error, exit_code=exit_code)).raise_lost()
 
-    def reap(self) -> list[str]:
-        """Return tasks whose lease ran out to pending (attempt spent) or to failed.
+    @property
+    def runs_folder(self) -> Path:
+        """Where this machine's workers note their commands and claims (see ``leftovers``)."""
+        return self.store.path.parent / "runs"
 
-        A lease runs out when its run shows no sign of life for ``lease`` seconds: judged by
+    @property
+    def here(self) -> str:
+        """How this queue is named in those notes: its remote and branch."""
+        return f"{self.store.url} {self.store.branch}"
+
+    def reap(self) -> list[str]:
+        """Return the tasks of dead runs to the queue (see ``reap_runs``); their ids."""
+        return [reaped.id for reaped in self.reap_runs()]
+
+    def reap_runs(self) -> list[Reaped]:
+        """Return the tasks of dead runs (see ``reap_dead``), those of workers of this machine
+        whose process is gone included; drop those workers' notes once nothing of theirs is
+        held any more."""
+        noted = leftovers.noted_runs(self.runs_folder, queue=self.here)
+        gone = {token: run for token, run in noted.items() if not run.alive}
+        settled: set[str] = set()
+        started = {token: run.started for token, run in noted.items()}
+        reaped = self.reap_dead(gone=set(gone), started=started, settled=settled)
+        leftovers.forget_dead(gone, settled)
+        return reaped
+
+    def reap_dead(
+        self,
+        *,
+        gone: set[str] | None = None,
+        started: Mapping[str, bool] | None = None,
+        settled: set[str] | None = None,
+    ) -> list[Reaped]:
+        """Return tasks whose run is dead to pending, or to failed when out of attempts.
+
+        A run is dead when its lease ran out: no sign of life for ``lease`` seconds, judged by
         this process's own monotonic clock while it watches the run's lease ref stand still,
         or, for a run it has not watched that long, by the heartbeat's own timestamp against
-        this machine's clock with ``max_skew`` seconds allowed for clocks that differ.
+        this machine's clock with ``max_skew`` seconds allowed for clocks that differ. It is
+        dead at once when ``gone`` names its token: its worker's process, on this machine, has
+        ended (see ``leftovers.noted_runs``).
+
+        Only a run that started spends an attempt: one that pushed a heartbeat, or that
+        ``started`` (a worker's note on this machine) says has started. One that never did
+        (a claim its worker held in a batch, never run) goes back as if released. ``settled``
+        gets the tokens of ``gone`` that hold no task once this returns.
         """
+        gone, started_here = gone or set(), started or {}
+        done_with: set[str] = set()  # tokens of ``gone`` that no task is held by, once the change lands
 
         def build(snap: Snapshot) -> Change | None:
             leases = self.store.leases()
             change: Change | None = None
-            reaped: list[str] = []
+            reaped: list[Reaped] = []
             running = list(snap.tasks(State.RUNNING))
             tokens = {task.token for task in running}
+            done_with.clear()
+            done_with.update(token for token in gone if token not in tokens)
             self._seen = {key: seen for key, seen in self._seen.items() if key[0] in tokens}  # runs still on
             for task in running:
-                reason = self._lease_expired(task, leases.get(task.token or ""))
+                token = task.token or ""
+                started = token in leases or started_here.get(token, False)  # a heartbeat, or its note
+                reason: str | None = (
+                    f"worker {(task.run or {}).get('worker')} is gone: its process on this machine ended"
+                )
+                if token not in gone:
+                    reason = self._lease_expired(task, leases.get(token))
                 if reason is None:
                     continue
-                step = self._finish_change(
-                    snap, Report(task.id, task.token, "reaped", error=reason), lease_ref=task.token in leases
-                )
+                report = Report(task.id, task.token, "reaped" if started else "abandoned", error=reason)
+                step = self._finish_change(snap, report, lease_ref=token in leases)
                 change = step if change is None else change.then(step)
-                reaped.append(task.id)
+                reaped.append(Reaped(task.id, str((task.run or {}).get("worker")), reason, spent=started))
+                done_with.add(token)
             if change is not None:
                 change.value = reaped  # the ids, not the first step's Finished
             return change
 
         if build(self.snapshot(leases=True)) is None:  # a look without the cache's turn: usually all is well
-            return []
-        return self._transact(build, leases=True) or []
+            reaped: list[Reaped] = []
+        else:
+            reaped = self._transact(build, leases=True) or []
+        if settled is not None:
+            settled.update(done_with)
+        return reaped
+
+    def runs(self, *, snap: Snapshot | None = None) -> list[dict[str, Any]]:
+        """Every run under way: its task, worker, attempt, claim time, last heartbeat (None
+        before the first) and when its lease runs out by the clocks that wrote them."""
+        snap = snap or self.snapshot(leases=True)
+        leases = self.store.leases()
+        found = []
+        for task in snap.tasks(State.RUNNING):
+            run = task.run or {}
+            heartbeat = leases.get(task.token or "")
+            claimed = parse_time(str(run["claimed_at"])) if run.get("claimed_at") else None
+            beat = self.store.commit_time(heartbeat) if heartbeat else None
+            last = beat if beat is not None else claimed
+            lease = float(run.get("lease") or snap.settings.lease)
+            found.append(
+                {
+                    "id": task.id,
+                    "worker": run.get("worker"),
+                    "attempt": run.get("attempt"),
+                    "token": task.token,
+                    "claimed_at": run.get("claimed_at"),
+                    "heartbeat": None if beat is None else now_iso(beat),
+                    "lease": lease,
+                    "lease_ends": None if last is None else now_iso(last + lease),
+                    "seconds_left": None if last is None else round(last + lease - self.clock(), 1),
+                }
+            )
+        return sorted(found, key=lambda r: id_order(r["id"]))
 
     def _lease_expired(self, task: Task, heartbeat: str | None) -> str | None:
         run = task.run or {}
@@ -666,16 +763,19 @@ class Queue:
         elif report.outcome in SPENT_OUTCOMES:
             spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
             after.state = State.FAILED if spent_all or report.final else State.PENDING
-        elif report.outcome == "released":  # claimed in a batch, never started: no attempt at all
+        elif report.outcome in ("released", "abandoned"):  # never started: no attempt at all
             after = task.evolve(state=State.PENDING, run=None)
         else:  # interrupted: the attempt does not count
             after.state = State.PENDING
         verb = {"done": "done", "failed": "fail", "reaped": "reap", "interrupted": "return", "released": "release"}
+        verb["abandoned"] = "reap"
         subject = f"{verb[report.outcome]} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
         if report.outcome in SPENT_OUTCOMES:
             subject += ": out of attempts" if after.state is State.FAILED else ": will retry"
         elif report.outcome == "released":
             subject += ": not started"
+        elif report.outcome == "abandoned":
+            subject += ": never started, no attempt spent"
         also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
         return Change(
             subject=subject,
@@ -1069,8 +1169,6 @@ def _fan_pending(snap: Snapshot, files: dict[str, bytes | None]) -> None:
     for path in list(files):
         task_id = path[len("pending/") : -len(".yaml")]
         files[f"pending/{fan(task_id)}/{task_id}.yaml"] = files.pop(path)
-
-
 
 
 __all__ = ["Change", "GitqueueError", "Queue", "Run", "best_pending", "default_worker"]

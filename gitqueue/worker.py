@@ -146,7 +146,9 @@ class Worker:
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
         self.stop_code: int | None = None  # set when the worker itself is broken
         self._last_reap = float("-inf")
-        self._runs_folder = queue.store.path.parent / "runs"  # what our commands are (see leftovers)
+        self._runs_folder = queue.runs_folder  # what our commands are, and what we hold (see leftovers)
+        self._holdings = leftovers.Holdings(self._runs_folder, queue=queue.here, worker=queue.worker)
+        self._current: Run | None = None  # the run under way
         self._warned: set[str] = set()
         queue.checks.tell = lambda problem: self.say(f"skipping {problem.message} (left as it is)")
         if not options.command and not options.allow_task_cmd and runner is None:
@@ -157,7 +159,10 @@ class Worker:
     def run(self) -> int:
         """Work until the queue is drained (or the limits say stop); returns an exit code."""
         with self._signals():
-            code = self._loop()
+            try:
+                code = self._loop()
+            finally:
+                self._note()
         elapsed = time.monotonic() - self.summary.started
         s = self.summary
         self.say(f"stopping: {s.done} done, {s.failed} failed, {s.lost} taken away, in {elapsed:.1f}s")
@@ -199,6 +204,7 @@ class Worker:
                 claimed = self._flush(claim=asked, patient=not self.held)
                 self._held_since.update({run.token: time.monotonic() for run in claimed})
                 self.held.extend(claimed)
+                self._note()
                 if not self._lost_tries:  # it landed: the queue gave what it had
                     self._batch = len(self.held)
                     self._drained = len(claimed) < asked  # nothing more to claim for now: report at the end
@@ -207,7 +213,7 @@ class Worker:
                 idle_since = idle_since or now
                 waited = now - idle_since
                 if not self.options.wait and (self.options.idle_timeout is None or waited >= self.options.idle_timeout):
-                    self.say("nothing to claim")
+                    self.say("nothing to claim" + self._running_elsewhere())
                     return 0
                 if waited == 0:
                     patience = "" if self.options.wait else f" for up to {self.options.idle_timeout:g}s"
@@ -222,7 +228,6 @@ class Worker:
             self.seconds["run"] += time.monotonic() - started
             if report is None:  # taken away while it ran: nothing to report
                 continue
-            self.reports.append(report)
             if report.outcome == "interrupted":
                 self._flush(claim=0, release=True)
                 return self.stop_code or 128 + (self.signal or signal.SIGTERM)
@@ -230,6 +235,27 @@ class Worker:
             if stop_code is not None:
                 self._flush(claim=0, release=True)
                 return stop_code
+
+    def _note(self) -> None:
+        """Note what we hold in the cache, so that if this process dies a worker (or `gitqueue
+        reap`) on this machine returns it at once, spending an attempt only for what started."""
+        held = {run.token: (run.id, False) for run in self.held}
+        held.update({report.token or "": (report.task_id, True) for report in self.reports})
+        if self._current is not None:
+            held[self._current.token] = (self._current.id, True)
+        self._holdings.note(held)
+
+    def _running_elsewhere(self) -> str:
+        """For "nothing to claim": how many tasks other runs hold, and until when their leases run."""
+        try:
+            others = [run for run in self.queue.runs() if run["worker"] != self.queue.worker]
+        except GitqueueError:
+            return ""
+        if not others:
+            return ""
+        ends = [run["lease_ends"] for run in others if run["lease_ends"]]
+        until = f"; their leases run until {max(ends)} unless renewed" if ends else ""
+        return f" ({len(others)} task{'s' * (len(others) != 1)} running elsewhere{until})"
 
     def _due(self) -> bool:
         """Time to report and claim: nothing left in hand, or half a batch run with more to
@@ -275,6 +301,7 @@ class Worker:
         finally:
             self.seconds["flush"] += time.monotonic() - started
         self._adapt(self.queue.store.rejected_pushes - lost_before)
+        self._note()
         return claimed
 
     def _report_and_claim(self, claim: int, release: bool, patient: bool) -> list[Run]:
@@ -337,8 +364,11 @@ class Worker:
         self._last_reap = now
         for message in leftovers.stop_leftovers(self._runs_folder, self.options.grace):
             self.say(message)
-        for task_id in self.queue.reap():
-            self.say(f"{task_id}: its lease ran out; returned to the queue")
+        for reaped in self.queue.reap_runs():
+            self.say(
+                f"{reaped.id}: {reaped.reason}; returned to the queue"
+                + ("" if reaped.spent else " (never started: no attempt spent)")
+            )
 
     # ------------------------------------------------------------ one run
 
@@ -352,15 +382,22 @@ class Worker:
                 # It waited in its batch, silent, for a heartbeat's interval or more: a reaper may
                 # have given it away. Look (and keep its lease alive) before running it.
                 watch.beat()
+            self._current = run
+            self._note()  # from now on it has started: if we die, its attempt is spent
             report = self.runner(run, watch)
+            if report is not None:
+                report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
+                self.reports.append(report)  # ended, not reported yet: noted as started
         except TakenAway as exc:
             self.summary.lost += 1
             self.say(f"{run.id}: {exc}; stopped it, nothing reported")
             if watch.heartbeat is not None:  # a move by hand leaves the run's lease ref behind
                 self.queue.store.drop_lease(run.token)
             return None
+        finally:
+            self._current = None
+            self._note()
         if report is not None:
-            report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
             took = time.monotonic() - started
             average = self._seconds_per_task
             self._seconds_per_task = took if average is None else 0.7 * average + 0.3 * took

@@ -29,7 +29,7 @@ from gitqueue import Queue, State, Task
 from gitqueue.cli import app
 from gitqueue.leftovers import running, stop_leftovers
 from gitqueue.queue import Report, Run
-from gitqueue.task import parse_task
+from gitqueue.task import parse_task, parse_time
 from gitqueue.testing import GitDaemon
 from gitqueue.worker import MissingArg, Options, Watch, Worker, expand
 
@@ -221,7 +221,17 @@ def attempt_summary(task: Task) -> list[tuple[int, str, str]]:
 # ---------------------------------------------------------------- dead workers
 
 
-def test_sigkilled_worker_task_comes_back_after_its_lease_and_another_worker_finishes_it(lab: Lab) -> None:
+def as_if_on_another_machine(tmp_path: Path) -> None:
+    """Make the workers' notes in the cache name another host, as a cache shared over the
+    network would hold them: their pids mean nothing here."""
+    for note in (tmp_path / "cache" / "runs" / "workers").glob("*.json"):
+        note.write_text(json.dumps({**json.loads(note.read_text()), "host": "another-machine"}))
+
+
+def test_sigkilled_worker_task_comes_back_after_its_lease_and_another_worker_finishes_it(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The dead worker ran on another machine: only its lease tells that it is gone."""
     lab.submit({"id": "victim", "args": {"hold": [1]}, "lease": 3})
     w1 = lab.start("w1")
     poll_until(lambda: lab.started("victim", 1), what="the first attempt to start")
@@ -230,12 +240,13 @@ def test_sigkilled_worker_task_comes_back_after_its_lease_and_another_worker_fin
 
     w1.send(signal.SIGKILL)
     assert w1.wait() == -signal.SIGKILL
+    as_if_on_another_machine(tmp_path)
     # Its experiment dies with it rather than run on beside the rerun.
     assert poll_until(lambda: lab.stopped_by("victim", 1), what="the orphaned experiment to stop") == signal.SIGTERM
 
     w2 = lab.start("w2", "--wait", "--max-tasks", "1")
     assert w2.wait() == 0
-    assert "victim: its lease ran out; returned to the queue" in w2.stderr
+    assert "victim: lease expired: no sign of life from w1 for" in w2.stderr
 
     task = lab.task("victim")
     assert task.state is State.DONE and task.result["env"]["GITQUEUE_ATTEMPT"] == "2"
@@ -275,8 +286,9 @@ def test_the_next_worker_stops_what_a_sigkilled_workers_command_started(lab: Lab
         assert "stopping 1 process(es) of wrapped that dead worker w1 left running" in w2.stderr
         poll_until(lambda: not running(pid), what="the leftover sleep to stop")
         assert stop_leftovers(runs, grace=10) == [] and list(runs.glob("*.json")) == [], "nothing of it runs now"
-        # Only processes were stopped: the task comes back when its lease runs out, as before.
-        assert lab.remote.states()["wrapped"] == "running"
+        # Its worker is gone from this machine: the task came back at once, not after its lease.
+        assert "wrapped: worker w1 is gone: its process on this machine ended; returned to the queue" in w2.stderr
+        assert attempt_summary(lab.task("wrapped")) == [(1, "reaped", "w1"), (2, "done", "w2")]
     finally:
         if running(pid):
             os.kill(pid, signal.SIGKILL)
@@ -306,6 +318,12 @@ def test_black_box_workers_over_git_daemon_drain_a_sweep_while_one_is_sigkilled(
         assert workers.pop(holder).wait() == -signal.SIGKILL
 
         poll_until(lambda: lab.remote.states()["victim"] == "done", what="the victim's rerun", timeout=30)
+
+        def marathon_past_its_lease() -> bool:  # (the dead worker may have held it, never started)
+            run = lab.task("marathon").run
+            return run is not None and run["worker"] != holder and time.time() - parse_time(run["claimed_at"]) > 3.5
+
+        poll_until(marathon_past_its_lease, what="the marathon to run past its lease", timeout=30)
         # The marathon has run for longer than its lease, beside workers that reap: still held.
         assert attempt_summary(lab.task("marathon")) == [] and lab.task("marathon").state is State.RUNNING
         lab.release("marathon", 1)
@@ -336,6 +354,7 @@ def test_reap_judges_leases_by_its_own_monotonic_clock(queue: Queue, bare_remote
     queue.submit([{"id": "dead", "args": {}, "lease": 5}, {"id": "alive", "args": {}, "lease": 5}])
     runs = {run.id: run for run in (queue.claim(), queue.claim()) if run is not None}
     alive = runs["alive"]
+    assert queue.store.heartbeat(runs["dead"].token, parent=None, message="beat\n", author=queue.identity)
     clock = FakeClock()
     with Queue(str(bare_remote), worker="reaper", monotonic=clock) as reaper:
         assert reaper.reap() == []  # first sight of both runs
@@ -377,11 +396,21 @@ def test_gitqueue_reap_returns_a_silent_run_by_its_claim_time(lab: Lab) -> None:
     def reap() -> str:
         result = CliRunner().invoke(app, ["reap", "--queue", lab.url, "--max-skew", "0"])
         assert result.exit_code == 0, result.output
-        return result.stdout.strip() if result.stdout.strip() != "reaped 0" else ""
+        assert result.stdout.startswith("reaped "), result.stdout
+        if result.stdout.startswith("reaped 0"):  # not yet: it says what it left, and until when
+            assert re.search(
+                r"\n  t \(worker ghost, attempt 1\): no heartbeat yet; lease runs out \S+ \(", result.stdout
+            )
+            return ""
+        return result.stdout
 
-    assert poll_until(reap, what="the lease to run out", timeout=10) == "reaped 1: t"
-    task = lab.task("t")
-    assert task.state is State.PENDING and attempt_summary(task) == [(1, "reaped", "ghost")]
+    said = poll_until(reap, what="the lease to run out", timeout=10).splitlines()
+    assert said[0] == "reaped 1: t"
+    assert said[1].startswith("  t: lease expired: no sign of life from ghost for")
+    assert said[1].endswith("never started: no attempt spent") and len(said) == 2
+    task = lab.task("t")  # no heartbeat, no start noted: it never started, and spends nothing
+    assert task.state is State.PENDING and task.attempts == [] and task.next_attempt == 1
+    assert lab.subjects("t")[-1] == "reap t by ghost (attempt 1): never started, no attempt spent"
 
 
 def test_a_busy_worker_reaps_as_it_goes(queue: Queue, bare_remote: Path) -> None:
@@ -399,8 +428,8 @@ def test_a_busy_worker_reaps_as_it_goes(queue: Queue, bare_remote: Path) -> None
         options = Options(reap_every=0, max_tasks=3)
         assert Worker(q, options, runner=runner, log=log).run() == 0
     task = queue.get("z-dead")
-    assert task.state is State.PENDING and [a["outcome"] for a in task.attempts] == ["reaped"], log.getvalue()
-    assert "z-dead: its lease ran out" in log.getvalue()
+    assert task.state is State.PENDING and task.attempts == [], log.getvalue()  # it never sent a heartbeat
+    assert "z-dead: lease expired: no sign of life from test-box/0" in log.getvalue()
 
 
 def test_a_run_that_waited_in_its_batch_past_its_lease_is_not_started(queue: Queue, bare_remote: Path) -> None:
@@ -429,9 +458,9 @@ def test_a_run_that_waited_in_its_batch_past_its_lease_is_not_started(queue: Que
 
     with Queue(str(bare_remote), worker="batcher") as q:
         assert Worker(q, Options(reap_every=3600), runner=runner, log=log).run() == 0
-    assert ran == [("a-quick", 1), ("b-slow", 1), ("c-short-lease", 2)], log.getvalue()  # never two runs at once
-    task = queue.get("c-short-lease")
-    assert [(a["attempt"], a["outcome"]) for a in task.attempts] == [(1, "reaped"), (2, "done")]
+    assert ran == [("a-quick", 1), ("b-slow", 1), ("c-short-lease", 1)], log.getvalue()  # never two runs at once
+    task = queue.get("c-short-lease")  # reaped while it waited, never started: no attempt spent
+    assert [(a["attempt"], a["outcome"]) for a in task.attempts] == [(1, "done")]
 
 
 # ---------------------------------------------------------------- stopping a run
