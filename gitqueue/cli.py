@@ -28,7 +28,7 @@ from gitqueue.queue import Queue, default_worker
 from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
-the task (nothing changed); 5 the queue's remote is unreachable."""
+the task (nothing changed); 5 the queue's remote is unreachable; 6 (work) a task it ran failed."""
 
 
 class _Group(TyperGroup):
@@ -514,7 +514,9 @@ def work(
     max_tasks: Annotated[int | None, typer.Option(help="Stop after this many tasks.")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="Poll an empty queue this many seconds.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Poll an empty queue for ever (with backoff).")] = False,
-    max_failures: Annotated[int | None, typer.Option(help="Stop after this many failures in a row.")] = None,
+    max_failures: Annotated[
+        int, typer.Option(min=0, help="Stop (exit 1) after this many failures in a row; 0: never.")
+    ] = 5,
     allow_task_cmd: Annotated[
         bool, typer.Option("--allow-task-cmd", help="Run a task's own cmd: anyone who can push gains code execution.")
     ] = False,
@@ -536,6 +538,10 @@ def work(
     GITQUEUE_RESULT_FILE: a JSON or YAML mapping written there becomes the task's result.
     Exit 0 marks the task done; anything else fails the attempt. Ctrl-C stops the run and
     returns its task without spending an attempt.
+
+    The worker exits 0 when nothing is left for it and every task it ran was done (or it
+    ran none); 6 if any task it ran failed, even one that will be retried; 1 if it stopped
+    at --max-failures failures in a row; 128+N after signal N; 127 if CMD cannot start.
 
     \b
     Examples:

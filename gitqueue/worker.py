@@ -40,6 +40,7 @@ from gitqueue.task import State, Task, load_yaml, now_iso
 
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 EXIT_NO_COMMAND = 127
+EXIT_TASKS_FAILED = 6  # the worker ended as asked, but some of the tasks it ran failed
 
 
 class MissingArg(GitqueueError):
@@ -87,7 +88,7 @@ class Options:
     max_tasks: int | None = None
     idle_timeout: float | None = None  # keep polling this long when idle (None: exit at once)
     wait: bool = False  # keep polling for ever
-    max_failures: int | None = None  # stop after this many failures in a row
+    max_failures: int | None = None  # stop after this many failures in a row (None or 0: never)
     allow_task_cmd: bool = False  # run a task's own `cmd` (whoever can push gains code execution)
     log_dir: Path = Path("gitqueue-logs")
     grace: float = 10.0  # seconds between SIGTERM and SIGKILL when stopping a command
@@ -165,6 +166,8 @@ class Worker:
                 self._note()
         elapsed = time.monotonic() - self.summary.started
         s = self.summary
+        if code == 0 and s.failed:
+            code = EXIT_TASKS_FAILED  # a script (or Slurm) must see that not all went well
         self.say(f"stopping: {s.done} done, {s.failed} failed, {s.lost} taken away, in {elapsed:.1f}s")
         self._write_stats()
         return code
@@ -350,7 +353,7 @@ class Worker:
             s.failed += 1
             s.failures_in_a_row += 1
             limit = self.options.max_failures
-            if limit is not None and s.failures_in_a_row >= limit:
+            if limit and s.failures_in_a_row >= limit:
                 self.say(f"{s.failures_in_a_row} failures in a row (--max-failures {limit}): is this machine broken?")
                 return 1
         if self.options.max_tasks is not None and s.done + s.failed >= self.options.max_tasks:

@@ -652,7 +652,7 @@ def test_a_placeholder_naming_a_missing_arg_fails_the_task_without_running_anyth
         {"id": "flat-b", "args": {"a": 1, "b": 5}},
     )
     worker = lab.start("w1", command=lab.command("{a}", "{b.c}"))
-    assert worker.wait() == 0
+    assert worker.wait() == 6  # tasks it ran failed
     assert lab.remote.states() == {"good": "done", "no-b": "failed", "flat-b": "failed"}
     assert lab.task("good").result["argv"] == ["1", "2"]
     for task_id, have in (("no-b", "a"), ("flat-b", "a, b")):
@@ -754,7 +754,7 @@ def test_results_as_csv_and_json_rows(lab: Lab) -> None:
         {"id": "r2", "args": {"x": 2, "result": "score"}},
         {"id": "r3", "args": {"x": 3, "result": "score", "exit": 2}, "max_attempts": 1},
     )
-    assert lab.start("w1").wait() == 0
+    assert lab.start("w1").wait() == 6  # a task failed
     runner = CliRunner()
 
     done = runner.invoke(app, ["results", "--queue", lab.url, "--format", "json"])
@@ -806,3 +806,18 @@ def test_expand_names_the_missing_arg() -> None:
         expand(["{model.depth}"], {"model": {"name": "x"}})
     with pytest.raises(MissingArg, match=r"its args: none"):
         expand(["{lr}"], {})
+
+
+def test_a_worker_that_ran_a_failed_task_exits_6_and_max_failures_defaults_to_5(lab: Lab) -> None:
+    lab.submit(*({"id": f"f{i}", "args": {"exit": 3}, "max_attempts": 1} for i in range(7)))
+    worker = lab.start("w1")
+    assert worker.wait() == 1, worker.stderr  # stopped by the default --max-failures
+    assert "5 failures in a row (--max-failures 5)" in worker.stderr
+    assert sorted(lab.remote.states().values()) == ["failed"] * 5 + ["pending"] * 2
+    no_limit = lab.start("w2", "--max-failures", "0")
+    assert no_limit.wait() == 6, no_limit.stderr  # it ran the rest, and they failed too
+    assert set(lab.remote.states().values()) == {"failed"}
+    lab.submit({"id": "ok", "args": {}})
+    assert lab.start("w3").wait() == 0, "every task it ran was done"
+    help_text = " ".join(CliRunner().invoke(app, ["work", "--help"]).stdout.split())
+    assert "6 if any task it ran failed" in help_text and "[default: 5; x>=0]" in help_text
