@@ -483,12 +483,18 @@ def _status_view(info: dict[str, Any]) -> Table:
         oldest = info["oldest_pending"]
         grid.add_row(f"oldest pending: {oldest['id']} (submitted {oldest['submitted']})")
     if info["running"]:
+        phases = [row["phase"] for row in info["running"]]
+        grid.add_row(
+            f"runs: {phases.count('running')} running, {phases.count('held')} held in a batch (not started), "
+            f"{phases.count('claimed')} claimed with no heartbeat yet"
+        )
         running = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("RUNNING", "WORKER", "ATTEMPT", "FOR"):
+        for column in ("TASK", "PHASE", "WORKER", "ATTEMPT", "FOR", "HEARTBEAT", "LEASE ENDS"):
             running.add_column(column)
         for row in info["running"]:
             age = "" if row["age"] is None else _duration(row["age"])
-            running.add_row(row["id"], str(row["worker"]), str(row["attempt"]), age)
+            beat, ends = row["heartbeat"] or "-", row["lease_ends"] or "-"
+            running.add_row(row["id"], row["phase"], str(row["worker"]), str(row["attempt"]), age, beat, ends)
         grid.add_row(running)
     for problem in info["invalid"]:
         grid.add_row(f"[red]invalid[/] {problem['problem']}")

@@ -422,8 +422,16 @@ class Queue:
         return self.snapshot().get(task_id)
 
     def status(self) -> dict[str, Any]:
-        """Counts per state, the oldest pending task, and who runs what for how long."""
-        snap = self.snapshot()
+        """Counts per state, the oldest pending task, and who runs what for how long.
+
+        Each running task's ``phase`` says how far its run is: ``running`` (it pushed a
+        heartbeat, or its worker on this machine noted that it started), ``held`` (claimed in
+        a batch by a worker of this machine, not started yet) or ``claimed`` (no heartbeat
+        yet from a worker elsewhere: it may not have started).
+        """
+        snap = self.snapshot(leases=True)
+        runs = {run["id"]: run for run in self.runs(snap=snap)}
+        noted = leftovers.noted_runs(self.runs_folder, queue=self.here)
         counts = {state.value: 0 for state in State}
         oldest: tuple[str, str] | None = None  # (submitted at, id)
         running = []
@@ -440,6 +448,9 @@ class Queue:
                     oldest = key
             elif entry.state is State.RUNNING:
                 age = now - parse_time(summary.claimed_at) if summary.claimed_at else None
+                run = runs.get(entry.id, {})
+                note = noted.get(str(run.get("token")))
+                phase = "running" if run.get("heartbeat") or (note and note.started) else "claimed"
                 running.append(
                     {
                         "id": entry.id,
@@ -447,6 +458,9 @@ class Queue:
                         "attempt": summary.attempt,
                         "claimed_at": summary.claimed_at,
                         "age": age,
+                        "phase": "held" if note and not note.started and phase == "claimed" else phase,
+                        "heartbeat": run.get("heartbeat"),
+                        "lease_ends": run.get("lease_ends"),
                     }
                 )
         return {

@@ -94,6 +94,7 @@ class Options:
     grace: float = 10.0  # seconds between SIGTERM and SIGKILL when stopping a command
     heartbeat: float | None = None  # seconds between heartbeats (default: a third of the lease)
     reap_every: float = 30.0  # seconds between looks for runs whose lease ran out
+    look_every: float = 3.0  # seconds between looks (fetches) for a cancel of the running task
     poll_max: float = 30.0  # longest wait between polls of an idle queue
     max_batch: int = 64  # short tasks: hold up to this many claims, report them in one push
     batch_seconds: float = 1.0  # size a batch to take about this long (longer while pushes collide)
@@ -388,12 +389,14 @@ class Worker:
             self._current = run
             self._note()  # from now on it has started: if we die, its attempt is spent
             report = self.runner(run, watch)
+            if report is not None and report.outcome != "interrupted":
+                watch.settle(started)
             if report is not None:
                 report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
                 self.reports.append(report)  # ended, not reported yet: noted as started
         except TakenAway as exc:
             self.summary.lost += 1
-            self.say(f"{run.id}: {exc}; stopped it, nothing reported")
+            self.say(f"{run.id}: {exc}; run stopped, nothing reported")
             if watch.heartbeat is not None:  # a move by hand leaves the run's lease ref behind
                 self.queue.store.drop_lease(run.token)
             return None
@@ -567,16 +570,23 @@ class Watch:
         self.run = run
         every = worker.options.heartbeat or min(30.0, max(1.0, run.lease / 3))
         self.every = every
-        self.next_beat = time.monotonic() + every
+        self.look_every = min(every, worker.options.look_every)
+        now = time.monotonic()
+        self.next_beat = now + every
+        self.next_look = now + self.look_every
         self.heartbeat: str | None = None
 
     def check(self) -> None:
+        """Raise Stop or TakenAway when the run must end; beat or look when it is time."""
         if self.worker.signal is not None:
             raise Stop()
-        if time.monotonic() < self.next_beat:
-            return
-        self.next_beat = time.monotonic() + self.every
-        self.beat()
+        now = time.monotonic()
+        if now >= self.next_beat:
+            self.next_beat, self.next_look = now + self.every, now + self.look_every
+            self.beat()
+        elif now >= self.next_look:
+            self.next_look = now + self.look_every
+            self.look()
 
     def beat(self) -> None:
         """Make sure the run still holds its task, then push a heartbeat.
@@ -588,17 +598,33 @@ class Watch:
         """
         if self.worker.held or self.worker.reports:
             self.worker._flush(claim=0, release=True)
+        self.look()
+        self.push_heartbeat()
+
+    def look(self) -> None:
+        """TakenAway if the run no longer holds its task (cancelled, requeued, reaped).
+
+        A fetch, no push: cheap enough to do every few seconds between heartbeats, so that
+        a cancel stops the run within seconds, not a heartbeat interval.
+        """
         queue, run = self.worker.queue, self.run
         try:
             task = queue.get(run.id)
         except TaskNotFound:
-            raise TakenAway("task file is gone from the queue, no longer held by this run") from None
+            raise TakenAway("its task file is gone from the queue") from None
         except GitqueueError:
-            task = None  # the remote is away: keep running and beating, the next beat looks again
-        if task is not None and (task.state is not State.RUNNING or task.token != run.token):
-            how = "cancelled" if task.state is State.CANCELLED else f"{task.state.value} now"
-            raise TakenAway(f"task is {how}, no longer held by this run")
-        self.push_heartbeat()
+            return  # the remote is away: keep running and beating, the next look tries again
+        if task.state is State.CANCELLED:
+            raise TakenAway("cancelled")
+        if task.state is not State.RUNNING or task.token != run.token:
+            raise TakenAway(f"its task is {task.state.value} now, no longer held by this run")
+
+    def settle(self, started: float) -> None:
+        """At the end of a run, look once more, so that a cancel which landed since the last
+        look is told as such, not as done. Not for the short runs of a batch (more claims in
+        hand): a fetch each would cost them more than the cancel of one short run is worth."""
+        if not self.worker.held or time.monotonic() - started >= self.look_every:
+            self.look()
 
     def push_heartbeat(self) -> None:
         """Keep the lease alive; safe from a second thread (writes objects, runs git push)."""

@@ -360,7 +360,8 @@ def test_status_table_json_and_watch(cli_queue: str, monkeypatch: pytest.MonkeyP
     assert info["oldest_pending"]["id"] == "000002-n2"
     table = gq("status").stdout
     assert "pending 2  running 1  done 0  failed 0  cancelled 0" in table
-    assert re.search(r"000001-n1\s+box/2\s+1\s+\d+s", table)
+    assert re.search(r"000001-n1\s+claimed\s+box/2\s+1\s+\d+s\s+-\s+\S+Z", table)  # no heartbeat yet
+    assert "runs: 0 running, 0 held in a batch (not started), 1 claimed with no heartbeat yet" in table
 
     # --watch sleeps `--interval` between refreshes: stop it at the second one. (time.sleep is
     # the time module's, shared with subprocess's own short waits, which keep really sleeping.)

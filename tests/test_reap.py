@@ -83,6 +83,27 @@ def test_a_replacement_worker_on_the_machine_takes_over_at_once(lab: Lab) -> Non
     assert [attempt_summary(lab.task(f"c-{i}")) for i in range(4)] == [[(1, "done", "w2")]] * 4
 
 
+def test_status_tells_held_claims_from_running_ones_with_heartbeat_and_lease_end(lab: Lab) -> None:
+    lab.submit({"id": "a-warmup", "args": {}, "priority": 9, "lease": LONG})
+    lab.submit({"id": "b-holds", "args": {"hold": [1]}, "priority": 8, "lease": LONG})
+    lab.submit(*({"id": f"c-{i}", "args": {}, "lease": LONG} for i in range(2)))
+    w1 = lab.start("w1")
+    poll_until(lambda: lab.started("b-holds", 1), what="the held run to start")
+    info = json.loads(gitqueue(lab, "status", "--format", "json").stdout)
+    runs = {row["id"]: row for row in info["running"]}
+    assert {task_id: row["phase"] for task_id, row in runs.items()} == {
+        "b-holds": "running",  # no heartbeat yet, but its worker here noted that it started
+        "c-0": "held",
+        "c-1": "held",
+    }
+    assert runs["b-holds"]["heartbeat"] is None and runs["b-holds"]["lease_ends"] > runs["b-holds"]["claimed_at"]
+    table = gitqueue(lab, "status").stdout
+    assert "runs: 1 running, 2 held in a batch (not started), 0 claimed with no heartbeat yet" in table
+    lab.release("b-holds", 1)
+    assert w1.wait() == 0
+    assert set(lab.remote.states().values()) == {"done"}
+
+
 def test_a_live_workers_runs_are_never_reaped_early(lab: Lab) -> None:
     lab.submit({"id": "long", "args": {"hold": [1]}, "lease": LONG})
     w1 = lab.start("w1", "--wait")

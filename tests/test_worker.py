@@ -541,11 +541,40 @@ def test_cancelling_a_running_task_stops_its_experiment_and_the_worker_goes_on(l
 
     assert worker.wait() == 0
     assert lab.remote.states() == {"a-long": "cancelled", "b-next": "done"}
-    assert "a-long: task is cancelled, no longer held by this run; stopped it, nothing reported" in worker.stderr
+    assert "a-long: cancelled; run stopped, nothing reported" in worker.stderr
     assert lab.task("b-next").attempts[0]["worker"] == "w1"
     if how == "cli":
         assert attempt_summary(lab.task("a-long")) == [(1, "cancelled", "w1")]
     assert lab.lease_refs() == []
+
+
+def test_a_cancel_stops_the_run_before_its_first_heartbeat_and_is_said_once(lab: Lab) -> None:
+    """A fetch is cheap, a push is not: the worker looks for a cancel every few seconds, long
+    before a heartbeat is due (a lease of 10 minutes beats every 30 s)."""
+    lab.submit({"id": "a-long", "args": {"hold": [1]}, "lease": 600, "priority": 1}, {"id": "b-next", "args": {}})
+    worker = lab.start("w1", "--grace", "3")
+    poll_until(lambda: lab.started("a-long", 1), what="the run to start")
+    result = CliRunner().invoke(app, ["cancel", "a-long", "--queue", lab.url])
+    assert result.exit_code == 0, result.output
+    assert poll_until(lambda: lab.stopped_by("a-long", 1), what="the experiment to stop") == signal.SIGTERM
+    assert worker.wait() == 0
+    assert lab.lease_refs() == [], "it stopped before its first heartbeat was due"
+    assert lab.remote.states() == {"a-long": "cancelled", "b-next": "done"}
+    said = [line for line in worker.stderr.splitlines() if "a-long" in line]
+    assert [line for line in said if "cancelled" in line] == ["[w1] a-long: cancelled; run stopped, nothing reported"]
+    assert not any("✓" in line or "no longer holds" in line for line in said), said
+
+
+def test_a_cancel_that_lands_as_the_run_ends_is_not_told_as_done(lab: Lab) -> None:
+    lab.submit({"id": "t", "args": {"hold": [1], "stubborn": True}, "lease": 600})
+    worker = lab.start("w1", "--grace", "60")
+    poll_until(lambda: lab.started("t", 1), what="the run to start")
+    with Queue.open(lab.url, worker="person") as q:
+        q.cancel(["t"])
+    lab.release("t", 1)  # it ends by itself, done, about when the worker notices the cancel
+    assert worker.wait() == 0
+    assert "✓ t done" not in worker.stderr and "t: cancelled; run stopped, nothing reported" in worker.stderr
+    assert lab.remote.states() == {"t": "cancelled"} and lab.task("t").result is None
 
 
 def test_a_late_report_from_a_reaped_run_changes_nothing(lab: Lab) -> None:
