@@ -326,22 +326,31 @@ def requeue(
     task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json (the ids).")] = "text",
 ) -> None:
     """Send tasks back to pending: to rerun done ones, retry failed ones, revive cancelled ones.
 
     A running task's run is cut off: its later report changes nothing. With --where, every
-    task the filter matches that is not pending, in the same one commit.
+    task the filter matches that is not pending, in the same one commit. No ids and no
+    --where (say, `$(gitqueue ls ...)` found none) requeues nothing, and that is fine.
 
     \b
     Examples:
       gitqueue requeue 000007-lr0.1-bs64 000008-lr0.1-bs128
+      gitqueue requeue $(gitqueue ls --state failed --format ids)
       gitqueue requeue --where 'state == "failed" and args.lr < 0.1'
     """
-    if not task_ids and where is None:
-        raise typer.BadParameter("name tasks, or select them with --where", param_hint="ID")
+    _check_format(fmt, ("text", "json"))
     with Queue.open(queue) as q:
         ids = q.requeue(task_ids or [], where=where)
-    typer.echo(f"requeued {len(ids)}: {' '.join(ids)}")
+    _print_ids("requeued", ids, fmt)
+
+
+def _print_ids(verb: str, ids: list[str], fmt: str) -> None:
+    if fmt == "json":
+        _print_json(ids)
+    else:
+        typer.echo(f"{verb} {len(ids)}" + (f": {' '.join(ids)}" if ids else ""))
 
 
 @app.command()
@@ -349,21 +358,22 @@ def cancel(
     task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json (the ids).")] = "text",
 ) -> None:
-    """Withdraw pending or running tasks (a running task's worker stops it).
+    """Withdraw pending or running tasks (a running task's worker stops it within seconds).
 
-    With --where, every pending or running task the filter matches, in one commit.
+    With --where, every pending or running task the filter matches, in one commit. No ids
+    and no --where cancels nothing.
 
     \b
     Examples:
       gitqueue cancel 000012-lr0.001-bs32
-      gitqueue cancel --where 'args.lr >= 0.1 and "sweep-3" in tags'
+      gitqueue cancel --where 'args.lr >= 0.1 and "sweep-3" in tags' --format json
     """
-    if not task_ids and where is None:
-        raise typer.BadParameter("name tasks, or select them with --where", param_hint="ID")
+    _check_format(fmt, ("text", "json"))
     with Queue.open(queue) as q:
         ids = q.cancel(task_ids or [], where=where)
-    typer.echo(f"cancelled {len(ids)}: {' '.join(ids)}")
+    _print_ids("cancelled", ids, fmt)
 
 
 @app.command("ls")
@@ -627,14 +637,23 @@ def results(
     state: Annotated[str, typer.Option("--state", "-s", help="State of the tasks to show.")] = "done",
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
     where: WhereOpt = None,
+    sort: Annotated[
+        str | None, typer.Option(metavar="COLUMN", help="Sort by a column, e.g. result.acc; -result.acc: descending.")
+    ] = None,
+    top: Annotated[int | None, typer.Option(metavar="N", min=0, help="Only the first N rows (after --sort).")] = None,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
 ) -> None:
     """Args and results as one row per task: the table to paste into an analysis.
 
+    Columns: id, state, tags, args.NAME..., result.NAME..., then the last attempt's
+    duration and worker, and the number of attempts (and the last error, if any).
+    --sort orders by any column (rows without it come last), numbers by value.
+
     \b
     Examples:
       gitqueue results
+      gitqueue results --sort -result.acc --top 5
       gitqueue results --format csv > sweep.csv
       gitqueue results --state failed --format json
       gitqueue results --where 'result.acc >= 0.9 and args.lr < 0.01'
@@ -644,6 +663,9 @@ def results(
         raise typer.BadParameter(f"{state!r}: one of {', '.join(s.value for s in State)}", param_hint="--state")
     with Queue.open(queue) as q:
         rows = [_result_row(t) for t in q.tasks(state, where=where) if tag is None or tag in t.tags]
+    if sort:
+        rows = _sorted_rows(rows, sort)
+    rows = rows if top is None else rows[:top]
     if fmt == "json":
         _print_json(rows)
         return
@@ -659,10 +681,31 @@ def results(
     print_table(columns, [[None if row.get(c) is None else _compact(row[c]) for c in columns] for row in rows])
 
 
+def _sorted_rows(rows: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
+    """Rows by the column ``spec`` names (``-`` first: descending); rows without it last.
+    Numbers sort by value, before text; anything else by its JSON."""
+    column, descending = spec.removeprefix("-"), spec.startswith("-")
+    if rows and not any(column in row for row in rows):
+        names = ", ".join(dict.fromkeys(key for row in rows for key in row))
+        raise typer.BadParameter(f"no column {column!r}; the columns are: {names}", param_hint="--sort")
+
+    def key(row: dict[str, Any]) -> tuple[int, float, str]:
+        value = row.get(column)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (0, -value if descending else value, "")
+        return (1, 0.0, value if isinstance(value, str) else json.dumps(value, default=str))
+
+    present = [row for row in rows if row.get(column) is not None]
+    missing = [row for row in rows if row.get(column) is None]
+    numbers = sorted((r for r in present if key(r)[0] == 0), key=key)
+    texts = sorted((r for r in present if key(r)[0] == 1), key=key, reverse=descending)
+    return numbers + texts + missing
+
+
 def _result_row(task: Task) -> dict[str, Any]:
-    """id, args.*, result.*, then duration, worker and attempts of the last attempt."""
+    """id, state, tags, args.*, result.*, then duration, worker and attempts of the last attempt."""
     last = task.attempts[-1] if task.attempts else {}
-    row: dict[str, Any] = {"id": task.id}
+    row: dict[str, Any] = {"id": task.id, "state": task.state.value, "tags": list(task.tags)}
     row.update({f"args.{k}": v for k, v in task.args.items()})
     result = task.result if isinstance(task.result, dict) else ({"value": task.result} if task.result else {})
     row.update({f"result.{k}": v for k, v in result.items()})

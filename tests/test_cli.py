@@ -313,7 +313,15 @@ def test_requeue_and_cancel(cli_queue: str, remote_repo: RemoteRepo) -> None:
     assert gq("requeue", "a", "b").stdout.strip() == "requeued 2: a b"
     assert remote_repo.states() == {"a": "pending", "b": "pending", "c": "cancelled"}
     assert "already pending" in gq("requeue", "a", code=1).stderr
-    gq("requeue", code=2)
+    # `gitqueue requeue $(gitqueue ls --state failed --format ids)` with no failures: nothing to do
+    tip = remote_repo.tip()
+    assert gq("ls", "--state", "failed", "--format", "ids").stdout == ""
+    assert gq("requeue").stdout == "requeued 0\n" and gq("cancel").stdout == "cancelled 0\n"
+    assert remote_repo.tip() == tip
+    assert json.loads(gq("cancel", "a", "--format", "json").stdout) == ["a"]
+    assert json.loads(gq("requeue", "a", "c", "--format", "json").stdout) == ["a", "c"]
+    assert json.loads(gq("requeue", "--where", "state == 'failed'", "-f", "json").stdout) == []
+    assert remote_repo.states() == {"a": "pending", "b": "pending", "c": "pending"}
 
 
 # ---------------------------------------------------------------- reading

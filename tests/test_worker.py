@@ -810,6 +810,30 @@ def test_results_as_csv_and_json_rows(lab: Lab) -> None:
     [row] = json.loads(failed.stdout)
     assert row["id"] == "r3" and row["args.x"] == 3 and row["attempts"] == 1 and "result.score" not in row
     assert row["error"] == "stderr of r3"  # the last line of the output's tail
+    assert row["state"] == "failed" and row["tags"] == []
+
+
+def test_results_sorted_by_a_column_top_n_with_state_and_tags(lab: Lab) -> None:
+    lab.submit(*({"id": f"r{x}", "args": {"x": x, "result": "score"}, "tags": [f"t{x % 2}"]} for x in (3, 1, 4, 2)))
+    lab.submit({"id": "r-none", "args": {"x": 0, "result": "none"}})  # no result.score: always last
+    assert lab.start("w1").wait() == 0
+    runner = CliRunner()
+
+    def results(*flags: str) -> list[dict[str, Any]]:
+        said = runner.invoke(app, ["results", "--queue", lab.url, "--format", "json", *flags])
+        assert said.exit_code == 0, said.output
+        return json.loads(said.stdout)
+
+    assert [r["id"] for r in results("--sort", "result.score")] == ["r1", "r2", "r3", "r4", "r-none"]
+    assert [r["id"] for r in results("--sort", "-result.score")] == ["r4", "r3", "r2", "r1", "r-none"]
+    top = results("--sort", "-result.score", "--top", "2")
+    assert [(r["id"], r["state"], r["tags"]) for r in top] == [("r4", "done", ["t0"]), ("r3", "done", ["t1"])]
+    assert [r["id"] for r in results("--sort", "-id", "--top", "1")] == ["r4"]
+    table = runner.invoke(app, ["results", "--queue", lab.url, "--sort", "-args.x", "--top", "1"]).stdout
+    assert table.splitlines()[0].split()[:3] == ["id", "state", "tags"]
+    assert re.match(r"r4\s+done\s+\[\"t0\"\]\s+4\b", table.splitlines()[1])
+    wrong = runner.invoke(app, ["results", "--queue", lab.url, "--sort", "result.acc"])
+    assert wrong.exit_code == 2 and "no column 'result.acc'" in wrong.output
 
 
 # ---------------------------------------------------------------- pure parts
