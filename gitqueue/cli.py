@@ -794,7 +794,7 @@ def hooks_install(
     refuses, with a message naming each file and problem, any push that would leave the
     queue invalid or make a state change no gitqueue command makes, deletes the branch or
     rewrites its history. --client writes a pre-commit hook into a clone. Forges without
-    server hooks (github.com, gitlab.com): see examples/ci/.
+    server hooks (github.com, gitlab.com) run a CI job instead: see `gitqueue hooks ci`.
 
     \b
     Examples:
@@ -803,6 +803,24 @@ def hooks_install(
     """
     for path in hooks.install(server=server, client=client, branch=branch, force=force):
         typer.echo(f"installed {path}")
+
+
+@hooks_app.command("ci")
+def hooks_ci(
+    forge: Annotated[str, typer.Argument(metavar="FORGE", help="github or gitlab.")],
+) -> None:
+    """Print the CI workflow that validates the queue on every push, for forges that run no
+    server hooks (github.com, gitlab.com). A push that breaks the queue still lands, but the
+    job fails at once with one line per problem.
+
+    \b
+    Examples:
+      gitqueue hooks ci github > .github/workflows/gitqueue.yml
+      gitqueue hooks ci gitlab > .gitlab-ci.yml
+    """
+    if forge not in hooks.CI_WORKFLOWS:
+        raise typer.BadParameter(f"{forge!r}: choose {' or '.join(hooks.CI_WORKFLOWS)}", param_hint="FORGE")
+    typer.echo(hooks.ci_workflow(forge), nl=False)
 
 
 def _editor(text: str) -> str | None:
