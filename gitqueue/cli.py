@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from gitqueue import __version__, hooks
 from gitqueue import validate as validate_rules
@@ -29,6 +29,17 @@ from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
 the task (nothing changed); 5 the queue's remote is unreachable; 6 (work) a task it ran failed."""
+
+
+_argument_type = TyperArgument.display_type_rich
+
+
+def _named_argument_type(self: TyperArgument, ctx: Any) -> str | None:
+    """An argument with a metavar says what it takes; typer's own ``<list[str]>`` says nothing."""
+    return None if self.metavar is not None else _argument_type(self, ctx)
+
+
+TyperArgument.display_type_rich = _named_argument_type  # type: ignore[method-assign]
 
 
 class _Group(TyperGroup):
@@ -179,12 +190,16 @@ def init(
 
 @app.command()
 def submit(
-    pairs: Annotated[list[str] | None, typer.Argument(metavar="[KEY=VALUE]...", help="Arguments of one task.")] = None,
-    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="KEY=V1,V2,...: sweep over values.")] = None,
+    pairs: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Arguments of one task.")] = None,
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", "-g", metavar="KEY=V1,V2,...", help="Sweep over these values.")
+    ] = None,
     source: Annotated[str | None, typer.Option("--from", help="YAML or JSONL file of tasks, - for stdin.")] = None,
     priority: Annotated[int | None, typer.Option(help="Higher runs first [default: 0].")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
-    require: Annotated[list[str] | None, typer.Option(help="KEY=VALUE a worker's labels must match.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")] = None,
+    require: Annotated[
+        list[str] | None, typer.Option(metavar="KEY=VALUE", help="A label a worker must have (repeatable).")
+    ] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Runs before the task fails for good.")] = None,
     lease: Annotated[int | None, typer.Option(help="Seconds a run holds the task without a heartbeat.")] = None,
     task_id: Annotated[str | None, typer.Option("--id", help="Id of the task (one task only).")] = None,
@@ -244,7 +259,8 @@ def submit(
 def claim(
     worker: WorkerOpt = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", "--require", "-l", help="KEY=VALUE label of this worker.")
+        list[str] | None,
+        typer.Option("--label", "--require", "-l", metavar="KEY=VALUE", help="A label of this worker."),
     ] = None,
     lease: Annotated[int | None, typer.Option(help="Lease in seconds [default: the task's, else queue's].")] = None,
     queue: QueueOpt = None,
@@ -277,7 +293,10 @@ def claim(
 @app.command()
 def done(
     task_id: Annotated[str, typer.Argument(metavar="ID")],
-    result: Annotated[list[str] | None, typer.Option("--result", "-r", help="KEY=VALUE of the result.")] = None,
+    result: Annotated[
+        list[str] | None,
+        typer.Option("--result", "-r", metavar="KEY=VALUE", help="A field of the result (repeatable)."),
+    ] = None,
     result_file: Annotated[Path | None, typer.Option(help="A JSON or YAML mapping: the result.")] = None,
     token: TokenOpt = None,
     worker: WorkerOpt = None,
@@ -323,7 +342,7 @@ def fail(
 
 @app.command()
 def requeue(
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    task_ids: Annotated[list[str] | None, typer.Argument(metavar="ID")] = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or json (the ids).")] = "text",
@@ -355,7 +374,7 @@ def _print_ids(verb: str, ids: list[str], fmt: str) -> None:
 
 @app.command()
 def cancel(
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...")] = None,
+    task_ids: Annotated[list[str] | None, typer.Argument(metavar="ID")] = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or json (the ids).")] = "text",
@@ -522,11 +541,12 @@ def _duration(seconds: float) -> str:
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def work(
-    command: Annotated[
-        list[str] | None, typer.Argument(metavar="-- CMD [ARG]...", help="Command run per task.")
-    ] = None,
+    command: Annotated[list[str] | None, typer.Argument(metavar="-- CMD [ARG]", help="Command run per task.")] = None,
     worker: WorkerOpt = None,
-    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE label of this worker.")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label of this worker (repeatable)."),
+    ] = None,
     max_tasks: Annotated[int | None, typer.Option(help="Stop after this many tasks.")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="Poll an empty queue this many seconds.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Poll an empty queue for ever (with backoff).")] = False,
@@ -543,7 +563,11 @@ def work(
     ] = 64,
     batch_seconds: Annotated[float, typer.Option(hidden=True, help="Size batches to about this much work.")] = 1.0,
     reap_every: Annotated[
-        float, typer.Option(hidden=True, help="Seconds between looks for runs whose lease ran out.")
+        float,
+        typer.Option(help="Seconds between looks for dead runs (lease run out, or their worker here gone)."),
+    ] = 30.0,
+    max_skew: Annotated[
+        float, typer.Option(help="Seconds of clock difference to allow when judging another machine's lease.")
     ] = 30.0,
     queue: QueueOpt = None,
 ) -> None:
@@ -553,7 +577,8 @@ def work(
     The command also gets GITQUEUE_TASK_ID, GITQUEUE_ARGS (JSON), GITQUEUE_ATTEMPT and
     GITQUEUE_RESULT_FILE: a JSON or YAML mapping written there becomes the task's result.
     Exit 0 marks the task done; anything else fails the attempt. Ctrl-C stops the run and
-    returns its task without spending an attempt.
+    returns its task without spending an attempt (it keeps all of its max_attempts; its
+    next run is still numbered one higher, as GITQUEUE_ATTEMPT counts runs).
 
     The worker exits 0 when nothing is left for it and every task it ran was done (or it
     ran none); 6 if any task it ran failed, even one that will be retried; 1 if it stopped
@@ -580,7 +605,7 @@ def work(
         max_batch=max_batch,
         batch_seconds=batch_seconds,
     )
-    with Queue.open(queue, worker=worker or default_worker()) as q:
+    with Queue.open(queue, worker=worker or default_worker(), max_skew=max_skew) as q:
         code = Worker(q, options).run()
     raise typer.Exit(code)
 
@@ -720,9 +745,7 @@ def _result_row(task: Task) -> dict[str, Any]:
 
 @app.command()
 def validate(
-    paths: Annotated[
-        list[Path] | None, typer.Argument(metavar="[PATH]...", help="Task files or folders on disk.")
-    ] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(metavar="PATH", help="Task files or folders on disk.")] = None,
     all_files: Annotated[bool, typer.Option("--all", help="Every file of the queue (the default).")] = False,
     staged: Annotated[bool, typer.Option("--staged", help="What `git commit` would add in this clone.")] = False,
     since: Annotated[
@@ -859,7 +882,7 @@ def edit(
 @app.command("set")
 def set_fields(
     task_id: Annotated[str, typer.Argument(metavar="ID")],
-    pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="priority=50, args.lr=0.02, tags=[a,b].")],
+    pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE", help="priority=50, args.lr=0.02, tags=[a,b].")],
     queue: QueueOpt = None,
 ) -> None:
     """Change fields of one task in place, for scripts (one commit).
