@@ -39,7 +39,7 @@ def _named_argument_type(self: TyperArgument, ctx: Any) -> str | None:
     return None if self.metavar is not None else _argument_type(self, ctx)
 
 
-TyperArgument.display_type_rich = _named_argument_type  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _named_argument_type  # type: ignore[method-assign,assignment]
 
 
 class _Group(TyperGroup):
