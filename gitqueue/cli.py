@@ -525,6 +525,8 @@ def _status_view(info: dict[str, Any]) -> Table:
             beat, ends = row["heartbeat"] or "-", row["lease_ends"] or "-"
             running.add_row(row["id"], row["phase"], str(row["worker"]), str(row["attempt"]), age, beat, ends)
         grid.add_row(running)
+    for row in info.get("stopping", []):
+        grid.add_row(f"stopping {row['id']} (worker {row['worker']}): its task was taken away; its command is ending")
     for problem in info["invalid"]:
         grid.add_row(f"[red]invalid[/] {problem['problem']}")
     return grid

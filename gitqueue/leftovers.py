@@ -121,9 +121,14 @@ class Holdings:
         self.queue, self.worker = queue, worker
         self._noted: dict[str, dict[str, object]] | None = None
 
-    def note(self, runs: Mapping[str, tuple[str, bool]]) -> None:
-        """Record ``runs`` (run token -> (task id, started)); none left drops the note."""
-        held = {token: {"task": task_id, "started": started} for token, (task_id, started) in runs.items()}
+    def note(self, runs: Mapping[str, tuple[str, bool]], *, stopping: str | None = None) -> None:
+        """Record ``runs`` (run token -> (task id, started)), and which of them is being
+        stopped (cancelled, say: its command gets its grace period); none left drops the note."""
+        held: dict[str, dict[str, object]] = {
+            token: {"task": task_id, "started": started} for token, (task_id, started) in runs.items()
+        }
+        if stopping in held:
+            held[stopping]["stopping"] = True
         if held == self._noted:
             return
         owner = _owner(os.getpid()) if ENABLED else None
@@ -148,6 +153,7 @@ class NotedRun:
     started: bool
     alive: bool  # its worker process still runs
     note: Path
+    stopping: bool = False  # its task was taken away (cancelled, say): its command is being stopped
 
 
 def noted_runs(folder: Path, *, queue: str) -> dict[str, NotedRun]:
@@ -162,12 +168,14 @@ def noted_runs(folder: Path, *, queue: str) -> dict[str, NotedRun]:
             if note["queue"] != queue or note["host"] != host:
                 continue  # another queue, or another machine's pids
             alive = _start_time(int(note["pid"])) == note["pid_started"]
-            runs = {str(t): (str(r["task"]), bool(r["started"])) for t, r in dict(note["runs"]).items()}
+            runs = {
+                str(t): (str(r["task"]), bool(r["started"]), bool(r.get("stopping"))) for t, r in note["runs"].items()
+            }
             worker = str(note["worker"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # being written, or not ours to judge
-        for token, (task_id, started) in runs.items():
-            found[token] = NotedRun(token, task_id, worker, started, alive, path)
+        for token, (task_id, started, stopping) in runs.items():
+            found[token] = NotedRun(token, task_id, worker, started, alive, path, stopping)
     return found
 
 

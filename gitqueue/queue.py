@@ -427,7 +427,9 @@ class Queue:
         Each running task's ``phase`` says how far its run is: ``running`` (it pushed a
         heartbeat, or its worker on this machine noted that it started), ``held`` (claimed in
         a batch by a worker of this machine, not started yet) or ``claimed`` (no heartbeat
-        yet from a worker elsewhere: it may not have started).
+        yet from a worker elsewhere: it may not have started). ``stopping`` lists the runs
+        whose task was taken away (cancelled, say) while a worker of this machine still stops
+        their command.
         """
         snap = self.snapshot(leases=True)
         runs = {run["id"]: run for run in self.runs(snap=snap)}
@@ -463,12 +465,18 @@ class Queue:
                         "lease_ends": run.get("lease_ends"),
                     }
                 )
+        stopping = [
+            {"id": run.task_id, "worker": run.worker}
+            for run in noted.values()
+            if run.stopping and run.alive and run.token not in {r["token"] for r in runs.values()}
+        ]
         return {
             "queue": self.url,
             "counts": counts,
             "total": sum(counts.values()),
             "oldest_pending": None if oldest is None else {"id": oldest[1], "submitted": oldest[0] or None},
             "running": sorted(running, key=lambda r: id_order(r["id"])),
+            "stopping": sorted(stopping, key=lambda r: id_order(r["id"])),  # noted by workers of this machine
             "invalid": invalid,
         }
 

@@ -151,6 +151,7 @@ class Worker:
         self._runs_folder = queue.runs_folder  # what our commands are, and what we hold (see leftovers)
         self._holdings = leftovers.Holdings(self._runs_folder, queue=queue.here, worker=queue.worker)
         self._current: Run | None = None  # the run under way
+        self._stopping: str | None = None  # the token of the run whose command we are stopping
         self._warned: set[str] = set()
         queue.checks.tell = lambda problem: self.say(f"skipping {problem.message} (left as it is)")
         if not options.command and not options.allow_task_cmd and runner is None:
@@ -247,7 +248,9 @@ class Worker:
         held.update({report.token or "": (report.task_id, True) for report in self.reports})
         if self._current is not None:
             held[self._current.token] = (self._current.id, True)
-        self._holdings.note(held)
+        else:
+            self._stopping = None
+        self._holdings.note(held, stopping=self._stopping)
 
     def _running_elsewhere(self) -> str:
         """For "nothing to claim": how many tasks other runs hold, and until when their leases run."""
@@ -466,6 +469,8 @@ class Worker:
                         with contextlib.suppress(subprocess.TimeoutExpired):
                             child.wait(timeout=0.2)
                 except (Stop, TakenAway):
+                    self._stopping = run.token  # `gitqueue status` on this machine shows it stopping
+                    self._note()
                     self._stop_child(child, first=self.signal or signal.SIGTERM)
                     for pump in pumps:
                         pump.join(timeout=5)

@@ -104,6 +104,24 @@ def test_status_tells_held_claims_from_running_ones_with_heartbeat_and_lease_end
     assert set(lab.remote.states().values()) == {"done"}
 
 
+def test_status_shows_a_cancelled_run_that_is_still_stopping(lab: Lab) -> None:
+    lab.submit({"id": "t", "args": {"hold": [1], "stubborn": True}, "lease": LONG})
+    w1 = lab.start("w1", "--grace", "60")  # the command ignores SIGTERM: it ends when released
+    poll_until(lambda: lab.started("t", 1), what="the run to start")
+    assert gitqueue(lab, "cancel", "t").returncode == 0
+
+    def stopping() -> list[dict[str, str]]:
+        return json.loads(gitqueue(lab, "status", "--format", "json").stdout)["stopping"]
+
+    assert poll_until(stopping, what="the worker to notice the cancel") == [{"id": "t", "worker": "w1"}]
+    status = gitqueue(lab, "status").stdout
+    assert "stopping t (worker w1): its task was taken away; its command is ending" in status
+    assert "running 0" in status  # the task is in cancelled/, yet its command still runs
+    lab.release("t", 1)
+    assert w1.wait() == 0
+    assert stopping() == [] and lab.remote.states() == {"t": "cancelled"}
+
+
 def test_a_live_workers_runs_are_never_reaped_early(lab: Lab) -> None:
     lab.submit({"id": "long", "args": {"hold": [1]}, "lease": LONG})
     w1 = lab.start("w1", "--wait")
