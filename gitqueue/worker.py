@@ -384,6 +384,7 @@ class Worker:
         self.say(f"▶ {run.id} (attempt {run.attempt}) {args}")
         watch = Watch(self, run)
         started = time.monotonic()
+        report: Report | None = None
         try:
             if started - self._held_since.pop(run.token, started) >= watch.every:
                 # It waited in its batch, silent, for a heartbeat's interval or more: a reaper may
@@ -399,7 +400,8 @@ class Worker:
                 self.reports.append(report)  # ended, not reported yet: noted as started
         except TakenAway as exc:
             self.summary.lost += 1
-            self.say(f"{run.id}: {exc}; run stopped, nothing reported")
+            how = "its run had ended, nothing reported" if report is not None else "run stopped, nothing reported"
+            self.say(f"{run.id}: {exc}; {how}")
             if watch.heartbeat is not None:  # a move by hand leaves the run's lease ref behind
                 self.queue.store.drop_lease(run.token)
             return None
@@ -621,7 +623,10 @@ class Watch:
             return  # the remote is away: keep running and beating, the next look tries again
         if task.state is State.CANCELLED:
             raise TakenAway("cancelled")
-        if task.state is not State.RUNNING or task.token != run.token:
+        if task.state is State.RUNNING and task.token != run.token:
+            holder = (task.run or {}).get("worker")
+            raise TakenAway(f"its task is held by another run now (of {holder}), no longer by this one")
+        if task.state is not State.RUNNING:
             raise TakenAway(f"its task is {task.state.value} now, no longer held by this run")
 
     def settle(self, started: float) -> None:
