@@ -449,7 +449,8 @@ class Queue:
                 if oldest is None or key < oldest:
                     oldest = key
             elif entry.state is State.RUNNING:
-                age = now - parse_time(summary.claimed_at) if summary.claimed_at else None
+                claimed = _time_or_none(summary.claimed_at)
+                age = None if claimed is None else now - claimed
                 run = runs.get(entry.id, {})
                 note = noted.get(str(run.get("token")))
                 phase = "running" if run.get("heartbeat") or (note and note.started) else "claimed"
@@ -694,7 +695,7 @@ class Queue:
         for task in snap.tasks(State.RUNNING):
             run = task.run or {}
             heartbeat = leases.get(task.token or "")
-            claimed = parse_time(str(run["claimed_at"])) if run.get("claimed_at") else None
+            claimed = _time_or_none(run.get("claimed_at"))
             beat = self.store.commit_time(heartbeat) if heartbeat else None
             last = beat if beat is not None else claimed
             lease = float(run.get("lease") or snap.settings.lease)
@@ -718,8 +719,8 @@ class Queue:
         lease = float(run.get("lease") or 0)
         key = (str(run.get("token")), heartbeat)
         first_seen = self._seen.setdefault(key, self.monotonic())
-        last_wall = self.store.commit_time(heartbeat) if heartbeat else parse_time(str(run.get("claimed_at")))
-        silent_wall = self.clock() - last_wall
+        last_wall = self.store.commit_time(heartbeat) if heartbeat else _time_or_none(run.get("claimed_at"))
+        silent_wall = 0.0 if last_wall is None else self.clock() - last_wall  # broken by hand: watch it
         watched = self.monotonic() - first_seen
         if watched > lease or silent_wall > lease + self.max_skew:
             silent = max(watched, silent_wall)
@@ -1119,6 +1120,14 @@ def held_task(snap: Snapshot, task_id: str, token: str | None) -> Task:
             task_id=task.id,
         )
     return task
+
+
+def _time_or_none(value: Any) -> float | None:
+    """A time gitqueue wrote, or None if it is missing or was broken by hand."""
+    try:
+        return parse_time(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _attempt_record(

@@ -172,3 +172,21 @@ def test_a_claim_never_started_spends_no_attempt_when_its_lease_runs_out(lab: La
     poll_until(reaped, what="the lease to run out", timeout=10)
     task = lab.task("t")
     assert task.state is State.PENDING and task.attempts == [], "max_attempts 1, and still it may run"
+
+
+def test_status_and_reap_read_a_running_file_whose_times_were_broken_by_hand(lab: Lab) -> None:
+    lab.submit({"id": "t", "args": {}, "lease": LONG})
+    with Queue.open(lab.url, worker="elsewhere") as q:
+        assert q.claim() is not None
+    text = lab.remote.read("running/t.yaml")
+    claimed = re.search(r"claimed_at: (\S+)", text)
+    assert claimed is not None
+    lab.remote.person_commit({"running/t.yaml": text.replace(claimed[1], "'yesterday'")}, "break a time")
+    status = gitqueue(lab, "status", "--format", "json")
+    assert status.returncode == 0, status.stderr
+    [run] = json.loads(status.stdout)["running"]
+    assert (run["id"], run["age"], run["lease_ends"]) == ("t", None, None)
+    reap = gitqueue(lab, "reap")
+    assert reap.returncode == 0, reap.stderr
+    assert reap.stdout.splitlines()[-1] == "  t (worker elsewhere, attempt 1): no heartbeat yet; lease end unknown"
+    assert lab.task("t").state is State.RUNNING, "a time it cannot read is no sign that the run is dead"
