@@ -365,8 +365,11 @@ class Worker:
         return None
 
     def _maybe_reap(self, *, force: bool = False) -> None:
+        """Every --reap-every seconds, and at once when a worker of this machine has died
+        holding runs (its note says so: a look at a local folder, no git)."""
         now = time.monotonic()
-        if not force and now - self._last_reap < self.options.reap_every:
+        due = force or now - self._last_reap >= self.options.reap_every
+        if not due and not leftovers.dead_runs(self._runs_folder, queue=self.queue.here):
             return
         self._last_reap = now
         for message in leftovers.stop_leftovers(self._runs_folder, self.options.grace):

@@ -40,11 +40,12 @@ def kill_holding_a_batch(lab: Lab) -> list[str]:
     lab.submit(*({"id": f"c-{i}", "args": {}, "lease": LONG} for i in range(4)))
     w1 = lab.start("w1")
     poll_until(lambda: lab.started("b-holds", 1), what="the held run to start")
-    batch = ["b-holds", *(f"c-{i}" for i in range(4))]
-    assert {lab.task(task_id).run["worker"] for task_id in batch} == {"w1"}, "one batch, all w1's"
     w1.send(signal.SIGKILL)
     assert w1.wait() == -signal.SIGKILL
-    return batch
+    held = [task_id for task_id in ("b-holds", *(f"c-{i}" for i in range(4))) if lab.task(task_id).run]
+    assert {lab.task(task_id).run["worker"] for task_id in held} == {"w1"}, "one batch, all w1's"
+    assert held[0] == "b-holds" and len(held) >= 2, "a run under way and claims never started"
+    return held
 
 
 def test_gitqueue_reap_returns_a_sigkilled_workers_batch_at_once(lab: Lab) -> None:
@@ -190,3 +191,20 @@ def test_status_and_reap_read_a_running_file_whose_times_were_broken_by_hand(lab
     assert reap.returncode == 0, reap.stderr
     assert reap.stdout.splitlines()[-1] == "  t (worker elsewhere, attempt 1): no heartbeat yet; lease end unknown"
     assert lab.task("t").state is State.RUNNING, "a time it cannot read is no sign that the run is dead"
+
+
+def test_a_busy_worker_takes_over_a_dead_neighbours_tasks_before_its_reap_interval(lab: Lab) -> None:
+    lab.submit({"id": "z-busy", "args": {"hold": [1]}, "priority": 99, "lease": LONG})
+    w2 = lab.start("w2", "--wait", "--reap-every", "3600")  # reaps at start, then only when a note says so
+    poll_until(lambda: lab.started("z-busy", 1), what="w2 to be busy")
+    batch = kill_holding_a_batch(lab)
+    lab.submit(*({"id": f"d-{i}", "args": {}, "priority": 20} for i in range(3)))  # w2 is never idle
+    lab.release("z-busy", 1)
+    poll_until(lambda: set(lab.remote.states().values()) == {"done"}, what="every task to be done")
+    w2.send(signal.SIGTERM)
+    assert w2.wait() == 128 + signal.SIGTERM
+    said = w2.stderr
+    gone = said.index("b-holds: worker w1 is gone: its process on this machine ended")
+    assert gone < said.index("▶ d-0"), "it returned them as soon as its run ended, not when idle"
+    assert attempt_summary(lab.task("b-holds")) == [(1, "reaped", "w1"), (2, "done", "w2")]
+    assert len(lab.remote.states()) == 10 and len(batch) >= 2
