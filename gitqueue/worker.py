@@ -201,8 +201,9 @@ class Worker:
             if self.signal is not None:
                 self._flush(claim=0, release=True)
                 return 128 + self.signal
-            self._maybe_reap()  # busy workers too: a finish usually hands them their next run
-            if self._due():
+            claiming = self._due()
+            self._maybe_reap(notes=claiming)  # busy workers too: a finish usually hands them their next run
+            if claiming:
                 # With runs still in hand, one try: if another worker wins the push, run the
                 # next task and try again after it, instead of waiting idle for the branch.
                 asked = self._batch_size() - len(self.held)
@@ -364,12 +365,13 @@ class Worker:
             return 0
         return None
 
-    def _maybe_reap(self, *, force: bool = False) -> None:
-        """Every --reap-every seconds, and at once when a worker of this machine has died
-        holding runs (its note says so: a look at a local folder, no git)."""
+    def _maybe_reap(self, *, force: bool = False, notes: bool = False) -> None:
+        """Every --reap-every seconds; and, with ``notes`` (we are about to claim), at once
+        when a worker of this machine has died holding runs (its note says so: a look at a
+        local folder, no git), so that its tasks are among those we claim."""
         now = time.monotonic()
         due = force or now - self._last_reap >= self.options.reap_every
-        if not due and not leftovers.dead_runs(self._runs_folder, queue=self.queue.here):
+        if not due and not (notes and leftovers.dead_runs(self._runs_folder, queue=self.queue.here)):
             return
         self._last_reap = now
         for message in leftovers.stop_leftovers(self._runs_folder, self.options.grace):
