@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from gitqueue import __version__, config, hooks
 from gitqueue import validate as validate_rules
@@ -30,7 +30,18 @@ from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
 the task (nothing changed); 5 the queue's remote is unreachable (retried for --patience seconds);
-6 the remote refused our credentials (not retried)."""
+6 the remote refused our credentials (not retried); 7 (work) a task it ran failed."""
+
+
+_argument_type = TyperArgument.display_type_rich
+
+
+def _named_argument_type(self: TyperArgument, ctx: Any) -> str | None:
+    """An argument with a metavar says what it takes; typer's own ``<list[str]>`` says nothing."""
+    return None if self.metavar is not None else _argument_type(self, ctx)
+
+
+TyperArgument.display_type_rich = _named_argument_type  # type: ignore[method-assign,assignment]
 
 
 class _Group(TyperGroup):
@@ -87,7 +98,7 @@ def _complete_states(incomplete: str) -> list[str]:
 
 
 IdArg = Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_ids)]
-IdsArg = Annotated[list[str] | None, typer.Argument(metavar="[ID]...", autocompletion=_complete_ids)]
+IdsArg = Annotated[list[str] | None, typer.Argument(metavar="ID", autocompletion=_complete_ids)]
 err = Console(stderr=True)
 # In a terminal tables fit its width; piped into a file or a pager, rows stay whole.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
@@ -221,12 +232,16 @@ def init(
 
 @app.command()
 def submit(
-    pairs: Annotated[list[str] | None, typer.Argument(metavar="[KEY=VALUE]...", help="Arguments of one task.")] = None,
-    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="KEY=V1,V2,...: sweep over values.")] = None,
+    pairs: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Arguments of one task.")] = None,
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", "-g", metavar="KEY=V1,V2,...", help="Sweep over these values.")
+    ] = None,
     source: Annotated[str | None, typer.Option("--from", help="YAML or JSONL file of tasks, - for stdin.")] = None,
     priority: Annotated[int | None, typer.Option(help="Higher runs first [default: 0].")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
-    require: Annotated[list[str] | None, typer.Option(help="KEY=VALUE a worker's labels must match.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")] = None,
+    require: Annotated[
+        list[str] | None, typer.Option(metavar="KEY=VALUE", help="A label a worker must have (repeatable).")
+    ] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Runs before the task fails for good.")] = None,
     lease: Annotated[int | None, typer.Option(help="Seconds a run holds the task without a heartbeat.")] = None,
     task_id: Annotated[str | None, typer.Option("--id", help="Id of the task (one task only).")] = None,
@@ -286,7 +301,8 @@ def submit(
 def claim(
     worker: WorkerOpt = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", "--require", "-l", help="KEY=VALUE label of this worker.")
+        list[str] | None,
+        typer.Option("--label", "--require", "-l", metavar="KEY=VALUE", help="A label of this worker."),
     ] = None,
     lease: Annotated[int | None, typer.Option(help="Lease in seconds [default: the task's, else queue's].")] = None,
     queue: QueueOpt = None,
@@ -319,7 +335,10 @@ def claim(
 @app.command()
 def done(
     task_id: IdArg,
-    result: Annotated[list[str] | None, typer.Option("--result", "-r", help="KEY=VALUE of the result.")] = None,
+    result: Annotated[
+        list[str] | None,
+        typer.Option("--result", "-r", metavar="KEY=VALUE", help="A field of the result (repeatable)."),
+    ] = None,
     result_file: Annotated[Path | None, typer.Option(help="A JSON or YAML mapping: the result.")] = None,
     token: TokenOpt = None,
     worker: WorkerOpt = None,
@@ -368,22 +387,31 @@ def requeue(
     task_ids: IdsArg = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json (the ids).")] = "text",
 ) -> None:
     """Send tasks back to pending: to rerun done ones, retry failed ones, revive cancelled ones.
 
     A running task's run is cut off: its later report changes nothing. With --where, every
-    task the filter matches that is not pending, in the same one commit.
+    task the filter matches that is not pending, in the same one commit. No ids and no
+    --where (say, `$(gitqueue ls ...)` found none) requeues nothing, and that is fine.
 
     \b
     Examples:
       gitqueue requeue 000007-lr0.1-bs64 000008-lr0.1-bs128
+      gitqueue requeue $(gitqueue ls --state failed --format ids)
       gitqueue requeue --where 'state == "failed" and args.lr < 0.1'
     """
-    if not task_ids and where is None:
-        raise typer.BadParameter("name tasks, or select them with --where", param_hint="ID")
+    _check_format(fmt, ("text", "json"))
     with Queue.open(queue) as q:
         ids = q.requeue(task_ids or [], where=where)
-    typer.echo(f"requeued {len(ids)}: {' '.join(ids)}")
+    _print_ids("requeued", ids, fmt)
+
+
+def _print_ids(verb: str, ids: list[str], fmt: str) -> None:
+    if fmt == "json":
+        _print_json(ids)
+    else:
+        typer.echo(f"{verb} {len(ids)}" + (f": {' '.join(ids)}" if ids else ""))
 
 
 @app.command()
@@ -391,21 +419,22 @@ def cancel(
     task_ids: IdsArg = None,
     where: WhereOpt = None,
     queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json (the ids).")] = "text",
 ) -> None:
-    """Withdraw pending or running tasks (a running task's worker stops it).
+    """Withdraw pending or running tasks (a running task's worker stops it within seconds).
 
-    With --where, every pending or running task the filter matches, in one commit.
+    With --where, every pending or running task the filter matches, in one commit. No ids
+    and no --where cancels nothing.
 
     \b
     Examples:
       gitqueue cancel 000012-lr0.001-bs32
-      gitqueue cancel --where 'args.lr >= 0.1 and "sweep-3" in tags'
+      gitqueue cancel --where 'args.lr >= 0.1 and "sweep-3" in tags' --format json
     """
-    if not task_ids and where is None:
-        raise typer.BadParameter("name tasks, or select them with --where", param_hint="ID")
+    _check_format(fmt, ("text", "json"))
     with Queue.open(queue) as q:
         ids = q.cancel(task_ids or [], where=where)
-    typer.echo(f"cancelled {len(ids)}: {' '.join(ids)}")
+    _print_ids("cancelled", ids, fmt)
 
 
 @app.command("ls")
@@ -535,13 +564,21 @@ def _status_view(info: dict[str, Any]) -> Table:
         oldest = info["oldest_pending"]
         grid.add_row(f"oldest pending: {oldest['id']} (submitted {oldest['submitted']})")
     if info["running"]:
+        phases = [row["phase"] for row in info["running"]]
+        grid.add_row(
+            f"runs: {phases.count('running')} running, {phases.count('held')} held in a batch (not started), "
+            f"{phases.count('claimed')} claimed with no heartbeat yet"
+        )
         running = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("RUNNING", "WORKER", "ATTEMPT", "FOR"):
+        for column in ("TASK", "PHASE", "WORKER", "ATTEMPT", "FOR", "HEARTBEAT", "LEASE ENDS"):
             running.add_column(column)
         for row in info["running"]:
             age = "" if row["age"] is None else _duration(row["age"])
-            running.add_row(row["id"], str(row["worker"]), str(row["attempt"]), age)
+            beat, ends = row["heartbeat"] or "-", row["lease_ends"] or "-"
+            running.add_row(row["id"], row["phase"], str(row["worker"]), str(row["attempt"]), age, beat, ends)
         grid.add_row(running)
+    for row in info.get("stopping", []):
+        grid.add_row(f"stopping {row['id']} (worker {row['worker']}): its task was taken away; its command is ending")
     for problem in info["invalid"]:
         grid.add_row(f"[red]invalid[/] {problem['problem']}")
     return grid
@@ -558,15 +595,18 @@ def _duration(seconds: float) -> str:
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def work(
-    command: Annotated[
-        list[str] | None, typer.Argument(metavar="-- CMD [ARG]...", help="Command run per task.")
-    ] = None,
+    command: Annotated[list[str] | None, typer.Argument(metavar="-- CMD [ARG]", help="Command run per task.")] = None,
     worker: WorkerOpt = None,
-    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE label of this worker.")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label of this worker (repeatable)."),
+    ] = None,
     max_tasks: Annotated[int | None, typer.Option(help="Stop after this many tasks.")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="Poll an empty queue this many seconds.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Poll an empty queue for ever (with backoff).")] = False,
-    max_failures: Annotated[int | None, typer.Option(help="Stop after this many failures in a row.")] = None,
+    max_failures: Annotated[
+        int, typer.Option(min=0, help="Stop (exit 1) after this many failures in a row; 0: never.")
+    ] = 5,
     allow_task_cmd: Annotated[
         bool, typer.Option("--allow-task-cmd", help="Run a task's own cmd: anyone who can push gains code execution.")
     ] = False,
@@ -577,7 +617,11 @@ def work(
     ] = 64,
     batch_seconds: Annotated[float, typer.Option(hidden=True, help="Size batches to about this much work.")] = 1.0,
     reap_every: Annotated[
-        float, typer.Option(hidden=True, help="Seconds between looks for runs whose lease ran out.")
+        float,
+        typer.Option(help="Seconds between looks for dead runs (lease run out, or their worker here gone)."),
+    ] = 30.0,
+    max_skew: Annotated[
+        float, typer.Option(help="Seconds of clock difference to allow when judging another machine's lease.")
     ] = 30.0,
     task_timeout: Annotated[
         float | None, typer.Option(min=0.001, help="Stop a run after this many seconds (a task's timeout wins).")
@@ -593,6 +637,13 @@ def work(
     `timeout` (else --task-timeout) gets SIGTERM, SIGKILL after --grace, and spends its
     attempt as `timeout`. Ctrl-C, SIGTERM or SIGUSR1 (Slurm's warning before a job's time
     limit) stops the run and returns its task without spending an attempt.
+    Ctrl-C keeps every attempt of the task: its next run is still numbered one higher,
+    as GITQUEUE_ATTEMPT counts runs.
+
+    The worker exits 0 when nothing is left for it and every task it ran was done (or it
+    ran none); 7 if any task it ran failed, even one that will be retried; 1 if it stopped
+    at --max-failures failures in a row; 2 if its command names a placeholder none of the
+    tasks it tried has; 128+N after signal N; 127 if CMD cannot start.
 
     \b
     Examples:
@@ -616,7 +667,7 @@ def work(
         batch_seconds=batch_seconds,
         task_timeout=task_timeout,
     )
-    with Queue.open(queue, worker=worker or default_worker()) as q:
+    with Queue.open(queue, worker=worker or default_worker(), max_skew=max_skew) as q:
         code = Worker(q, options).run()
     raise typer.Exit(code)
 
@@ -625,19 +676,47 @@ def work(
 def reap(
     max_skew: Annotated[float, typer.Option(help="Seconds of clock difference to allow between machines.")] = 30.0,
     queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
 ) -> None:
-    """Return tasks whose lease ran out (their worker died) to pending, or to failed.
+    """Return tasks whose worker died to pending (or to failed), and say what is left running.
 
-    Workers reap as they go; this is for when none is running. A lease has run out when
-    its last heartbeat is older than the lease plus --max-skew by this machine's clock.
+    A worker that died on this machine is known at once: its process is gone (workers note
+    what they hold in the local cache). Elsewhere a run is dead when its last heartbeat is
+    older than its lease plus --max-skew by this machine's clock. Only a run that started
+    spends an attempt; claims a worker held but never started go back with none. Workers
+    reap as they go; this is for when none is running.
 
     \b
-    Example:
-      gitqueue reap --max-skew 5
+    Examples:
+      gitqueue reap
+      gitqueue reap --max-skew 5 --format json
     """
+    _check_format(fmt, ("text", "json"))
     with Queue.open(queue, max_skew=max_skew) as q:
-        ids = q.reap()
-    typer.echo(f"reaped {len(ids)}" + (f": {' '.join(ids)}" if ids else ""))
+        reaped = q.reap_runs()
+        left = q.runs()
+    if fmt == "json":
+        _print_json({"reaped": [r.to_dict() for r in reaped], "running": left})
+        return
+    why = "" if reaped or left else ": nothing is running"
+    typer.echo(f"reaped {len(reaped)}" + (f": {' '.join(r.id for r in reaped)}" if reaped else why))
+    for r in reaped:
+        typer.echo(f"  {r.id}: {r.reason}; " + ("attempt spent" if r.spent else "never started: no attempt spent"))
+    if left:
+        typer.echo(f"left {len(left)} running (their workers show signs of life, or their leases have not run out):")
+    for run in left:
+        typer.echo("  " + _lease_line(run))
+
+
+def _lease_line(run: dict[str, Any]) -> str:
+    """One run under way: whose, its last sign of life, when its lease runs out."""
+    beat = f"last heartbeat {run['heartbeat']}" if run["heartbeat"] else "no heartbeat yet"
+    ends = "lease end unknown"
+    if run["lease_ends"]:
+        left = run["seconds_left"]
+        when = f"in {_duration(left)}" if left >= 0 else f"{_duration(-left)} ago, plus --max-skew"
+        ends = f"lease runs out {run['lease_ends']} ({when})"
+    return f"{run['id']} (worker {run['worker']}, attempt {run['attempt']}): {beat}; {ends}"
 
 
 @app.command()
@@ -647,14 +726,23 @@ def results(
     ] = "done",
     tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only tasks with this tag.")] = None,
     where: WhereOpt = None,
+    sort: Annotated[
+        str | None, typer.Option(metavar="COLUMN", help="Sort by a column, e.g. result.acc; -result.acc: descending.")
+    ] = None,
+    top: Annotated[int | None, typer.Option(metavar="N", min=0, help="Only the first N rows (after --sort).")] = None,
     queue: QueueOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
 ) -> None:
     """Args and results as one row per task: the table to paste into an analysis.
 
+    Columns: id, state, tags, args.NAME..., result.NAME..., then the last attempt's
+    duration and worker, and the number of attempts (and the last error, if any).
+    --sort orders by any column (rows without it come last), numbers by value.
+
     \b
     Examples:
       gitqueue results
+      gitqueue results --sort -result.acc --top 5
       gitqueue results --format csv > sweep.csv
       gitqueue results --state failed --format json
       gitqueue results --where 'result.acc >= 0.9 and args.lr < 0.01'
@@ -664,6 +752,9 @@ def results(
         raise typer.BadParameter(f"{state!r}: one of {', '.join(s.value for s in State)}", param_hint="--state")
     with Queue.open(queue) as q:
         rows = [_result_row(t) for t in q.tasks(state, where=where) if tag is None or tag in t.tags]
+    if sort:
+        rows = _sorted_rows(rows, sort)
+    rows = rows if top is None else rows[:top]
     if fmt == "json":
         _print_json(rows)
         return
@@ -679,10 +770,31 @@ def results(
     print_table(columns, [[None if row.get(c) is None else _compact(row[c]) for c in columns] for row in rows])
 
 
+def _sorted_rows(rows: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
+    """Rows by the column ``spec`` names (``-`` first: descending); rows without it last.
+    Numbers sort by value, before text; anything else by its JSON."""
+    column, descending = spec.removeprefix("-"), spec.startswith("-")
+    if rows and not any(column in row for row in rows):
+        names = ", ".join(dict.fromkeys(key for row in rows for key in row))
+        raise typer.BadParameter(f"no column {column!r}; the columns are: {names}", param_hint="--sort")
+
+    def key(row: dict[str, Any]) -> tuple[int, float, str]:
+        value = row.get(column)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (0, -value if descending else value, "")
+        return (1, 0.0, value if isinstance(value, str) else json.dumps(value, default=str))
+
+    present = [row for row in rows if row.get(column) is not None]
+    missing = [row for row in rows if row.get(column) is None]
+    numbers = sorted((r for r in present if key(r)[0] == 0), key=key)
+    texts = sorted((r for r in present if key(r)[0] == 1), key=key, reverse=descending)
+    return numbers + texts + missing
+
+
 def _result_row(task: Task) -> dict[str, Any]:
-    """id, args.*, result.*, then duration, worker and attempts of the last attempt."""
+    """id, state, tags, args.*, result.*, then duration, worker and attempts of the last attempt."""
     last = task.attempts[-1] if task.attempts else {}
-    row: dict[str, Any] = {"id": task.id}
+    row: dict[str, Any] = {"id": task.id, "state": task.state.value, "tags": list(task.tags)}
     row.update({f"args.{k}": v for k, v in task.args.items()})
     result = task.result if isinstance(task.result, dict) else ({"value": task.result} if task.result else {})
     row.update({f"result.{k}": v for k, v in result.items()})
@@ -697,9 +809,7 @@ def _result_row(task: Task) -> dict[str, Any]:
 
 @app.command()
 def validate(
-    paths: Annotated[
-        list[Path] | None, typer.Argument(metavar="[PATH]...", help="Task files or folders on disk.")
-    ] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(metavar="PATH", help="Task files or folders on disk.")] = None,
     all_files: Annotated[bool, typer.Option("--all", help="Every file of the queue (the default).")] = False,
     staged: Annotated[bool, typer.Option("--staged", help="What `git commit` would add in this clone.")] = False,
     since: Annotated[
@@ -725,7 +835,7 @@ def validate(
       gitqueue validate --staged              # what the pre-commit hook checks
       gitqueue validate --staged pending/a.yaml   # and these files (pre-commit passes them)
       gitqueue validate --since origin/main   # new commits, as the server hook checks them
-      gitqueue validate --ci                  # in GitHub Actions or GitLab CI (examples/ci/)
+      gitqueue validate --ci                  # in GitHub Actions or GitLab CI (gitqueue hooks ci github)
     """
     _check_format(fmt, ("text", "json"))
     top = validate_rules.queue_top()
@@ -807,8 +917,8 @@ def hooks_install(
     refuses, with a message naming each file and problem, any push that would leave the
     queue invalid or make a state change no gitqueue command makes, deletes the branch or
     rewrites its history, or creates another branch (a task there would never run).
-    --client writes a pre-commit hook into a clone. Forges without
-    server hooks (github.com, gitlab.com): see examples/ci/.
+    --client writes a pre-commit hook into a clone. Forges without server hooks
+    (github.com, gitlab.com) run a CI job instead: see `gitqueue hooks ci`.
 
     \b
     Examples:
@@ -962,6 +1072,24 @@ def kubernetes_manifest(
     typer.echo(kubernetes.render_manifest(job), nl=False)
 
 
+@hooks_app.command("ci")
+def hooks_ci(
+    forge: Annotated[str, typer.Argument(metavar="FORGE", help="github or gitlab.")],
+) -> None:
+    """Print the CI workflow that validates the queue on every push, for forges that run no
+    server hooks (github.com, gitlab.com). A push that breaks the queue still lands, but the
+    job fails at once with one line per problem.
+
+    \b
+    Examples:
+      gitqueue hooks ci github > .github/workflows/gitqueue.yml
+      gitqueue hooks ci gitlab > .gitlab-ci.yml
+    """
+    if forge not in hooks.CI_WORKFLOWS:
+        raise typer.BadParameter(f"{forge!r}: choose {' or '.join(hooks.CI_WORKFLOWS)}", param_hint="FORGE")
+    typer.echo(hooks.ci_workflow(forge), nl=False)
+
+
 def _editor(text: str) -> str | None:
     import click  # typer's own foundation: its editor honours $VISUAL and $EDITOR
 
@@ -998,7 +1126,7 @@ def edit(
 @app.command("set")
 def set_fields(
     task_id: IdArg,
-    pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="priority=50, args.lr=0.02, tags=[a,b].")],
+    pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE", help="priority=50, args.lr=0.02, tags=[a,b].")],
     queue: QueueOpt = None,
 ) -> None:
     """Change fields of one task in place, for scripts (one commit).

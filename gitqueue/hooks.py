@@ -128,6 +128,19 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- installing
 
 
+CI_WORKFLOWS = {"github": "github-actions.yml", "gitlab": "gitlab-ci.yml"}
+
+
+def ci_workflow(forge: str) -> str:
+    """The CI workflow that validates a queue on every push, for a forge without server hooks
+    (``github`` or ``gitlab``), as shipped in the package (``gitqueue/ci/``)."""
+    from importlib.resources import files
+
+    if forge not in CI_WORKFLOWS:
+        raise GitqueueError(f"no CI workflow for {forge!r}: choose {' or '.join(CI_WORKFLOWS)}")
+    return files("gitqueue").joinpath("ci", CI_WORKFLOWS[forge]).read_text(encoding="utf-8")
+
+
 def install(
     *,
     server: Path | None = None,

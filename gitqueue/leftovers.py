@@ -12,6 +12,13 @@ has passed. It stops a group only if a process in it still carries the run's tas
 worker name in its environment, so a process group id that the system has since handed to
 something else is never signalled.
 
+The same folder holds, in ``workers/``, what each worker process holds on a queue: the
+runs it claimed and whether each has started. A worker or ``gitqueue reap`` on the same
+machine that finds such a record of a process that is gone returns its tasks at once,
+instead of waiting out their leases: the started run with its attempt spent, the claims it
+never started with none. A record from another machine, or of a process still alive, is
+never acted on (its pids mean nothing here, or its owner looks after its runs).
+
 Linux only (it reads ``/proc``); elsewhere nothing is recorded.
 """
 
@@ -21,10 +28,12 @@ import contextlib
 import functools
 import json
 import os
+import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -96,6 +105,94 @@ def stop_leftovers(folder: Path, grace: float, *, now: float | None = None) -> l
             _signal(group, signal.SIGKILL)
             said.append(f"killing {len(ours)} process(es) of {task_id} that outlived SIGTERM for {grace:g}s")
     return said
+
+
+class Holdings:
+    """This worker's note, in ``<runs>/workers/``, of the runs it holds on one queue.
+
+    ``note`` is called whenever that changes (a claim landed, a run started, reports landed);
+    it costs one small file write, no git. Nothing rests on it for correctness: a missing or
+    stale note only means a dead worker's tasks wait for their leases, as they would anyway.
+    """
+
+    def __init__(self, folder: Path, *, queue: str, worker: str) -> None:
+        # Several workers may share a process (threads, tests): a name of its own each.
+        self.path = folder / "workers" / f"{os.getpid()}-{secrets.token_hex(4)}.json"
+        self.queue, self.worker = queue, worker
+        self._noted: dict[str, dict[str, object]] | None = None
+
+    def note(self, runs: Mapping[str, tuple[str, bool]], *, stopping: str | None = None) -> None:
+        """Record ``runs`` (run token -> (task id, started)), and which of them is being
+        stopped (cancelled, say: its command gets its grace period); none left drops the note."""
+        held: dict[str, dict[str, object]] = {
+            token: {"task": task_id, "started": started} for token, (task_id, started) in runs.items()
+        }
+        if stopping in held:
+            held[stopping]["stopping"] = True
+        if held == self._noted:
+            return
+        owner = _owner(os.getpid()) if ENABLED else None
+        if owner is None:
+            return
+        self._noted = held
+        with contextlib.suppress(OSError):  # as in record(): the run matters, its note does not
+            if not held:
+                self.path.unlink(missing_ok=True)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write(self.path, {"queue": self.queue, "worker": self.worker, "runs": held, **owner})
+
+
+@dataclass(frozen=True)
+class NotedRun:
+    """A run that a worker process of this machine noted it holds."""
+
+    token: str
+    task_id: str
+    worker: str
+    started: bool
+    alive: bool  # its worker process still runs
+    note: Path
+    stopping: bool = False  # its task was taken away (cancelled, say): its command is being stopped
+
+
+def noted_runs(folder: Path, *, queue: str) -> dict[str, NotedRun]:
+    """The runs on ``queue`` that worker processes of this machine noted they hold, by token."""
+    if not ENABLED or not (folder / "workers").is_dir():
+        return {}
+    host = socket.gethostname()
+    found: dict[str, NotedRun] = {}
+    for path in sorted((folder / "workers").glob("*.json")):
+        try:
+            note = json.loads(path.read_text())
+            if note["queue"] != queue or note["host"] != host:
+                continue  # another queue, or another machine's pids
+            alive = _start_time(int(note["pid"])) == note["pid_started"]
+            runs = {
+                str(t): (str(r["task"]), bool(r["started"]), bool(r.get("stopping"))) for t, r in note["runs"].items()
+            }
+            worker = str(note["worker"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # being written, or not ours to judge
+        for token, (task_id, started, stopping) in runs.items():
+            found[token] = NotedRun(token, task_id, worker, started, alive, path, stopping)
+    return found
+
+
+def dead_runs(folder: Path, *, queue: str) -> dict[str, NotedRun]:
+    """The runs on ``queue`` that workers of this machine held when they died, by token."""
+    return {token: run for token, run in noted_runs(folder, queue=queue).items() if not run.alive}
+
+
+def forget_dead(runs: Mapping[str, NotedRun], settled: set[str]) -> None:
+    """Drop the notes of dead workers all of whose runs are ``settled`` (no longer held)."""
+    notes: dict[Path, set[str]] = {}
+    for run in runs.values():
+        notes.setdefault(run.note, set()).add(run.token)
+    for path, tokens in notes.items():
+        if tokens <= settled:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
 
 def _write(path: Path, data: dict[str, object]) -> None:

@@ -8,6 +8,7 @@ growing moment and rebuild from the new tip (never rebase an old commit).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from gitqueue import branches, config, edits, filters, history
+from gitqueue import branches, config, edits, filters, history, leftovers
 from gitqueue import validate as rules
 from gitqueue.errors import (
     CacheDamaged,
@@ -151,8 +152,9 @@ class Change:
 @dataclass(frozen=True)
 class Report:
     """How a run ended: ``done``, ``failed``, ``timeout`` (stopped at its wall-clock limit),
-    ``interrupted`` (not counted), ``reaped``, or ``released`` (claimed in a batch and given
-    back before it started)."""
+    ``interrupted`` (not counted), ``reaped``, ``released`` (claimed in a batch and given back
+    before it started) or ``abandoned`` (reaped, but it never started: its worker died holding
+    the claim; not counted)."""
 
     task_id: str
     token: str | None
@@ -162,6 +164,20 @@ class Report:
     exit_code: int | None = None
     lease_ref: bool = False  # the run pushed heartbeats: delete its lease ref with the report
     final: bool = False  # a failure no retry can mend (e.g. the task lacks an arg): straight to failed/
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A dead run whose task went back to the queue: whose it was, why, and whether its
+    attempt was spent (only a run that started spends one)."""
+
+    id: str
+    worker: str
+    reason: str
+    spent: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -530,8 +546,18 @@ class Queue:
 
     @_heals
     def status(self) -> dict[str, Any]:
-        """Counts per state, the oldest pending task, and who runs what for how long."""
-        snap = self.snapshot()
+        """Counts per state, the oldest pending task, and who runs what for how long.
+
+        Each running task's ``phase`` says how far its run is: ``running`` (it pushed a
+        heartbeat, or its worker on this machine noted that it started), ``held`` (claimed in
+        a batch by a worker of this machine, not started yet) or ``claimed`` (no heartbeat
+        yet from a worker elsewhere: it may not have started). ``stopping`` lists the runs
+        whose task was taken away (cancelled, say) while a worker of this machine still stops
+        their command.
+        """
+        snap = self.snapshot(leases=True)
+        runs = {run["id"]: run for run in self.runs(snap=snap)}
+        noted = leftovers.noted_runs(self.runs_folder, queue=self.here)
         counts = {state.value: 0 for state in State}
         oldest: tuple[str, str] | None = None  # (submitted at, id)
         running = []
@@ -547,7 +573,11 @@ class Queue:
                 if oldest is None or key < oldest:
                     oldest = key
             elif entry.state is State.RUNNING:
-                age = now - parse_time(summary.claimed_at) if summary.claimed_at else None
+                claimed = _time_or_none(summary.claimed_at)
+                age = None if claimed is None else now - claimed
+                run = runs.get(entry.id, {})
+                note = noted.get(str(run.get("token")))
+                phase = "running" if run.get("heartbeat") or (note and note.started) else "claimed"
                 running.append(
                     {
                         "id": entry.id,
@@ -555,8 +585,16 @@ class Queue:
                         "attempt": summary.attempt,
                         "claimed_at": summary.claimed_at,
                         "age": age,
+                        "phase": "held" if note and not note.started and phase == "claimed" else phase,
+                        "heartbeat": run.get("heartbeat"),
+                        "lease_ends": run.get("lease_ends"),
                     }
                 )
+        stopping = [
+            {"id": run.task_id, "worker": run.worker}
+            for run in noted.values()
+            if run.stopping and run.alive and run.token not in {r["token"] for r in runs.values()}
+        ]
         return {
             "queue": self.url,
             "branch": self.branch,
@@ -565,6 +603,7 @@ class Queue:
             "total": sum(counts.values()),
             "oldest_pending": None if oldest is None else {"id": oldest[1], "submitted": oldest[0] or None},
             "running": sorted(running, key=lambda r: id_order(r["id"])),
+            "stopping": sorted(stopping, key=lambda r: id_order(r["id"])),  # noted by workers of this machine
             "invalid": invalid,
         }
 
@@ -687,47 +726,128 @@ class Queue:
         """Fail a running task's attempt: back to pending while attempts remain, else failed/."""
         return self.finish(Report(task_id, token, "failed", error=error, exit_code=exit_code)).raise_lost()
 
-    @_heals
-    def reap(self) -> list[str]:
-        """Return tasks whose lease ran out to pending (attempt spent) or to failed.
+    @property
+    def runs_folder(self) -> Path:
+        """Where this machine's workers note their commands and claims (see ``leftovers``)."""
+        return self.store.path.parent / "runs"
 
-        A lease runs out when its run shows no sign of life for ``lease`` seconds: judged by
+    @property
+    def here(self) -> str:
+        """How this queue is named in those notes: its remote and branch."""
+        return f"{self.store.url} {self.store.branch}"
+
+    def reap(self) -> list[str]:
+        """Return the tasks of dead runs to the queue (see ``reap_runs``); their ids."""
+        return [reaped.id for reaped in self.reap_runs()]
+
+    @_heals
+    def reap_runs(self) -> list[Reaped]:
+        """Return the tasks of dead runs (see ``reap_dead``), those of workers of this machine
+        whose process is gone included; drop those workers' notes once nothing of theirs is
+        held any more."""
+        noted = leftovers.noted_runs(self.runs_folder, queue=self.here)
+        gone = {token: run for token, run in noted.items() if not run.alive}
+        settled: set[str] = set()
+        started = {token: run.started for token, run in noted.items()}
+        reaped = self.reap_dead(gone=set(gone), started=started, settled=settled)
+        leftovers.forget_dead(gone, settled)
+        return reaped
+
+    def reap_dead(
+        self,
+        *,
+        gone: set[str] | None = None,
+        started: Mapping[str, bool] | None = None,
+        settled: set[str] | None = None,
+    ) -> list[Reaped]:
+        """Return tasks whose run is dead to pending, or to failed when out of attempts.
+
+        A run is dead when its lease ran out: no sign of life for ``lease`` seconds, judged by
         this process's own monotonic clock while it watches the run's lease ref stand still,
         or, for a run it has not watched that long, by the heartbeat's own timestamp against
-        this machine's clock with ``max_skew`` seconds allowed for clocks that differ.
+        this machine's clock with ``max_skew`` seconds allowed for clocks that differ. It is
+        dead at once when ``gone`` names its token: its worker's process, on this machine, has
+        ended (see ``leftovers.noted_runs``).
+
+        Only a run that started spends an attempt: one that pushed a heartbeat, or that
+        ``started`` (a worker's note on this machine) says has started. One that never did
+        (a claim its worker held in a batch, never run) goes back as if released. ``settled``
+        gets the tokens of ``gone`` that hold no task once this returns.
         """
+        gone, started_here = gone or set(), started or {}
+        done_with: set[str] = set()  # tokens of ``gone`` that no task is held by, once the change lands
 
         def build(snap: Snapshot) -> Change | None:
             leases = self.store.leases()
             change: Change | None = None
-            reaped: list[str] = []
+            reaped: list[Reaped] = []
             running = list(snap.tasks(State.RUNNING))
             tokens = {task.token for task in running}
+            done_with.clear()
+            done_with.update(token for token in gone if token not in tokens)
             self._seen = {key: seen for key, seen in self._seen.items() if key[0] in tokens}  # runs still on
             for task in running:
-                reason = self._lease_expired(task, leases.get(task.token or ""))
+                token = task.token or ""
+                started = token in leases or started_here.get(token, False)  # a heartbeat, or its note
+                reason: str | None = (
+                    f"worker {(task.run or {}).get('worker')} is gone: its process on this machine ended"
+                )
+                if token not in gone:
+                    reason = self._lease_expired(task, leases.get(token))
                 if reason is None:
                     continue
-                step = self._finish_change(
-                    snap, Report(task.id, task.token, "reaped", error=reason), lease_ref=task.token in leases
-                )
+                report = Report(task.id, task.token, "reaped" if started else "abandoned", error=reason)
+                step = self._finish_change(snap, report, lease_ref=token in leases)
                 change = step if change is None else change.then(step)
-                reaped.append(task.id)
+                reaped.append(Reaped(task.id, str((task.run or {}).get("worker")), reason, spent=started))
+                done_with.add(token)
             if change is not None:
                 change.value = reaped  # the ids, not the first step's Finished
             return change
 
         if build(self.snapshot(leases=True)) is None:  # a look without the cache's turn: usually all is well
-            return []
-        return self._transact(build, leases=True) or []
+            reaped: list[Reaped] = []
+        else:
+            reaped = self._transact(build, leases=True) or []
+        if settled is not None:
+            settled.update(done_with)
+        return reaped
+
+    def runs(self, *, snap: Snapshot | None = None) -> list[dict[str, Any]]:
+        """Every run under way: its task, worker, attempt, claim time, last heartbeat (None
+        before the first) and when its lease runs out by the clocks that wrote them."""
+        snap = snap or self.snapshot(leases=True)
+        leases = self.store.leases()
+        found = []
+        for task in snap.tasks(State.RUNNING):
+            run = task.run or {}
+            heartbeat = leases.get(task.token or "")
+            claimed = _time_or_none(run.get("claimed_at"))
+            beat = self.store.commit_time(heartbeat) if heartbeat else None
+            last = beat if beat is not None else claimed
+            lease = float(run.get("lease") or snap.settings.lease)
+            found.append(
+                {
+                    "id": task.id,
+                    "worker": run.get("worker"),
+                    "attempt": run.get("attempt"),
+                    "token": task.token,
+                    "claimed_at": run.get("claimed_at"),
+                    "heartbeat": None if beat is None else now_iso(beat),
+                    "lease": lease,
+                    "lease_ends": None if last is None else now_iso(last + lease),
+                    "seconds_left": None if last is None else round(last + lease - self.clock(), 1),
+                }
+            )
+        return sorted(found, key=lambda r: id_order(r["id"]))
 
     def _lease_expired(self, task: Task, heartbeat: str | None) -> str | None:
         run = task.run or {}
         lease = float(run.get("lease") or 0)
         key = (str(run.get("token")), heartbeat)
         first_seen = self._seen.setdefault(key, self.monotonic())
-        last_wall = self.store.commit_time(heartbeat) if heartbeat else parse_time(str(run.get("claimed_at")))
-        silent_wall = self.clock() - last_wall
+        last_wall = self.store.commit_time(heartbeat) if heartbeat else _time_or_none(run.get("claimed_at"))
+        silent_wall = 0.0 if last_wall is None else self.clock() - last_wall  # broken by hand: watch it
         watched = self.monotonic() - first_seen
         if watched > lease or silent_wall > lease + self.max_skew:
             silent = max(watched, silent_wall)
@@ -793,7 +913,7 @@ class Queue:
         elif report.outcome in SPENT_OUTCOMES:
             spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
             after.state = State.FAILED if spent_all or report.final else State.PENDING
-        elif report.outcome == "released":  # claimed in a batch, never started: no attempt at all
+        elif report.outcome in ("released", "abandoned"):  # never started: no attempt at all
             after = task.evolve(state=State.PENDING, run=None)
         else:  # interrupted: the attempt does not count
             after.state = State.PENDING
@@ -804,12 +924,15 @@ class Queue:
             "reaped": "reap",
             "interrupted": "return",
             "released": "release",
+            "abandoned": "reap",
         }
         subject = f"{verb[report.outcome]} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
         if report.outcome in SPENT_OUTCOMES:
             subject += ": out of attempts" if after.state is State.FAILED else ": will retry"
         elif report.outcome == "released":
             subject += ": not started"
+        elif report.outcome == "abandoned":
+            subject += ": never started, no attempt spent"
         also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
         return Change(
             subject=subject,
@@ -1133,6 +1256,14 @@ def held_task(snap: Snapshot, task_id: str, token: str | None) -> Task:
             task_id=task.id,
         )
     return task
+
+
+def _time_or_none(value: Any) -> float | None:
+    """A time gitqueue wrote, or None if it is missing or was broken by hand."""
+    try:
+        return parse_time(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _attempt_record(

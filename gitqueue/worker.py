@@ -50,6 +50,7 @@ SUSPECTS = 3  # tasks in a row lacking a placeholder, before any had it: the com
 # Linux refuses to start a command with one argv item or environment string longer than this
 # (MAX_ARG_STRLEN, "NAME=value" and its NUL included): E2BIG, "Argument list too long".
 ARG_STRING_LIMIT = 128 * 1024
+EXIT_TASKS_FAILED = 7  # the worker ended as asked, but some of the tasks it ran failed
 
 
 class MissingArg(GitqueueError):
@@ -105,12 +106,13 @@ class Options:
     max_tasks: int | None = None
     idle_timeout: float | None = None  # keep polling this long when idle (None: exit at once)
     wait: bool = False  # keep polling for ever
-    max_failures: int | None = None  # stop after this many failures in a row
+    max_failures: int | None = None  # stop after this many failures in a row (None or 0: never)
     allow_task_cmd: bool = False  # run a task's own `cmd` (whoever can push gains code execution)
     log_dir: Path = Path("gitqueue-logs")
     grace: float = 10.0  # seconds between SIGTERM and SIGKILL when stopping a command
     heartbeat: float | None = None  # seconds between heartbeats (default: a third of the lease)
     reap_every: float = 30.0  # seconds between looks for runs whose lease ran out
+    look_every: float = 3.0  # seconds between looks (fetches) for a cancel of the running task
     poll_max: float = 30.0  # longest wait between polls of an idle queue
     max_batch: int = 64  # short tasks: hold up to this many claims, report them in one push
     batch_seconds: float = 1.0  # size a batch to take about this long (longer while pushes collide)
@@ -165,7 +167,10 @@ class Worker:
         self.signal: int | None = None  # set by SIGINT/SIGTERM: return the task and stop
         self.stop_code: int | None = None  # set when the worker itself is broken
         self._last_reap = float("-inf")
-        self._runs_folder = queue.store.path.parent / "runs"  # what our commands are (see leftovers)
+        self._runs_folder = queue.runs_folder  # what our commands are, and what we hold (see leftovers)
+        self._holdings = leftovers.Holdings(self._runs_folder, queue=queue.here, worker=queue.worker)
+        self._current: Run | None = None  # the run under way
+        self._stopping: str | None = None  # the token of the run whose command we are stopping
         self._warned: set[str] = set()
         # Runs whose task lacks a placeholder of our command, held back while no task has had them
         # all: the command may be wrong, not the tasks (see _suspect).
@@ -190,8 +195,12 @@ class Worker:
                 with contextlib.suppress(GitqueueError):
                     self._flush(claim=0, release=True)
                 raise
+            finally:
+                self._note()
         elapsed = time.monotonic() - self.summary.started
         s = self.summary
+        if code == 0 and s.failed:
+            code = EXIT_TASKS_FAILED  # a script (or Slurm) must see that not all went well
         self.say(f"stopping: {s.done} done, {s.failed} failed, {s.lost} taken away, in {elapsed:.1f}s")
         self._write_stats()
         return code
@@ -223,14 +232,16 @@ class Worker:
             if self.signal is not None:
                 self._flush(claim=0, release=True)
                 return 128 + self.signal
-            self._maybe_reap()  # busy workers too: a finish usually hands them their next run
-            if self._due():
+            claiming = self._due()
+            self._maybe_reap(notes=claiming)  # busy workers too: a finish usually hands them their next run
+            if claiming:
                 # With runs still in hand, one try: if another worker wins the push, run the
                 # next task and try again after it, instead of waiting idle for the branch.
                 asked = self._batch_size() - len(self.held)
                 claimed = self._flush(claim=asked, patient=not self.held)
                 self._held_since.update({run.token: time.monotonic() for run in claimed})
                 self.held.extend(claimed)
+                self._note()
                 if not self._lost_tries:  # it landed: the queue gave what it had
                     self._batch = len(self.held)
                     self._drained = len(claimed) < asked  # nothing more to claim for now: report at the end
@@ -241,7 +252,7 @@ class Worker:
                 idle_since = idle_since or now
                 waited = now - idle_since
                 if not self.options.wait and (self.options.idle_timeout is None or waited >= self.options.idle_timeout):
-                    self.say("nothing to claim")
+                    self.say("nothing to claim" + self._running_elsewhere())
                     return 0
                 if waited == 0:
                     patience = "" if self.options.wait else f" for up to {self.options.idle_timeout:g}s"
@@ -258,7 +269,6 @@ class Worker:
                 if len(self.suspects) >= SUSPECTS:
                     return self._wrong_command()
                 continue
-            self.reports.append(report)
             if report.outcome == "interrupted":
                 self._flush(claim=0, release=True)
                 return self.stop_code or 128 + (self.signal or signal.SIGTERM)
@@ -266,6 +276,29 @@ class Worker:
             if stop_code is not None:
                 self._flush(claim=0, release=True)
                 return stop_code
+
+    def _note(self) -> None:
+        """Note what we hold in the cache, so that if this process dies a worker (or `gitqueue
+        reap`) on this machine returns it at once, spending an attempt only for what started."""
+        held = {run.token: (run.id, False) for run in self.held}
+        held.update({report.token or "": (report.task_id, True) for report in self.reports})
+        if self._current is not None:
+            held[self._current.token] = (self._current.id, True)
+        else:
+            self._stopping = None
+        self._holdings.note(held, stopping=self._stopping)
+
+    def _running_elsewhere(self) -> str:
+        """For "nothing to claim": how many tasks other runs hold, and until when their leases run."""
+        try:
+            others = [run for run in self.queue.runs() if run["worker"] != self.queue.worker]
+        except GitqueueError:
+            return ""
+        if not others:
+            return ""
+        ends = [run["lease_ends"] for run in others if run["lease_ends"]]
+        until = f"; their leases run until {max(ends)} unless renewed" if ends else ""
+        return f" ({len(others)} task{'s' * (len(others) != 1)} running elsewhere{until})"
 
     def _due(self) -> bool:
         """Time to report and claim: nothing left in hand, or half a batch run with more to
@@ -311,6 +344,7 @@ class Worker:
         finally:
             self.seconds["flush"] += time.monotonic() - started
         self._adapt(self.queue.store.rejected_pushes - lost_before)
+        self._note()
         return claimed
 
     def _report_and_claim(self, claim: int, release: bool, patient: bool) -> list[Run]:
@@ -361,7 +395,7 @@ class Worker:
             s.failed += 1
             s.failures_in_a_row += 1
             limit = self.options.max_failures
-            if limit is not None and s.failures_in_a_row >= limit:
+            if limit and s.failures_in_a_row >= limit:
                 self.say(f"{s.failures_in_a_row} failures in a row (--max-failures {limit}): is this machine broken?")
                 return 1
         if self.options.max_tasks is not None and s.done + s.failed >= self.options.max_tasks:
@@ -400,15 +434,22 @@ class Worker:
         self._flush(claim=0, release=True)
         return EXIT_WRONG_COMMAND
 
-    def _maybe_reap(self, *, force: bool = False) -> None:
+    def _maybe_reap(self, *, force: bool = False, notes: bool = False) -> None:
+        """Every --reap-every seconds; and, with ``notes`` (we are about to claim), at once
+        when a worker of this machine has died holding runs (its note says so: a look at a
+        local folder, no git), so that its tasks are among those we claim."""
         now = time.monotonic()
-        if not force and now - self._last_reap < self.options.reap_every:
+        due = force or now - self._last_reap >= self.options.reap_every
+        if not due and not (notes and leftovers.dead_runs(self._runs_folder, queue=self.queue.here)):
             return
         self._last_reap = now
         for message in leftovers.stop_leftovers(self._runs_folder, self.options.grace):
             self.say(message)
-        for task_id in self.queue.reap():
-            self.say(f"{task_id}: its lease ran out; returned to the queue")
+        for reaped in self.queue.reap_runs():
+            self.say(
+                f"{reaped.id}: {reaped.reason}; returned to the queue"
+                + ("" if reaped.spent else " (never started: no attempt spent)")
+            )
 
     # ------------------------------------------------------------ one run
 
@@ -418,20 +459,31 @@ class Worker:
         self.say(f"▶ {run.id} (attempt {run.attempt}) {args}")
         watch = Watch(self, run)
         started = time.monotonic()
+        report: Report | None = None
         try:
             if started - self._held_since.pop(run.token, started) >= watch.every:
                 # It waited in its batch, silent, for a heartbeat's interval or more: a reaper may
                 # have given it away. Look (and keep its lease alive) before running it.
                 watch.beat()
+            self._current = run
+            self._note()  # from now on it has started: if we die, its attempt is spent
             report = self.runner(run, watch)
+            if report is not None and report.outcome != "interrupted":
+                watch.settle(started)
+            if report is not None:
+                report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
+                self.reports.append(report)  # ended, not reported yet: noted as started
         except TakenAway as exc:
             self.summary.lost += 1
-            self.say(f"{run.id}: {exc}; stopped it, nothing reported")
+            how = "its run had ended, nothing reported" if report is not None else "run stopped, nothing reported"
+            self.say(f"{run.id}: {exc}; {how}")
             if watch.heartbeat is not None:  # a move by hand leaves the run's lease ref behind
                 self.queue.store.drop_lease(run.token)
             return None
+        finally:
+            self._current = None
+            self._note()
         if report is not None:
-            report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
             took = time.monotonic() - started
             average = self._seconds_per_task
             self._seconds_per_task = took if average is None else 0.7 * average + 0.3 * took
@@ -490,6 +542,8 @@ class Worker:
                 try:
                     timed_out = self._watch_child(child, watch, limit)
                 except (Stop, TakenAway):
+                    self._stopping = run.token  # `gitqueue status` on this machine shows it stopping
+                    self._note()
                     self._stop_child(child, first=self._signal_for_child())
                     for pump in pumps:
                         pump.join(timeout=5)
@@ -674,16 +728,23 @@ class Watch:
         self.run = run
         every = worker.options.heartbeat or min(30.0, max(1.0, run.lease / 3))
         self.every = every
-        self.next_beat = time.monotonic() + every
+        self.look_every = min(every, worker.options.look_every)
+        now = time.monotonic()
+        self.next_beat = now + every
+        self.next_look = now + self.look_every
         self.heartbeat: str | None = None
 
     def check(self) -> None:
+        """Raise Stop or TakenAway when the run must end; beat or look when it is time."""
         if self.worker.signal is not None:
             raise Stop()
-        if time.monotonic() < self.next_beat:
-            return
-        self.next_beat = time.monotonic() + self.every
-        self.beat()
+        now = time.monotonic()
+        if now >= self.next_beat:
+            self.next_beat, self.next_look = now + self.every, now + self.look_every
+            self.beat()
+        elif now >= self.next_look:
+            self.next_look = now + self.look_every
+            self.look()
 
     def beat(self) -> None:
         """Make sure the run still holds its task, then push a heartbeat.
@@ -695,17 +756,36 @@ class Watch:
         """
         if self.worker.held or self.worker.reports:
             self.worker._flush(claim=0, release=True)
+        self.look()
+        self.push_heartbeat()
+
+    def look(self) -> None:
+        """TakenAway if the run no longer holds its task (cancelled, requeued, reaped).
+
+        A fetch, no push: cheap enough to do every few seconds between heartbeats, so that
+        a cancel stops the run within seconds, not a heartbeat interval.
+        """
         queue, run = self.worker.queue, self.run
         try:
             task = queue.get(run.id)
         except TaskNotFound:
-            raise TakenAway("task file is gone from the queue, no longer held by this run") from None
+            raise TakenAway("its task file is gone from the queue") from None
         except GitqueueError:
-            task = None  # the remote is away: keep running and beating, the next beat looks again
-        if task is not None and (task.state is not State.RUNNING or task.token != run.token):
-            how = "cancelled" if task.state is State.CANCELLED else f"{task.state.value} now"
-            raise TakenAway(f"task is {how}, no longer held by this run")
-        self.push_heartbeat()
+            return  # the remote is away: keep running and beating, the next look tries again
+        if task.state is State.CANCELLED:
+            raise TakenAway("cancelled")
+        if task.state is State.RUNNING and task.token != run.token:
+            holder = (task.run or {}).get("worker")
+            raise TakenAway(f"its task is held by another run now (of {holder}), no longer by this one")
+        if task.state is not State.RUNNING:
+            raise TakenAway(f"its task is {task.state.value} now, no longer held by this run")
+
+    def settle(self, started: float) -> None:
+        """At the end of a run, look once more, so that a cancel which landed since the last
+        look is told as such, not as done. Not for the short runs of a batch (more claims in
+        hand): a fetch each would cost them more than the cancel of one short run is worth."""
+        if not self.worker.held or time.monotonic() - started >= self.look_every:
+            self.look()
 
     def push_heartbeat(self) -> None:
         """Keep the lease alive; safe from a second thread (writes objects, runs git push)."""

@@ -1,4 +1,4 @@
-"""The CI workflows of ``examples/ci/`` and ``gitqueue validate --ci``, run as the forge runs them.
+"""The CI workflows in ``gitqueue/ci/`` (``gitqueue hooks ci`` prints them) and ``validate --ci``, as forges run them.
 
 Each file's shell steps are taken from its YAML and run in a checkout made as the forge makes
 it, with the variables the forge sets; gitqueue is installed by the file's own install step,
@@ -24,8 +24,8 @@ from gitqueue import Queue
 from gitqueue import ci as forge_ci
 
 ROOT = Path(__file__).resolve().parent.parent
-GITHUB = ROOT / "examples" / "ci" / "github-actions.yml"
-GITLAB = ROOT / "examples" / "ci" / "gitlab-ci.yml"
+GITHUB = ROOT / "gitqueue" / "ci" / "github-actions.yml"
+GITLAB = ROOT / "gitqueue" / "ci" / "gitlab-ci.yml"
 ZERO = "0" * 40
 BROKEN = "args: {lr: [0.1\n"  # YAML that does not parse
 HAND_MOVE = "no gitqueue command moves a task from pending/ to done/"

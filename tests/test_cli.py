@@ -313,7 +313,15 @@ def test_requeue_and_cancel(cli_queue: str, remote_repo: RemoteRepo) -> None:
     assert gq("requeue", "a", "b").stdout.strip() == "requeued 2: a b"
     assert remote_repo.states() == {"a": "pending", "b": "pending", "c": "cancelled"}
     assert "already pending" in gq("requeue", "a", code=1).stderr
-    gq("requeue", code=2)
+    # `gitqueue requeue $(gitqueue ls --state failed --format ids)` with no failures: nothing to do
+    tip = remote_repo.tip()
+    assert gq("ls", "--state", "failed", "--format", "ids").stdout == ""
+    assert gq("requeue").stdout == "requeued 0\n" and gq("cancel").stdout == "cancelled 0\n"
+    assert remote_repo.tip() == tip
+    assert json.loads(gq("cancel", "a", "--format", "json").stdout) == ["a"]
+    assert json.loads(gq("requeue", "a", "c", "--format", "json").stdout) == ["a", "c"]
+    assert json.loads(gq("requeue", "--where", "state == 'failed'", "-f", "json").stdout) == []
+    assert remote_repo.states() == {"a": "pending", "b": "pending", "c": "pending"}
 
 
 # ---------------------------------------------------------------- reading
@@ -360,7 +368,8 @@ def test_status_table_json_and_watch(cli_queue: str, monkeypatch: pytest.MonkeyP
     assert info["oldest_pending"]["id"] == "000002-n2"
     table = gq("status").stdout
     assert "pending 2  running 1  done 0  failed 0  cancelled 0" in table
-    assert re.search(r"000001-n1\s+box/2\s+1\s+\d+s", table)
+    assert re.search(r"000001-n1\s+claimed\s+box/2\s+1\s+\d+s\s+-\s+\S+Z", table)  # no heartbeat yet
+    assert "runs: 0 running, 0 held in a batch (not started), 1 claimed with no heartbeat yet" in table
 
     # --watch sleeps `--interval` between refreshes: stop it at the second one. (time.sleep is
     # the time module's, shared with subprocess's own short waits, which keep really sleeping.)

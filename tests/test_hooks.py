@@ -329,3 +329,20 @@ def test_the_thin_scripts_in_hooks_work_when_copied(name: str, tmp_path: Path) -
             run.done()
         finally:
             del os.environ["GITQUEUE_PYTHON"]
+
+
+def test_hooks_ci_prints_the_workflows_the_package_ships() -> None:
+    """A pip install has no examples/: the workflows are package data, printed by `hooks ci`."""
+    import gitqueue
+
+    package = Path(gitqueue.__file__).parent
+    for forge, name in (("github", "github-actions.yml"), ("gitlab", "gitlab-ci.yml")):
+        said = runner.invoke(app, ["hooks", "ci", forge])
+        assert said.exit_code == 0, said.output
+        assert said.stdout == (package / "ci" / name).read_text() and "gitqueue validate" in said.stdout
+    wrong = runner.invoke(app, ["hooks", "ci", "bitbucket"])
+    assert wrong.exit_code == 2 and "'bitbucket': choose github or gitlab" in wrong.output
+    install_help = runner.invoke(app, ["hooks", "install", "--help"]).stdout
+    assert "examples/ci" not in install_help and "gitqueue hooks ci" in install_help
+    pyproject = (package.parent / "pyproject.toml").read_text()
+    assert 'gitqueue = ["ci/*.yml"]' in pyproject, "shipped in the wheel as package data"

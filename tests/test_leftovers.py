@@ -100,3 +100,30 @@ def test_sigterm_first_then_sigkill_once_the_grace_period_has_passed(
     poll_until(lambda: not members(leader.pid), what="the group to die")
     assert stop_leftovers(tmp_path, grace=10, now=1011.0) == [] and not path.exists()
 
+
+def test_only_notes_of_dead_workers_of_this_machine_and_queue_name_dead_runs(tmp_path: Path) -> None:
+    from gitqueue.leftovers import Holdings, dead_runs, noted_runs
+
+    mine = Holdings(tmp_path, queue="q main", worker="gpu/0")
+    mine.note({"tok-live": ("t1", True)})  # this process: alive
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    base = {
+        "worker": "gpu/1",
+        "pid": gone.pid,
+        "pid_started": "0",
+        "runs": {"tok-dead": {"task": "t2", "started": False}},
+    }
+    notes = tmp_path / "workers"
+    (notes / "dead.json").write_text(json.dumps({**base, "queue": "q main", "host": socket.gethostname()}))
+    (notes / "elsewhere.json").write_text(json.dumps({**base, "queue": "q main", "host": "another-machine"}))
+    (notes / "other-queue.json").write_text(json.dumps({**base, "queue": "other main", "host": socket.gethostname()}))
+    (notes / "torn.json").write_text('{"queue": "q ma')
+    assert {token: run.alive for token, run in noted_runs(tmp_path, queue="q main").items()} == {
+        "tok-live": True,
+        "tok-dead": False,
+    }
+    [dead] = dead_runs(tmp_path, queue="q main").values()
+    assert (dead.task_id, dead.worker, dead.started) == ("t2", "gpu/1", False)
+    mine.note({})
+    assert not mine.path.exists(), "nothing held: no note"

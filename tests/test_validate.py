@@ -182,7 +182,7 @@ def test_the_ci_examples_and_pre_commit_hooks_run_real_checks(
     import yaml
 
     monkeypatch.chdir(queue_clone.path)
-    ci = (ROOT / "examples/ci/github-actions.yml").read_text() + (ROOT / "examples/ci/gitlab-ci.yml").read_text()
+    ci = (ROOT / "gitqueue/ci/github-actions.yml").read_text() + (ROOT / "gitqueue/ci/gitlab-ci.yml").read_text()
     assert set(re.findall(r"gitqueue validate --\w+", ci)) == {"gitqueue validate --ci"}  # test_ci.py runs them
     before = queue_clone.head()
     assert runner.invoke(app, ["validate", "--all"]).exit_code == 0

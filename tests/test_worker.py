@@ -29,7 +29,7 @@ from gitqueue import Queue, State, Task
 from gitqueue.cli import app
 from gitqueue.leftovers import running, stop_leftovers
 from gitqueue.queue import Report, Run
-from gitqueue.task import parse_task
+from gitqueue.task import parse_task, parse_time
 from gitqueue.testing import GitDaemon
 from gitqueue.worker import MissingArg, Options, Watch, Worker, expand
 
@@ -221,7 +221,17 @@ def attempt_summary(task: Task) -> list[tuple[int, str, str]]:
 # ---------------------------------------------------------------- dead workers
 
 
-def test_sigkilled_worker_task_comes_back_after_its_lease_and_another_worker_finishes_it(lab: Lab) -> None:
+def as_if_on_another_machine(tmp_path: Path) -> None:
+    """Make the workers' notes in the cache name another host, as a cache shared over the
+    network would hold them: their pids mean nothing here."""
+    for note in (tmp_path / "cache" / "runs" / "workers").glob("*.json"):
+        note.write_text(json.dumps({**json.loads(note.read_text()), "host": "another-machine"}))
+
+
+def test_sigkilled_worker_task_comes_back_after_its_lease_and_another_worker_finishes_it(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The dead worker ran on another machine: only its lease tells that it is gone."""
     lab.submit({"id": "victim", "args": {"hold": [1]}, "lease": 3})
     w1 = lab.start("w1")
     poll_until(lambda: lab.started("victim", 1), what="the first attempt to start")
@@ -230,12 +240,13 @@ def test_sigkilled_worker_task_comes_back_after_its_lease_and_another_worker_fin
 
     w1.send(signal.SIGKILL)
     assert w1.wait() == -signal.SIGKILL
+    as_if_on_another_machine(tmp_path)
     # Its experiment dies with it rather than run on beside the rerun.
     assert poll_until(lambda: lab.stopped_by("victim", 1), what="the orphaned experiment to stop") == signal.SIGTERM
 
     w2 = lab.start("w2", "--wait", "--max-tasks", "1")
     assert w2.wait() == 0
-    assert "victim: its lease ran out; returned to the queue" in w2.stderr
+    assert "victim: lease expired: no sign of life from w1 for" in w2.stderr
 
     task = lab.task("victim")
     assert task.state is State.DONE and task.result["env"]["GITQUEUE_ATTEMPT"] == "2"
@@ -275,8 +286,9 @@ def test_the_next_worker_stops_what_a_sigkilled_workers_command_started(lab: Lab
         assert "stopping 1 process(es) of wrapped that dead worker w1 left running" in w2.stderr
         poll_until(lambda: not running(pid), what="the leftover sleep to stop")
         assert stop_leftovers(runs, grace=10) == [] and list(runs.glob("*.json")) == [], "nothing of it runs now"
-        # Only processes were stopped: the task comes back when its lease runs out, as before.
-        assert lab.remote.states()["wrapped"] == "running"
+        # Its worker is gone from this machine: the task came back at once, not after its lease.
+        assert "wrapped: worker w1 is gone: its process on this machine ended; returned to the queue" in w2.stderr
+        assert attempt_summary(lab.task("wrapped")) == [(1, "reaped", "w1"), (2, "done", "w2")]
     finally:
         if running(pid):
             os.kill(pid, signal.SIGKILL)
@@ -306,6 +318,12 @@ def test_black_box_workers_over_git_daemon_drain_a_sweep_while_one_is_sigkilled(
         assert workers.pop(holder).wait() == -signal.SIGKILL
 
         poll_until(lambda: lab.remote.states()["victim"] == "done", what="the victim's rerun", timeout=30)
+
+        def marathon_past_its_lease() -> bool:  # (the dead worker may have held it, never started)
+            run = lab.task("marathon").run
+            return run is not None and run["worker"] != holder and time.time() - parse_time(run["claimed_at"]) > 3.5
+
+        poll_until(marathon_past_its_lease, what="the marathon to run past its lease", timeout=30)
         # The marathon has run for longer than its lease, beside workers that reap: still held.
         assert attempt_summary(lab.task("marathon")) == [] and lab.task("marathon").state is State.RUNNING
         lab.release("marathon", 1)
@@ -336,6 +354,7 @@ def test_reap_judges_leases_by_its_own_monotonic_clock(queue: Queue, bare_remote
     queue.submit([{"id": "dead", "args": {}, "lease": 5}, {"id": "alive", "args": {}, "lease": 5}])
     runs = {run.id: run for run in (queue.claim(), queue.claim()) if run is not None}
     alive = runs["alive"]
+    assert queue.store.heartbeat(runs["dead"].token, parent=None, message="beat\n", author=queue.identity)
     clock = FakeClock()
     with Queue(str(bare_remote), worker="reaper", monotonic=clock) as reaper:
         assert reaper.reap() == []  # first sight of both runs
@@ -377,11 +396,21 @@ def test_gitqueue_reap_returns_a_silent_run_by_its_claim_time(lab: Lab) -> None:
     def reap() -> str:
         result = CliRunner().invoke(app, ["reap", "--queue", lab.url, "--max-skew", "0"])
         assert result.exit_code == 0, result.output
-        return result.stdout.strip() if result.stdout.strip() != "reaped 0" else ""
+        assert result.stdout.startswith("reaped "), result.stdout
+        if result.stdout.startswith("reaped 0"):  # not yet: it says what it left, and until when
+            assert re.search(
+                r"\n  t \(worker ghost, attempt 1\): no heartbeat yet; lease runs out \S+ \(", result.stdout
+            )
+            return ""
+        return result.stdout
 
-    assert poll_until(reap, what="the lease to run out", timeout=10) == "reaped 1: t"
-    task = lab.task("t")
-    assert task.state is State.PENDING and attempt_summary(task) == [(1, "reaped", "ghost")]
+    said = poll_until(reap, what="the lease to run out", timeout=10).splitlines()
+    assert said[0] == "reaped 1: t"
+    assert said[1].startswith("  t: lease expired: no sign of life from ghost for")
+    assert said[1].endswith("never started: no attempt spent") and len(said) == 2
+    task = lab.task("t")  # no heartbeat, no start noted: it never started, and spends nothing
+    assert task.state is State.PENDING and task.attempts == [] and task.next_attempt == 1
+    assert lab.subjects("t")[-1] == "reap t by ghost (attempt 1): never started, no attempt spent"
 
 
 def test_a_busy_worker_reaps_as_it_goes(queue: Queue, bare_remote: Path) -> None:
@@ -399,8 +428,8 @@ def test_a_busy_worker_reaps_as_it_goes(queue: Queue, bare_remote: Path) -> None
         options = Options(reap_every=0, max_tasks=3)
         assert Worker(q, options, runner=runner, log=log).run() == 0
     task = queue.get("z-dead")
-    assert task.state is State.PENDING and [a["outcome"] for a in task.attempts] == ["reaped"], log.getvalue()
-    assert "z-dead: its lease ran out" in log.getvalue()
+    assert task.state is State.PENDING and task.attempts == [], log.getvalue()  # it never sent a heartbeat
+    assert "z-dead: lease expired: no sign of life from test-box/0" in log.getvalue()
 
 
 def test_a_run_that_waited_in_its_batch_past_its_lease_is_not_started(queue: Queue, bare_remote: Path) -> None:
@@ -429,9 +458,9 @@ def test_a_run_that_waited_in_its_batch_past_its_lease_is_not_started(queue: Que
 
     with Queue(str(bare_remote), worker="batcher") as q:
         assert Worker(q, Options(reap_every=3600), runner=runner, log=log).run() == 0
-    assert ran == [("a-quick", 1), ("b-slow", 1), ("c-short-lease", 2)], log.getvalue()  # never two runs at once
-    task = queue.get("c-short-lease")
-    assert [(a["attempt"], a["outcome"]) for a in task.attempts] == [(1, "reaped"), (2, "done")]
+    assert ran == [("a-quick", 1), ("b-slow", 1), ("c-short-lease", 1)], log.getvalue()  # never two runs at once
+    task = queue.get("c-short-lease")  # reaped while it waited, never started: no attempt spent
+    assert [(a["attempt"], a["outcome"]) for a in task.attempts] == [(1, "done")]
 
 
 # ---------------------------------------------------------------- stopping a run
@@ -512,11 +541,41 @@ def test_cancelling_a_running_task_stops_its_experiment_and_the_worker_goes_on(l
 
     assert worker.wait() == 0
     assert lab.remote.states() == {"a-long": "cancelled", "b-next": "done"}
-    assert "a-long: task is cancelled, no longer held by this run; stopped it, nothing reported" in worker.stderr
+    assert "a-long: cancelled; run stopped, nothing reported" in worker.stderr
     assert lab.task("b-next").attempts[0]["worker"] == "w1"
     if how == "cli":
         assert attempt_summary(lab.task("a-long")) == [(1, "cancelled", "w1")]
     assert lab.lease_refs() == []
+
+
+def test_a_cancel_stops_the_run_before_its_first_heartbeat_and_is_said_once(lab: Lab) -> None:
+    """A fetch is cheap, a push is not: the worker looks for a cancel every few seconds, long
+    before a heartbeat is due (a lease of 10 minutes beats every 30 s)."""
+    lab.submit({"id": "a-long", "args": {"hold": [1]}, "lease": 600, "priority": 1}, {"id": "b-next", "args": {}})
+    worker = lab.start("w1", "--grace", "3")
+    poll_until(lambda: lab.started("a-long", 1), what="the run to start")
+    result = CliRunner().invoke(app, ["cancel", "a-long", "--queue", lab.url])
+    assert result.exit_code == 0, result.output
+    assert poll_until(lambda: lab.stopped_by("a-long", 1), what="the experiment to stop") == signal.SIGTERM
+    assert worker.wait() == 0
+    assert lab.lease_refs() == [], "it stopped before its first heartbeat was due"
+    assert lab.remote.states() == {"a-long": "cancelled", "b-next": "done"}
+    said = [line for line in worker.stderr.splitlines() if "a-long" in line]
+    assert [line for line in said if "cancelled" in line] == ["[w1] a-long: cancelled; run stopped, nothing reported"]
+    assert not any("✓" in line or "no longer holds" in line for line in said), said
+
+
+def test_a_cancel_that_lands_as_the_run_ends_is_not_told_as_done(lab: Lab) -> None:
+    lab.submit({"id": "t", "args": {"hold": [1], "stubborn": True}, "lease": 600})
+    worker = lab.start("w1", "--grace", "60")
+    poll_until(lambda: lab.started("t", 1), what="the run to start")
+    with Queue.open(lab.url, worker="person") as q:
+        q.cancel(["t"])
+    lab.release("t", 1)  # it ends by itself, done, about when the worker notices the cancel
+    assert worker.wait() == 0
+    assert "✓ t done" not in worker.stderr
+    assert re.search(r"t: cancelled; (run stopped|its run had ended), nothing reported", worker.stderr), worker.stderr
+    assert lab.remote.states() == {"t": "cancelled"} and lab.task("t").result is None
 
 
 def test_a_late_report_from_a_reaped_run_changes_nothing(lab: Lab) -> None:
@@ -537,9 +596,10 @@ def test_a_late_report_from_a_reaped_run_changes_nothing(lab: Lab) -> None:
         lab.release("slow", 1)  # the first run finishes and reports
         assert worker.wait() == 0
         assert lab.remote.tip() == tip
+        # It finds out as its run ends (a look at the branch), or else when it reports.
+        told = "slow: its task is held by another run now (of w2), no longer by this one; its run had ended"
         lost = r"run \w+ no longer holds task slow: run \w+ of w2 holds it now; nothing changed"
-        assert re.search(lost, worker.stderr)
-        assert "✓ slow done" in worker.stderr  # it did finish; it just does not count
+        assert told in worker.stderr or re.search(lost, worker.stderr), worker.stderr
         held = lab.task("slow")
         assert held.state is State.RUNNING and held.token == second.token
         assert attempt_summary(held) == [(1, "reaped", "w1")]
@@ -623,7 +683,7 @@ def test_a_placeholder_naming_a_missing_arg_fails_the_task_without_running_anyth
         {"id": "flat-b", "args": {"a": 1, "b": 5}},
     )
     worker = lab.start("w1", command=lab.command("{a}", "{b.c}"))
-    assert worker.wait() == 0
+    assert worker.wait() == 7  # tasks it ran failed
     assert lab.remote.states() == {"good": "done", "no-b": "failed", "flat-b": "failed"}
     assert lab.task("good").result["argv"] == ["1", "2"]
     for task_id, have in (("no-b", "a"), ("flat-b", "a, b")):
@@ -725,7 +785,7 @@ def test_results_as_csv_and_json_rows(lab: Lab) -> None:
         {"id": "r2", "args": {"x": 2, "result": "score"}},
         {"id": "r3", "args": {"x": 3, "result": "score", "exit": 2}, "max_attempts": 1},
     )
-    assert lab.start("w1").wait() == 0
+    assert lab.start("w1").wait() == 7  # a task failed
     runner = CliRunner()
 
     done = runner.invoke(app, ["results", "--queue", lab.url, "--format", "json"])
@@ -752,6 +812,30 @@ def test_results_as_csv_and_json_rows(lab: Lab) -> None:
     [row] = json.loads(failed.stdout)
     assert row["id"] == "r3" and row["args.x"] == 3 and row["attempts"] == 1 and "result.score" not in row
     assert row["error"] == "stderr of r3"  # the last line of the output's tail
+    assert row["state"] == "failed" and row["tags"] == []
+
+
+def test_results_sorted_by_a_column_top_n_with_state_and_tags(lab: Lab) -> None:
+    lab.submit(*({"id": f"r{x}", "args": {"x": x, "result": "score"}, "tags": [f"t{x % 2}"]} for x in (3, 1, 4, 2)))
+    lab.submit({"id": "r-none", "args": {"x": 0, "result": "none"}})  # no result.score: always last
+    assert lab.start("w1").wait() == 0
+    runner = CliRunner()
+
+    def results(*flags: str) -> list[dict[str, Any]]:
+        said = runner.invoke(app, ["results", "--queue", lab.url, "--format", "json", *flags])
+        assert said.exit_code == 0, said.output
+        return json.loads(said.stdout)
+
+    assert [r["id"] for r in results("--sort", "result.score")] == ["r1", "r2", "r3", "r4", "r-none"]
+    assert [r["id"] for r in results("--sort", "-result.score")] == ["r4", "r3", "r2", "r1", "r-none"]
+    top = results("--sort", "-result.score", "--top", "2")
+    assert [(r["id"], r["state"], r["tags"]) for r in top] == [("r4", "done", ["t0"]), ("r3", "done", ["t1"])]
+    assert [r["id"] for r in results("--sort", "-id", "--top", "1")] == ["r4"]
+    table = runner.invoke(app, ["results", "--queue", lab.url, "--sort", "-args.x", "--top", "1"]).stdout
+    assert table.splitlines()[0].split()[:3] == ["id", "state", "tags"]
+    assert re.match(r"r4\s+done\s+\[\"t0\"\]\s+4\b", table.splitlines()[1])
+    wrong = runner.invoke(app, ["results", "--queue", lab.url, "--sort", "result.acc"])
+    assert wrong.exit_code == 2 and "no column 'result.acc'" in wrong.output
 
 
 # ---------------------------------------------------------------- pure parts
@@ -777,3 +861,18 @@ def test_expand_names_the_missing_arg() -> None:
         expand(["{model.depth}"], {"model": {"name": "x"}})
     with pytest.raises(MissingArg, match=r"its args: none"):
         expand(["{lr}"], {})
+
+
+def test_a_worker_that_ran_a_failed_task_exits_7_and_max_failures_defaults_to_5(lab: Lab) -> None:
+    lab.submit(*({"id": f"f{i}", "args": {"exit": 3}, "max_attempts": 1} for i in range(7)))
+    worker = lab.start("w1")
+    assert worker.wait() == 1, worker.stderr  # stopped by the default --max-failures
+    assert "5 failures in a row (--max-failures 5)" in worker.stderr
+    assert sorted(lab.remote.states().values()) == ["failed"] * 5 + ["pending"] * 2
+    no_limit = lab.start("w2", "--max-failures", "0")
+    assert no_limit.wait() == 7, no_limit.stderr  # it ran the rest, and they failed too
+    assert set(lab.remote.states().values()) == {"failed"}
+    lab.submit({"id": "ok", "args": {}})
+    assert lab.start("w3").wait() == 0, "every task it ran was done"
+    help_text = " ".join(CliRunner().invoke(app, ["work", "--help"]).stdout.split())
+    assert "6 if any task it ran failed" in help_text and "[default: 5; x>=0]" in help_text
