@@ -875,4 +875,4 @@ def test_a_worker_that_ran_a_failed_task_exits_7_and_max_failures_defaults_to_5(
     lab.submit({"id": "ok", "args": {}})
     assert lab.start("w3").wait() == 0, "every task it ran was done"
     help_text = " ".join(CliRunner().invoke(app, ["work", "--help"]).stdout.split())
-    assert "6 if any task it ran failed" in help_text and "[default: 5; x>=0]" in help_text
+    assert "7 if any task it ran failed" in help_text and "[default: 5; x>=0]" in help_text
