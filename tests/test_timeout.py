@@ -117,7 +117,7 @@ def test_a_run_over_its_tasks_timeout_is_stopped_and_spends_the_attempt(
     )
     # The task's own timeout wins over the worker's; b-quick has none, and finishes.
     worker = start_worker(tmp_path, url, "--task-timeout", "3600", "--grace", "5", command=sleeper)
-    assert finish(worker, tmp_path) == 0
+    assert finish(worker, tmp_path) == 7  # a run it ran timed out: not all went well
     task = task_on(remote_repo, "a-hung")
     assert task.state is State.FAILED
     [attempt] = task.attempts
@@ -139,7 +139,7 @@ def test_task_timeout_on_the_worker_kills_a_command_that_ignores_sigterm_after_t
     url = str(bare_remote)
     submit(url, {"id": "stubborn", "args": {"stubborn": True}, "max_attempts": 2})
     worker = start_worker(tmp_path, url, "--task-timeout", "0.5", "--grace", "0.5", command=sleeper)
-    assert finish(worker, tmp_path) == 0
+    assert finish(worker, tmp_path) == 7  # a run it ran timed out: not all went well
     task = task_on(remote_repo, "stubborn")
     assert task.state is State.FAILED
     assert [(a["attempt"], a["outcome"], a["exit_code"]) for a in task.attempts] == [
