@@ -26,6 +26,9 @@ MARKER = "# --- gitqueue: the lines below are written by gitqueue ---"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 MAX_ALIASES = 64
+MAX_ALIAS_VALUES = 100_000  # values all aliases together may repeat
+MAX_FIELD_INT = 2**63 - 1  # integer fields (priority, lease, ...) fit in 64 bits
+MAX_INT_BITS = 13_300  # about 4,000 digits: every integer read can be printed again (Python stops at 4,300)
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "cmd")
@@ -171,13 +174,28 @@ class Task:
 # ---------------------------------------------------------------- reading
 
 
-class _NoDuplicates:
-    """Refuses a mapping that repeats a key (PyYAML would silently keep the last)."""
+class _Checked:
+    """Refuses a mapping that repeats a key (PyYAML would silently keep the last), and turns
+    whatever a constructor raises (``!!int abc``, ``!!timestamp hello``, an integer too long
+    to print) into a marked YAML error: a file that cannot be read is invalid, never a crash."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            value = super().construct_object(node, deep=deep)  # type: ignore[misc]
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            raise _unreadable(node, exc) from None
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise _unreadable(node, OverflowError("too long"))
+        return value
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep=deep)  # type: ignore[misc]  # says what it found
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+            key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
             except TypeError:
@@ -190,27 +208,81 @@ class _NoDuplicates:
         return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
 
 
-class _Loader(_NoDuplicates, yaml.SafeLoader):
-    """Safe loading, plus refusal of duplicate keys, deep nesting and alias bombs."""
+def _unreadable(node: Any, exc: Exception) -> yaml.MarkedYAMLError:
+    """The error for a value no constructor can build, pointing at the value."""
+    tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+    value = node.value if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
+    if tag == "!!int" and ("Exceeds the limit" in str(exc) or isinstance(exc, OverflowError)):
+        problem = f"an integer written with {len(str(value)):,} characters: gitqueue reads up to about 4,000 digits"
+    else:
+        reason = str(exc).split(";")[0] if isinstance(exc, ValueError) else f"not a valid {tag} value"
+        problem = f"cannot read {value!r:.60} as {tag} ({reason})"
+    return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
+
+
+class _Loader(_Checked, yaml.SafeLoader):
+    """Safe loading, plus refusal of duplicate keys, deep nesting and alias bombs.
+
+    An alias costs nothing to parse but everything to use: every reader that walks the
+    value (JSON for ``GITQUEUE_ARGS``, ``ls``, a YAML dump) meets the aliased part once per
+    alias. So besides counting aliases, each collection's expanded size and depth are
+    tracked, and the values aliases repeat are bounded (:data:`MAX_ALIAS_VALUES`).
+    """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._aliases = 0
         self._depth = 0
+        self._repeated = 0
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(collection node) -> (values, depth), once composed
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases")
+            self._count_alias(self.peek_event())
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 mark = self.peek_event().start_mark
                 raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=mark)
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        if isinstance(node, yaml.CollectionNode) and id(node) not in self._sizes:
+            self._measure(node)
+        return node
+
+    def _size(self, node: Any) -> tuple[int, int]:
+        return (1, 0) if isinstance(node, yaml.ScalarNode) else self._sizes[id(node)]
+
+    def _count_alias(self, event: Any) -> None:
+        target = self.anchors.get(event.anchor)
+        if target is None:
+            return  # the composer says it is undefined
+        if not isinstance(target, yaml.ScalarNode) and id(target) not in self._sizes:
+            raise yaml.MarkedYAMLError(
+                problem=f"alias *{event.anchor} refers to a value that contains it (a recursive structure)",
+                problem_mark=event.start_mark,
+            )
+        self._repeated += self._size(target)[0]
+        if self._repeated > MAX_ALIAS_VALUES:
+            raise yaml.MarkedYAMLError(
+                problem=f"aliases repeat more than {MAX_ALIAS_VALUES:,} values (an alias bomb?)",
+                problem_mark=event.start_mark,
+            )
+
+    def _measure(self, node: Any) -> None:
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value
+        sizes = [self._size(child) for child in children]
+        depth = 1 + max((d for _, d in sizes), default=0)
+        if depth > MAX_DEPTH:
+            raise yaml.MarkedYAMLError(
+                problem=f"nested deeper than {MAX_DEPTH} levels (counting what its aliases repeat)",
+                problem_mark=node.start_mark,
+            )
+        self._sizes[id(node)] = (1 + sum(n for n, _ in sizes), depth)
 
 
 # libyaml is ~8x faster, but its composer recurses in C and crashes on very deep nesting, and
@@ -220,7 +292,7 @@ _FAST_LIMIT = 8192
 _FastLoader: type | None = None
 if getattr(yaml, "__with_libyaml__", False):
 
-    class _CLoader(_NoDuplicates, yaml.CSafeLoader):  # type: ignore[misc]
+    class _CLoader(_Checked, yaml.CSafeLoader):  # type: ignore[misc]
         pass
 
     _FastLoader = _CLoader
@@ -276,11 +348,98 @@ def load_yaml(text: str | bytes, *, path: str) -> Any:
         raise InvalidTask(path, problem, line=mark.line + 1, column=mark.column + 1) from None
     except (yaml.YAMLError, RecursionError) as exc:
         raise InvalidTask(path, f"invalid YAML: {exc}") from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        # PyYAML's constructors raise more than YAMLError; what _Checked did not catch lands here
+        raise InvalidTask(path, f"cannot read it as YAML ({type(exc).__name__}: {exc})") from None
 
 
-def _check_type(path: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
+def _wrong(path: str, message: str, *keys: str | int) -> InvalidTask:
+    """A problem with the value at ``keys`` (e.g. ``"attempts", 0, "attempt"``): ``parse_task``
+    adds the line and column where that value is written."""
+    error = InvalidTask(path, message)
+    error.keys = keys  # type: ignore[attr-defined]
+    return error
+
+
+def _check_type(path: str, key: str, value: Any, kind: Any, what: str) -> None:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise InvalidTask(path, f"field '{key}' must be {what}, not {type(value).__name__} {value!r:.60}")
+        raise _wrong(path, f"field '{key}' must be {what}, not {type(value).__name__} {value!r:.60}", key)
+    if kind is int and abs(int(value)) > MAX_FIELD_INT:
+        raise _wrong(path, f"field '{key}' is too large: at most {MAX_FIELD_INT:,}", key)
+
+
+_PERSON_CHECKS: list[tuple[str, type | tuple[type, ...], str]] = [
+    ("priority", int, "an integer"),
+    ("tags", list, "a list"),
+    ("requires", dict, "a mapping"),
+    ("max_attempts", int, "an integer"),
+    ("lease", int, "an integer (seconds)"),
+    ("cmd", list, "a list of strings (an argv)"),
+    ("submitted", dict, "a mapping"),
+    ("run", dict, "a mapping"),
+    ("attempts", list, "a list"),
+    ("requeued", dict, "a mapping"),
+]
+
+
+def _check_person_fields(data: dict[str, Any], path: str) -> None:
+    for key, kind, what in _PERSON_CHECKS:
+        if data.get(key) is not None:
+            _check_type(path, key, data[key], kind, what)
+    if data.get("max_attempts") is not None and data["max_attempts"] < 1:
+        raise _wrong(path, "field 'max_attempts' must be at least 1", "max_attempts")
+    if data.get("lease") is not None and data["lease"] < 1:
+        raise _wrong(path, "field 'lease' must be at least 1 second", "lease")
+    if data.get("cmd") is not None and (not data["cmd"] or not all(isinstance(a, str) for a in data["cmd"])):
+        raise _wrong(path, "field 'cmd' must be a non-empty list of strings (an argv)", "cmd")
+    tags = data.get("tags") or []
+    if not all(isinstance(t, str | int | float) and not isinstance(t, bool) for t in tags):
+        raise _wrong(path, "field 'tags' must be a list of plain words", "tags")
+
+
+# What gitqueue writes below the marker, as commands read it back: a forged or damaged record
+# must make the file invalid here, not crash whoever reads the field later.
+_RECORD_FIELDS: dict[str, tuple[Any, str]] = {
+    "token": (str, "a string"),
+    "worker": (str, "a string"),
+    "attempt": (int, "an integer"),
+    "lease": (int, "an integer (seconds)"),
+    "after_attempt": (int, "an integer"),
+    "outcome": (str, "a string"),
+    "at": (str, "a time"),
+    "claimed_at": (str, "a time"),
+}
+_TIMES = ("at", "claimed_at")
+
+
+def _check_record(path: str, record: dict[str, Any], *keys: str | int) -> None:
+    where = ".".join(str(k) if isinstance(k, str) else f"[{k}]" for k in keys).replace(".[", "[")
+    for name, (kind, what) in _RECORD_FIELDS.items():
+        value: Any = record.get(name)
+        if value is None:
+            continue
+        label = f"field '{where}.{name}'"
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _wrong(path, f"{label} must be {what}, not {type(value).__name__} {value!r:.60}", *keys, name)
+        if kind is int and not 0 <= int(value) <= MAX_FIELD_INT:
+            raise _wrong(path, f"{label} must be between 0 and {MAX_FIELD_INT:,}", *keys, name)
+        if name in _TIMES:
+            try:
+                parse_time(str(value))
+            except ValueError:
+                raise _wrong(path, f"{label} must be a time like 2026-11-25T09:26:52.322Z, not {value!r:.60}",
+                             *keys, name) from None  # fmt: skip
+
+
+def _check_gitqueue_fields(data: dict[str, Any], path: str) -> None:
+    for key in ("submitted", "run", "requeued"):
+        if isinstance(data.get(key), dict):
+            _check_record(path, data[key], key)
+    for index, attempt in enumerate(data.get("attempts") or []):
+        if not isinstance(attempt, dict):
+            message = f"field 'attempts' must be a list of mappings (gitqueue's records), not {attempt!r:.60}"
+            raise _wrong(path, message, "attempts", index)
+        _check_record(path, attempt, "attempts", index)
 
 
 def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text: str = "") -> Task:
@@ -291,38 +450,16 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
     unknown = [k for k in data if k not in PERSON_FIELDS and k not in GITQUEUE_FIELDS]
     if unknown:
         known = ", ".join(PERSON_FIELDS)
-        raise InvalidTask(path, f"unknown field {unknown[0]!r} (a person writes: {known})")
+        raise _wrong(path, f"unknown field {unknown[0]!r} (a person writes: {known})", unknown[0])
     if "args" not in data:
         raise InvalidTask(path, "missing field 'args' (a mapping of the task's arguments)")
     args = data["args"]
     _check_type(path, "args", args, dict, "a mapping")
     for name in args:
         if not isinstance(name, str) or not name:
-            raise InvalidTask(path, f"argument names must be non-empty strings, not {name!r}")
-    checks: list[tuple[str, type | tuple[type, ...], str]] = [
-        ("priority", int, "an integer"),
-        ("tags", list, "a list"),
-        ("requires", dict, "a mapping"),
-        ("max_attempts", int, "an integer"),
-        ("lease", int, "an integer (seconds)"),
-        ("cmd", list, "a list of strings (an argv)"),
-        ("submitted", dict, "a mapping"),
-        ("run", dict, "a mapping"),
-        ("attempts", list, "a list"),
-        ("requeued", dict, "a mapping"),
-    ]
-    for key, kind, what in checks:
-        if data.get(key) is not None:
-            _check_type(path, key, data[key], kind, what)
-    if data.get("max_attempts") is not None and data["max_attempts"] < 1:
-        raise InvalidTask(path, "field 'max_attempts' must be at least 1")
-    if data.get("lease") is not None and data["lease"] < 1:
-        raise InvalidTask(path, "field 'lease' must be at least 1 second")
-    if data.get("cmd") is not None and (not data["cmd"] or not all(isinstance(a, str) for a in data["cmd"])):
-        raise InvalidTask(path, "field 'cmd' must be a non-empty list of strings (an argv)")
-    tags = data.get("tags") or []
-    if not all(isinstance(t, str | int | float) and not isinstance(t, bool) for t in tags):
-        raise InvalidTask(path, "field 'tags' must be a list of plain words")
+            raise _wrong(path, f"argument names must be non-empty strings, not {name!r}", "args")
+    _check_person_fields(data, path)
+    _check_gitqueue_fields(data, path)
     if state is State.RUNNING and not (isinstance(data.get("run"), dict) and data["run"].get("token")):
         raise InvalidTask(path, "a running task must have a 'run' with a 'token' (gitqueue writes it at claim)")
     return Task(
@@ -330,7 +467,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         state=state,
         args=args,
         priority=data.get("priority") or 0,
-        tags=[str(t) for t in tags],
+        tags=[str(t) for t in data.get("tags") or []],
         requires=data.get("requires") or {},
         max_attempts=data.get("max_attempts"),
         lease=data.get("lease"),
@@ -345,6 +482,30 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
     )
 
 
+def _mark(text: str, keys: tuple[str | int, ...]) -> tuple[int, int] | None:
+    """Line and column (1-based) of the value at ``keys`` in ``text``, or of the nearest key
+    on the way; None if the text cannot be composed (it was loaded, so it almost always can)."""
+    try:
+        node = _Loader(text).get_single_node()
+    except (yaml.YAMLError, RecursionError):
+        return None
+    mark = node.start_mark if node is not None else None
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(key)]
+            if not found:
+                break
+            mark, node = found[0][1].start_mark, found[0][1]
+            if key == keys[0] and keys[0] not in PERSON_FIELDS + GITQUEUE_FIELDS:
+                mark = found[0][0].start_mark  # an unknown field: point at its name
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            mark = node.start_mark
+        else:
+            break
+    return None if mark is None else (mark.line + 1, mark.column + 1)
+
+
 def parse_task(raw: bytes, *, path: str) -> Task:
     """Read one task file. ``path`` is its path in the queue, e.g. ``pending/ab/x.yaml``."""
     state, task_id = split_task_path(path)
@@ -354,7 +515,14 @@ def parse_task(raw: bytes, *, path: str) -> Task:
     for key in GITQUEUE_FIELDS:
         if re.search(rf"^{key}\s*:", person, re.MULTILINE):
             raise InvalidTask(path, f"field '{key}' is written by gitqueue; write it below the marker or not at all")
-    return task_from_mapping(data, task_id=task_id, state=state, path=path, text=text)
+    try:
+        return task_from_mapping(data, task_id=task_id, state=state, path=path, text=text)
+    except InvalidTask as exc:
+        keys = getattr(exc, "keys", None)
+        at = _mark(text, keys) if keys else None
+        if at is None:
+            raise
+        raise InvalidTask(path, exc.problem, line=at[0], column=at[1]) from None
 
 
 def split_task_path(path: str) -> tuple[State, str]:

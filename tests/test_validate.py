@@ -72,7 +72,7 @@ def test_a_draft_outside_any_clone_is_checked_as_a_pending_task(tmp_path: Path) 
     draft.write_text("args: {lr: 0.1}\npriority: soon\n")
     result = runner.invoke(app, ["validate", str(draft)])
     assert result.exit_code == 1
-    assert result.stdout.strip() == "pending/next.yaml: field 'priority' must be an integer, not str 'soon'"
+    assert result.stdout.strip() == "pending/next.yaml:2:11: field 'priority' must be an integer, not str 'soon'"
 
 
 def test_without_a_hook_bad_files_land_and_the_queue_still_drains(
