@@ -25,6 +25,7 @@ from gitqueue.config import SETTINGS_FILE
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
 from gitqueue.gitstore import LocalRepo
 from gitqueue.queue import Queue, default_worker
+from gitqueue.snapshot import Problem
 from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
@@ -376,7 +377,7 @@ def ls(
     queue: QueueOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
-    """List tasks, highest priority first, then by id.
+    """List tasks, highest priority first, then by id; then each invalid task file, with why.
 
     \b
     Examples:
@@ -395,13 +396,22 @@ def ls(
     _check_format(fmt, ("table", "json", "ids"))
     if state is not None and state not in {s.value for s in State}:
         raise typer.BadParameter(f"{state!r}: one of {', '.join(s.value for s in State)}", param_hint="--state")
+    problems: list[Problem] = []
     with Queue.open(queue) as q:
-        tasks = [t for t in q.tasks(state, where=where) if tag is None or tag in t.tags]
+        tasks = [t for t in q.tasks(state, where=where, problems=problems) if tag is None or tag in t.tags]
+    if where is not None or tag is not None:  # a filter cannot look inside a file that does not parse
+        if problems:
+            err.print(f"{len(problems)} invalid task file(s) not shown: `gitqueue validate` names them")
+        problems = []
     if fmt == "json":
-        _print_json([t.to_dict() for t in tasks])
+        shown = validate_rules.display
+        invalid = [{"path": shown(p.path), "invalid": shown(p.message)} for p in problems]
+        _print_json([t.to_dict() for t in tasks] + invalid)
     elif fmt == "ids":
         for task in tasks:
             typer.echo(task.id)
+        if problems:
+            err.print(f"{len(problems)} invalid task file(s) left out: `gitqueue validate` names them")
     else:
         rows = []
         for task in tasks:
@@ -409,6 +419,8 @@ def ls(
             tries = len(task.attempts) + (task.state is State.RUNNING)  # the run under way counts
             rows.append([task.id, task.state.value, task.priority, _compact(task.args), tries, worker])
         print_table(["ID", "STATE", "PRI", "ARGS", "TRIES", "WORKER"], rows)
+        for problem in problems:
+            typer.echo(f"invalid  {validate_rules.display(problem.message)}")
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
@@ -481,7 +493,8 @@ def _status_view(info: dict[str, Any]) -> Table:
     grid.add_row("  ".join(f"{state} {n}" for state, n in counts.items()) + f"   (total {info['total']})")
     if info["oldest_pending"]:
         oldest = info["oldest_pending"]
-        grid.add_row(f"oldest pending: {oldest['id']} (submitted {oldest['submitted']})")
+        when = f"submitted {oldest['submitted']}" if oldest["submitted"] else "written by hand: no submit time"
+        grid.add_row(f"oldest pending: {oldest['id']} ({when})")
     if info["running"]:
         running = Table(box=None, header_style="bold", pad_edge=False)
         for column in ("RUNNING", "WORKER", "ATTEMPT", "FOR"):

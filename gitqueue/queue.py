@@ -48,6 +48,7 @@ from gitqueue.gitstore import (
     init_bare,
     is_local_path,
 )
+from gitqueue.index import Summary
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
     PERSON_FIELDS,
@@ -406,38 +407,41 @@ class Queue:
         return self.snapshot().get(task_id)
 
     def status(self) -> dict[str, Any]:
-        """Counts per state, the oldest pending task, and who runs what for how long."""
+        """Counts per state, the oldest pending task, and who runs what for how long.
+
+        An invalid file is not counted but listed under ``invalid``; so is a task whose id
+        sits in two folders (counted in neither: which one holds the truth is a person's call).
+        The oldest pending task is the one submitted first; a hand-written task (no submit
+        time) is the oldest only when no pending task has one."""
         snap = self.snapshot()
         counts = {state.value: 0 for state in State}
-        oldest: tuple[str, str] | None = None  # (submitted at, id)
+        oldest: tuple[bool, str, str, str] | None = None  # (no time, submitted at, id order, id)
         running = []
-        invalid = []
         now = self.clock()
-        for entry, summary in snap.summaries():
+        listed = list(snap.summaries())
+        homes = Counter(entry.id for entry, summary in listed if summary.error is None)
+        invalid = [{"path": rules.display(e.path), "problem": rules.display(s.error)} for e, s in listed if s.error]
+        for entry, summary in listed:
             if summary.error is not None:
-                invalid.append({"path": entry.path, "problem": summary.error})
+                continue
+            if homes[entry.id] > 1:
+                twins = ", ".join(e.path for e, s in listed if e.id == entry.id and e.path != entry.path)
+                problem = f"{entry.path}: task {entry.id!r} is also in {twins}: a task lives in one folder"
+                problem += " (not counted)"
+                invalid.append({"path": rules.display(entry.path), "problem": rules.display(problem)})
                 continue
             counts[entry.state.value] += 1
             if entry.state is State.PENDING:
-                key = (summary.submitted_at or "", entry.id)
+                key = (summary.submitted_at is None, summary.submitted_at or "", id_order(entry.id), entry.id)
                 if oldest is None or key < oldest:
                     oldest = key
             elif entry.state is State.RUNNING:
-                age = now - parse_time(summary.claimed_at) if summary.claimed_at else None
-                running.append(
-                    {
-                        "id": entry.id,
-                        "worker": summary.worker,
-                        "attempt": summary.attempt,
-                        "claimed_at": summary.claimed_at,
-                        "age": age,
-                    }
-                )
+                running.append(_running_row(entry.id, summary, now))
         return {
             "queue": self.url,
             "counts": counts,
             "total": sum(counts.values()),
-            "oldest_pending": None if oldest is None else {"id": oldest[1], "submitted": oldest[0] or None},
+            "oldest_pending": None if oldest is None else {"id": oldest[3], "submitted": oldest[1] or None},
             "running": sorted(running, key=lambda r: id_order(r["id"])),
             "invalid": invalid,
         }
@@ -950,6 +954,18 @@ class Run:
 
 
 # ---------------------------------------------------------------- pure helpers
+
+
+def _running_row(task_id: str, summary: Summary, now: float) -> dict[str, Any]:
+    """One line of ``status``'s running table."""
+    age = now - parse_time(summary.claimed_at) if summary.claimed_at else None
+    return {
+        "id": task_id,
+        "worker": summary.worker,
+        "attempt": summary.attempt,
+        "claimed_at": summary.claimed_at,
+        "age": age,
+    }
 
 
 def best_pending(
