@@ -633,13 +633,17 @@ def results(
 
 
 def _result_row(task: Task) -> dict[str, Any]:
-    """id, args.*, result.*, then duration, worker and attempts of the last attempt."""
+    """id, args.*, result.*, then duration, worker and attempts of the last attempt (and a
+    warning when the file's args are not those the result came from)."""
     last = task.attempts[-1] if task.attempts else {}
     row: dict[str, Any] = {"id": task.id}
-    row.update({f"args.{k}": v for k, v in task.args.items()})
+    ran = task.ran_with  # args changed while it ran: the result belongs to the args it ran with
+    row.update({f"args.{k}": v for k, v in (task.args if ran is None else ran).items()})
     result = task.result if isinstance(task.result, dict) else ({"value": task.result} if task.result else {})
     row.update({f"result.{k}": v for k, v in result.items()})
     row.update({"duration": last.get("duration"), "worker": last.get("worker"), "attempts": len(task.attempts)})
+    if task.args_changed:
+        row["warning"] = f"args changed while it ran: the file now says {_compact(task.args)}"
     if task.state is not State.DONE and last.get("error"):
         row["error"] = str(last["error"]).strip().splitlines()[-1][:200]
     return row

@@ -62,6 +62,7 @@ from gitqueue.task import (
     now_iso,
     parse_time,
     render,
+    same_args,
     task_from_mapping,
 )
 
@@ -130,6 +131,7 @@ class Report:
     exit_code: int | None = None
     lease_ref: bool = False  # the run pushed heartbeats: delete its lease ref with the report
     final: bool = False  # a failure no retry can mend (e.g. the task lacks an arg): straight to failed/
+    args: dict[str, Any] | None = None  # the args the run used, if known: recorded when the file's differ
 
 
 @dataclass
@@ -555,15 +557,23 @@ class Queue:
 
         return self._transact(build, patient=patient)
 
-    def done(self, task_id: str, *, token: str | None = None, result: Any = None) -> Task:
-        """Finish a running task as done. With ``token``, only if that run still holds it."""
-        return self.finish(Report(task_id, token, "done", result=result)).raise_lost()
+    def done(self, task_id: str, *, token: str | None = None, result: Any = None, args: Any = None) -> Task:
+        """Finish a running task as done. With ``token``, only if that run still holds it;
+        ``args`` are those the run used, recorded if the file's changed meanwhile."""
+        return self.finish(Report(task_id, token, "done", result=result, args=args)).raise_lost()
 
     def fail(
-        self, task_id: str, *, token: str | None = None, error: str | None = None, exit_code: int | None = None
+        self,
+        task_id: str,
+        *,
+        token: str | None = None,
+        error: str | None = None,
+        exit_code: int | None = None,
+        args: Any = None,
     ) -> Task:
         """Fail a running task's attempt: back to pending while attempts remain, else failed/."""
-        return self.finish(Report(task_id, token, "failed", error=error, exit_code=exit_code)).raise_lost()
+        report = Report(task_id, token, "failed", error=error, exit_code=exit_code, args=args)
+        return self.finish(report).raise_lost()
 
     def reap(self) -> list[str]:
         """Return tasks whose lease ran out to pending (attempt spent) or to failed.
@@ -663,7 +673,9 @@ class Queue:
     def _finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
         """The commit that records ``report``; NotHeld if its run no longer holds the task."""
         task = held_task(snap, report.task_id, report.token)
-        record = _attempt_record(task, report.outcome, self.clock(), error=report.error, exit_code=report.exit_code)
+        record = _attempt_record(
+            task, report.outcome, self.clock(), error=report.error, exit_code=report.exit_code, ran_with=report.args
+        )
         after = task.evolve(run=None, attempts=[*task.attempts, record])
         if report.outcome == "done":
             after.state, after.result = State.DONE, report.result
@@ -680,6 +692,8 @@ class Queue:
             subject += ": out of attempts" if after.state is State.FAILED else ": will retry"
         elif report.outcome == "released":
             subject += ": not started"
+        if "ran_with" in record:
+            subject += " (its args changed while it ran)"
         also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
         return Change(
             subject=subject,
@@ -923,11 +937,11 @@ class Run:
         return int(self.record["lease"])
 
     def done(self, result: Any = None) -> Task:
-        self.finished = self.queue.done(self.id, token=self.token, result=result)
+        self.finished = self.queue.done(self.id, token=self.token, result=result, args=self.args)
         return self.finished
 
     def fail(self, error: str | None = None, *, exit_code: int | None = None) -> Task:
-        self.finished = self.queue.fail(self.id, token=self.token, error=error, exit_code=exit_code)
+        self.finished = self.queue.fail(self.id, token=self.token, error=error, exit_code=exit_code, args=self.args)
         return self.finished
 
     def to_dict(self) -> dict[str, Any]:
@@ -1016,7 +1030,13 @@ def held_task(snap: Snapshot, task_id: str, token: str | None) -> Task:
 
 
 def _attempt_record(
-    task: Task, outcome: str, now: float, *, error: str | None = None, exit_code: int | None = None
+    task: Task,
+    outcome: str,
+    now: float,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+    ran_with: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     run = task.run or {}
     record: dict[str, Any] = {
@@ -1029,6 +1049,8 @@ def _attempt_record(
     }
     if run.get("claimed_at"):
         record["duration"] = round(now - parse_time(run["claimed_at"]), 3)
+    if ran_with is not None and not same_args(ran_with, task.args):
+        record["ran_with"] = ran_with  # its file's args changed while it ran: what the run used
     if exit_code is not None:
         record["exit_code"] = exit_code
     if error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ def parse_time(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def same_args(one: Any, other: Any) -> bool:
+    """Equal args (``.nan`` included: it is not equal to itself in Python)."""
+    return bool(one == other) or json.dumps(one, default=str) == json.dumps(other, default=str)
+
+
 @dataclass
 class Task:
     """One task as read from its file at one commit of the queue."""
@@ -121,6 +127,19 @@ class Task:
     def next_attempt(self) -> int:
         """The number the next run of this task gets (1 for the first)."""
         return 1 + max((a.get("attempt", 0) for a in self.attempts), default=0)
+
+    @property
+    def ran_with(self) -> dict[str, Any] | None:
+        """The args the last attempt ran with, recorded when they were not the file's (its
+        args changed while it ran); None when the file's args are what ran."""
+        last = self.attempts[-1] if self.attempts else {}
+        return last.get("ran_with") if isinstance(last.get("ran_with"), dict) else None
+
+    @property
+    def args_changed(self) -> bool:
+        """True if the last attempt ran with other args than the file now holds."""
+        last = self.attempts[-1] if self.attempts else {}
+        return "ran_with" in last
 
     def person_fields(self) -> dict[str, Any]:
         """The fields a person writes, as they would be written (defaults left out)."""

@@ -360,7 +360,7 @@ class Worker:
                 self.queue.store.drop_lease(run.token)
             return None
         if report is not None:
-            report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
+            report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None, args=run.args)
             took = time.monotonic() - started
             average = self._seconds_per_task
             self._seconds_per_task = took if average is None else 0.7 * average + 0.3 * took

@@ -777,3 +777,28 @@ def test_expand_names_the_missing_arg() -> None:
         expand(["{model.depth}"], {"model": {"name": "x"}})
     with pytest.raises(MissingArg, match=r"its args: none"):
         expand(["{lr}"], {})
+
+
+def test_a_worker_records_the_args_it_ran_with_when_a_person_changed_them_meanwhile(
+    queue: Queue, bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    queue.submit([{"id": "a-edited", "args": {"lr": 0.1}}, {"id": "b-kept", "args": {"lr": 0.2}, "priority": -1}])
+    seen: list[dict[str, Any]] = []
+
+    def runner(run: Run, watch: Watch) -> Report:
+        seen.append(dict(run.args))
+        if run.id == "a-edited":  # a person's edit lands on running/ while it runs (no hook refuses it)
+            text = remote_repo.read("running/a-edited.yaml").replace("lr: 0.1", "lr: 0.5")
+            remote_repo.person_commit({"running/a-edited.yaml": text})
+        return Report(run.id, run.token, "done", result={"acc": run.args["lr"]})
+
+    with Queue(str(bare_remote), worker="w") as q:
+        assert Worker(q, Options(max_batch=1), runner=runner, log=io.StringIO()).run() == 0
+    assert seen == [{"lr": 0.1}, {"lr": 0.2}]
+    edited, kept = queue.get("a-edited"), queue.get("b-kept")
+    assert edited.args == {"lr": 0.5} and edited.attempts[-1]["ran_with"] == {"lr": 0.1}
+    assert edited.result == {"acc": 0.1} and "ran_with" not in kept.attempts[-1]
+    assert [p.message for p in queue.validate()] == [
+        "done/a-edited.yaml: its result came from other args than the file's (it ran with lr=0.1); "
+        "requeue it to run the file's args"
+    ]
