@@ -525,10 +525,41 @@ def _mark(text: str, keys: tuple[str | int, ...]) -> tuple[int, int] | None:
     return None if mark is None else (mark.line + 1, mark.column + 1)
 
 
+def _load_parts(raw: bytes, *, path: str) -> Any:
+    """Load a file with gitqueue's marker as its two parts, each on its own: gitqueue keeps
+    the person's part as it is and writes its own below it, so the person's part must be
+    whole YAML by itself. A marker inside a value (a quoted string, a flow mapping spread
+    over lines) would make the file gitqueue writes unreadable, so it makes this one invalid.
+    Costs no more than one load of the whole text."""
+    if len(raw) > MAX_FILE_BYTES:
+        return load_yaml(raw, path=path)  # refuses it, by its size
+    person, _, ours = raw.partition(MARKER.encode())
+    try:
+        top = load_yaml(person, path=path)
+    except InvalidTask:
+        load_yaml(raw, path=path)  # broken as a whole: that error says more
+        line = person.count(b"\n") + 1
+        why = "gitqueue's marker line sits inside a value: keep it on a line of its own below your fields"
+        raise InvalidTask(path, why, line=line) from None
+    try:
+        below = load_yaml(ours, path=path)
+    except InvalidTask as exc:
+        if exc.line is None:
+            raise
+        offset = person.count(b"\n")  # the marker's line ends where ours begins
+        raise InvalidTask(path, exc.problem, line=exc.line + offset, column=exc.column) from None
+    if (top is not None and not isinstance(top, dict)) or (below is not None and not isinstance(below, dict)):
+        return load_yaml(raw, path=path)  # not a mapping: the whole file's load says so
+    twice = sorted(set(top or {}) & set(below or {}), key=str)
+    if twice:
+        raise InvalidTask(path, f"duplicate key {twice[0]!r}: above and below gitqueue's marker line")
+    return {**(top or {}), **(below or {})}
+
+
 def parse_task(raw: bytes, *, path: str) -> Task:
     """Read one task file. ``path`` is its path in the queue, e.g. ``pending/ab/x.yaml``."""
     state, task_id = split_task_path(path)
-    data = load_yaml(raw, path=path)
+    data = _load_parts(raw, path=path) if MARKER.encode() in raw else load_yaml(raw, path=path)
     text = raw.decode("utf-8")
     person, _, _ = text.partition(MARKER)
     for key in GITQUEUE_FIELDS:

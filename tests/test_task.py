@@ -129,6 +129,16 @@ def test_a_forged_or_damaged_record_below_the_marker_makes_the_file_invalid(reco
     assert words in invalid(f"args: {{a: 1}}\n{MARKER}\n{record}\n").problem
 
 
+def test_a_marker_line_inside_a_value_makes_the_file_invalid_before_gitqueue_writes_below_it() -> None:
+    # the whole file parses, but the person's part alone does not: a claim would write an unreadable file
+    text = f'args: {{note: "see\n{MARKER}\nbelow"}}\n'
+    error = invalid(text)
+    assert "marker line sits inside a value" in error.problem and error.line == 2
+    assert "duplicate key 'args'" in invalid(f"args: {{a: 1}}\n{MARKER}\nargs: {{a: 2}}\n").problem
+    below = invalid(f"args: {{a: 1}}\n# more\n{MARKER}\nattempts: [1\n")
+    assert below.line == 5, "a problem below the marker is counted in lines of the whole file"
+
+
 def test_a_running_tasks_claim_must_be_readable() -> None:
     bad = f"args: {{a: 1}}\n{MARKER}\nrun: {{token: abc, claimed_at: soon, lease: {10**400}}}\n"
     assert "'run.lease' must be between 0 and" in invalid(bad, path="running/t1.yaml").problem
