@@ -342,6 +342,8 @@ def load_yaml(text: str | bytes, *, path: str) -> Any:
     if len(text) > MAX_FILE_BYTES:
         raise InvalidTask(path, f"file is {len(text):,} bytes; at most {MAX_FILE_BYTES:,} are read")
     if isinstance(text, bytes):
+        if text.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise InvalidTask(path, "UTF-16 text (it starts with a UTF-16 byte order mark): save it as UTF-8")
         if b"\0" in text:
             raise InvalidTask(path, "binary file (contains NUL bytes), not YAML")
         try:

@@ -15,6 +15,7 @@ Nothing here deletes, moves or rewrites a file: problems are reported, never "fi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,9 +178,15 @@ def read_task(path: str, mode: bytes, raw: bytes | Callable[[], bytes]) -> Task:
     return parse_task(raw() if callable(raw) else raw, path=path)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def display(path: str) -> str:
-    """A path fit to print: bytes that are not UTF-8 shown as ``\\xNN``."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A path (or a message naming one) fit to print on one line: bytes that are not UTF-8
+    shown as ``\\xNN``, and control characters (a newline in a file name, a terminal escape)
+    as Python writes them (``\\n``, ``\\x1b``)."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def _problem(path: str, message: str) -> Problem:
