@@ -62,6 +62,7 @@ from gitqueue.task import (
     now_iso,
     parse_time,
     render,
+    result_problem,
     same_args,
     task_from_mapping,
 )
@@ -679,6 +680,9 @@ class Queue:
         after = task.evolve(run=None, attempts=[*task.attempts, record])
         if report.outcome == "done":
             after.state, after.result = State.DONE, report.result
+            if (problem := result_problem(after)) is not None:  # keep the file valid: the report must land
+                after.result = None
+                after.attempts[-1]["error"] = f"result not kept: {problem}"
         elif report.outcome in SPENT_OUTCOMES:
             spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
             after.state = State.FAILED if spent_all or report.final else State.PENDING

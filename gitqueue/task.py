@@ -599,6 +599,32 @@ def split_task_path(path: str) -> tuple[State, str]:
 # ---------------------------------------------------------------- writing
 
 
+RECORD_ROOM = 64 * 1024  # bytes kept free in a task file for the records of its later attempts
+
+
+def result_problem(task: Task) -> str | None:
+    """Why ``task.result`` cannot be kept in the task's file (None if it can): the file
+    gitqueue writes must stay a valid task, or the hook refuses the report and the task is
+    stranded (too deep, too big, not YAML, or past the limits on aliases with the rest)."""
+    if task.result is None:
+        return None
+    if _depth(task.result) > MAX_DEPTH - 1:
+        return f"it nests deeper than {MAX_DEPTH - 1} levels"
+    try:
+        text = _dump({"result": task.result}, flow=False)
+    except yaml.YAMLError as exc:
+        return f"it cannot be written as YAML ({exc})"
+    room = MAX_FILE_BYTES - len(task.text.encode()) - RECORD_ROOM
+    if len(text.encode()) > room:
+        return f"it takes {len(text.encode()):,} bytes as YAML, and the task file has room for {max(room, 0):,}"
+    if "&id" in text:  # it repeats parts of itself: the file's limits on aliases count them
+        try:
+            parse_task(render(task), path=task.path)
+        except InvalidTask as exc:
+            return exc.problem
+    return None
+
+
 def fan(task_id: str) -> str:
     """The fan-out subfolder of a task in a large state folder: two hex digits of its hash."""
     return hashlib.sha1(task_id.encode()).hexdigest()[:2]

@@ -36,7 +36,7 @@ from typing import IO, Any
 from gitqueue import leftovers
 from gitqueue.errors import GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
-from gitqueue.task import State, Task, load_yaml, now_iso
+from gitqueue.task import State, Task, load_yaml, now_iso, result_problem
 
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 EXIT_NO_COMMAND = 127
@@ -452,6 +452,10 @@ class Worker:
             return None
         if not isinstance(value, dict):
             self.say(f"{run.id}: result file ignored: {path} holds a {type(value).__name__}, not a mapping")
+            return None
+        problem = result_problem(run.task.evolve(result=value))
+        if problem is not None:
+            self.say(f"{run.id}: result file ignored: {path}: {problem}")
             return None
         return value
 

@@ -802,3 +802,50 @@ def test_a_worker_records_the_args_it_ran_with_when_a_person_changed_them_meanwh
         "done/a-edited.yaml: its result came from other args than the file's (it ran with lr=0.1); "
         "requeue it to run the file's args"
     ]
+
+
+RESULT_WRITER = """
+import json, os, sys
+kind = sys.argv[1]
+deep = 1
+for _ in range(31):
+    deep = [deep]
+result = {"deep": {"x": deep}, "big": {"x": "y" * 1_000_000}, "ok": {"acc": 0.9}}[kind]
+with open(os.environ["GITQUEUE_RESULT_FILE"], "w") as f:
+    json.dump(result, f)
+"""
+
+
+def test_a_result_that_would_break_the_task_file_is_not_kept_and_the_report_lands(tmp_path: Path) -> None:
+    from gitqueue.hooks import install
+    from gitqueue.testing import make_bare_repo
+
+    bare = make_bare_repo(tmp_path / "srv" / "hooked.git")
+    install(server=bare)  # a done file that breaks the rules would be refused, the task stranded
+    with Queue.init(str(bare), worker="setup") as q:
+        q.submit([{"id": kind, "args": {"kind": kind}} for kind in ("deep", "big", "ok")])
+    log = io.StringIO()
+    script = tmp_path / "experiment.py"  # a file: the worker fills {placeholders} in its argv
+    script.write_text(RESULT_WRITER)
+    command = [sys.executable, str(script), "{kind}"]
+    with Queue(str(bare), worker="w") as q:
+        assert Worker(q, Options(command=command, log_dir=tmp_path / "logs"), log=log).run() == 0
+        tasks = {t.id: t for t in q.tasks()}
+        assert {i: t.state for i, t in tasks.items()} == dict.fromkeys(["big", "deep", "ok"], State.DONE)
+        assert (tasks["deep"].result, tasks["big"].result, tasks["ok"].result) == (None, None, {"acc": 0.9})
+        assert q.validate() == []
+    said = log.getvalue()
+    assert "deep: result file ignored: " in said and "it nests deeper than 31 levels" in said
+    assert "big: result file ignored: " in said and "bytes as YAML, and the task file has room for" in said
+
+    # the library keeps the file valid too, whoever reports: the result is dropped, the reason recorded
+    with Queue(str(bare), worker="api") as q:
+        q.submit([{"id": "api", "args": {}}])
+        run = q.claim()
+        assert run is not None
+        deep: Any = 1
+        for _ in range(40):
+            deep = {"d": deep}
+        done = run.done(deep)
+        assert done.state is State.DONE and done.result is None
+        assert done.attempts[-1]["error"].startswith("result not kept: it nests deeper than 31 levels")
