@@ -214,6 +214,8 @@ class _Checked:
             return super().construct_mapping(node, deep=deep)  # type: ignore[misc]  # says what it found
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: keys written here override what it merges (flatten_mapping does it)
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen

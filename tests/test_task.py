@@ -274,6 +274,12 @@ def test_aliases_that_repeat_a_little_are_fine() -> None:
     assert len(task.args["l9"]) == 2 and task.args["l9"][0] == task.args["l8"]
 
 
+def test_merge_keys_work_and_what_is_written_beside_them_wins() -> None:
+    text = "args:\n  base: &base {lr: 0.1, bs: 32}\n  run: {<<: *base, bs: 64}\n"
+    assert parse_task(text.encode(), path="pending/t1.yaml").args["run"] == {"lr": 0.1, "bs": 64}
+    assert "duplicate key 'bs'" in invalid("args: {<<: {lr: 1}, bs: 1, bs: 2}\n").problem
+
+
 def test_a_recursive_alias_is_refused() -> None:
     error = invalid("args: &a {x: *a}\n")
     assert "recursive" in error.problem and (error.line, error.column) == (1, 14)
