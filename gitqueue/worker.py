@@ -36,7 +36,7 @@ from typing import IO, Any
 from gitqueue import leftovers
 from gitqueue.errors import GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
-from gitqueue.task import State, Task, load_yaml, now_iso, result_problem
+from gitqueue.task import MAX_FILE_BYTES, State, Task, load_yaml, now_iso, result_problem
 
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 EXIT_NO_COMMAND = 127
@@ -443,12 +443,19 @@ class Worker:
         return Report(run.id, run.token, "failed", exit_code=code, error=f"exit status {code}\n{output}".strip())
 
     def _read_result(self, run: Run, path: Path) -> Any:
-        if not path.exists() or path.stat().st_size == 0:
-            return None
         try:
+            if not path.exists() or path.stat().st_size == 0:
+                return None
+            if not path.is_file():  # a folder, a FIFO, a device: never block on it or read it for ever
+                raise InvalidTask(str(path), "not a regular file")
+            if path.stat().st_size > MAX_FILE_BYTES:  # never read 10 GB to refuse them
+                raise InvalidTask(str(path), f"{path.stat().st_size:,} bytes; at most {MAX_FILE_BYTES:,} are read")
             value = load_yaml(path.read_bytes(), path=str(path))  # JSON is YAML
         except InvalidTask as exc:
             self.say(f"{run.id}: result file ignored: {exc}")
+            return None
+        except OSError as exc:
+            self.say(f"{run.id}: result file ignored: cannot read {path}: {exc.strerror}")
             return None
         if not isinstance(value, dict):
             self.say(f"{run.id}: result file ignored: {path} holds a {type(value).__name__}, not a mapping")

@@ -849,3 +849,34 @@ def test_a_result_that_would_break_the_task_file_is_not_kept_and_the_report_land
         done = run.done(deep)
         assert done.state is State.DONE and done.result is None
         assert done.attempts[-1]["error"].startswith("result not kept: it nests deeper than 31 levels")
+
+
+ODD_RESULT = """
+import os, sys
+path = os.environ["GITQUEUE_RESULT_FILE"]
+if sys.argv[1] == "folder":
+    os.mkdir(path)
+else:
+    with open(path, "wb") as f:
+        f.truncate(2 * 1024 * 1024)  # sparse: big on paper, no disk used
+"""
+
+
+def test_a_result_path_that_is_a_folder_or_too_big_is_ignored_and_the_worker_goes_on(tmp_path: Path) -> None:
+    from gitqueue.testing import make_bare_repo
+
+    bare = make_bare_repo(tmp_path / "srv" / "q.git")
+    with Queue.init(str(bare), worker="setup") as q:
+        q.submit([{"id": kind, "args": {"kind": kind}} for kind in ("folder", "huge")])
+    script = tmp_path / "experiment.py"
+    script.write_text(ODD_RESULT)
+    log = io.StringIO()
+    with Queue(str(bare), worker="w") as q:
+        options = Options(command=[sys.executable, str(script), "{kind}"], log_dir=tmp_path / "logs")
+        assert Worker(q, options, log=log).run() == 0
+        assert {t.id: (t.state, t.result) for t in q.tasks()} == {
+            "folder": (State.DONE, None),
+            "huge": (State.DONE, None),
+        }
+    assert "folder: result file ignored: " in log.getvalue() and "folder.1.result: not a regular file" in log.getvalue()
+    assert "huge.1.result: 2,097,152 bytes; at most 1,048,576 are read" in log.getvalue()
