@@ -422,13 +422,16 @@ class Queue:
         running = []
         now = self.clock()
         listed = list(snap.summaries())
-        homes = Counter(entry.id for entry, summary in listed if summary.error is None)
+        homes: dict[str, list[str]] = {}
+        for entry, summary in listed:
+            if summary.error is None:
+                homes.setdefault(entry.id, []).append(entry.path)
         invalid = [{"path": rules.display(e.path), "problem": rules.display(s.error)} for e, s in listed if s.error]
         for entry, summary in listed:
             if summary.error is not None:
                 continue
-            if homes[entry.id] > 1:
-                twins = ", ".join(e.path for e, s in listed if e.id == entry.id and e.path != entry.path)
+            if len(homes[entry.id]) > 1:
+                twins = ", ".join(path for path in homes[entry.id] if path != entry.path)
                 problem = f"{entry.path}: task {entry.id!r} is also in {twins}: a task lives in one folder"
                 problem += " (not counted)"
                 invalid.append({"path": rules.display(entry.path), "problem": rules.display(problem)})
