@@ -422,30 +422,32 @@ def _check_person_fields(data: dict[str, Any], path: str) -> None:
 
 # What gitqueue writes below the marker, as commands read it back: a forged or damaged record
 # must make the file invalid here, not crash whoever reads the field later.
-_RECORD_FIELDS: dict[str, tuple[Any, str]] = {
-    "token": (str, "a string"),
-    "worker": (str, "a string"),
-    "attempt": (int, "an integer"),
-    "lease": (int, "an integer (seconds)"),
-    "after_attempt": (int, "an integer"),
-    "outcome": (str, "a string"),
-    "at": (str, "a time"),
-    "claimed_at": (str, "a time"),
+_RECORD_FIELDS: dict[str, tuple[Any, str, int | None]] = {  # name: (type, what it must be, least value)
+    "token": (str, "a string", None),
+    "worker": (str, "a string", None),
+    "attempt": (int, "an integer", 0),
+    "lease": (int, "an integer (seconds)", 0),
+    "after_attempt": (int, "an integer", 0),
+    "exit_code": (int, "an integer", -MAX_FIELD_INT),
+    "duration": ((int, float), "a number (seconds)", None),
+    "outcome": (str, "a string", None),
+    "at": (str, "a time", None),
+    "claimed_at": (str, "a time", None),
 }
-_TIMES = ("at", "claimed_at")
+_TIMES = ("at", "claimed_at")  # the times commands compute with
 
 
 def _check_record(path: str, record: dict[str, Any], *keys: str | int) -> None:
     where = ".".join(str(k) if isinstance(k, str) else f"[{k}]" for k in keys).replace(".[", "[")
-    for name, (kind, what) in _RECORD_FIELDS.items():
+    for name, (kind, what, least) in _RECORD_FIELDS.items():
         value: Any = record.get(name)
         if value is None:
             continue
         label = f"field '{where}.{name}'"
         if not isinstance(value, kind) or isinstance(value, bool):
             raise _wrong(path, f"{label} must be {what}, not {type(value).__name__} {value!r:.60}", *keys, name)
-        if kind is int and not 0 <= int(value) <= MAX_FIELD_INT:
-            raise _wrong(path, f"{label} must be between 0 and {MAX_FIELD_INT:,}", *keys, name)
+        if least is not None and not least <= int(value) <= MAX_FIELD_INT:
+            raise _wrong(path, f"{label} must be between {least} and {MAX_FIELD_INT:,}", *keys, name)
         if name in _TIMES:
             try:
                 parse_time(str(value))

@@ -123,6 +123,8 @@ def test_wrongly_typed_fields_name_their_line_and_column(text: str, line: int, c
         ("submitted: {at: 5}", "'submitted.at' must be a time"),
         ("submitted: {at: yesterday}", "'submitted.at' must be a time like"),
         ("attempts: [{attempt: -1}]", "between 0 and"),
+        ("attempts: [{attempt: 1, duration: fast}]", "'attempts[0].duration' must be a number"),
+        ("attempts: [{attempt: 1, exit_code: [1]}]", "'attempts[0].exit_code' must be an integer"),
     ],
 )
 def test_a_forged_or_damaged_record_below_the_marker_makes_the_file_invalid(record: str, words: str) -> None:
