@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -489,7 +490,7 @@ def status(
 def _status_view(info: dict[str, Any]) -> Table:
     grid = Table.grid(padding=(0, 2))
     counts = info["counts"]
-    grid.add_row(f"[bold]{info['queue']}[/]")
+    grid.add_row(f"[bold]{escape(info['queue'])}[/]")  # escape: what a queue holds is never markup
     grid.add_row("  ".join(f"{state} {n}" for state, n in counts.items()) + f"   (total {info['total']})")
     if info["oldest_pending"]:
         oldest = info["oldest_pending"]
@@ -501,10 +502,10 @@ def _status_view(info: dict[str, Any]) -> Table:
             running.add_column(column)
         for row in info["running"]:
             age = "" if row["age"] is None else _duration(row["age"])
-            running.add_row(row["id"], str(row["worker"]), str(row["attempt"]), age)
+            running.add_row(row["id"], escape(str(row["worker"])), str(row["attempt"]), age)
         grid.add_row(running)
     for problem in info["invalid"]:
-        grid.add_row(f"[red]invalid[/] {problem['problem']}")
+        grid.add_row(f"[red]invalid[/] {escape(problem['problem'])}")
     return grid
 
 

@@ -102,6 +102,9 @@ CASES = [
     Hostile("forged-attempts", "pending/attempts.yaml", FORGED_ATTEMPTS, "'attempts' must be a list of mappings"),
     Hostile("forged-claim", "running/claimed.yaml", FORGED_CLAIM, "'run.claimed_at' must be a time", worker=False),
     Hostile("marker-in-value", "pending/marker.yaml", MARKER_IN_VALUE, "marker line sits inside a value"),
+    Hostile(  # rich markup in a value: status must print it, not interpret it
+        "markup", "pending/markup.yaml", b"args: {a: 1}\npriority: '[/red] [bold]'\n", "not str '[/red] [bold]'"
+    ),
     # encodings and line ends
     Hostile("utf16", "pending/utf16.yaml", "args: {lr: 1}\n".encode("utf-16"), "UTF-16 text"),
     Hostile("bom-broken", "pending/bom-broken.yaml", b"\xef\xbb\xbfargs: {lr: 1\n", "expected ',' or '}'"),
