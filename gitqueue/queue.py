@@ -8,6 +8,7 @@ growing moment and rebuild from the new tip (never rebase an old commit).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -541,6 +542,7 @@ class Queue:
         A report from a run that no longer holds its task changes nothing: ``losses`` say why.
         """
         batch = [reports] if isinstance(reports, Report) else list(reports)
+        batch = [self._with_claimed_args(report) for report in batch]
 
         def build(snap: Snapshot) -> Change | None:
             change = Change(subject="", value=Finished())
@@ -560,6 +562,28 @@ class Queue:
             return change
 
         return self._transact(build, patient=patient)
+
+    def _with_claimed_args(self, report: Report) -> Report:
+        """A report from a process that does not know the args its run used (``gitqueue done``
+        from a script): take them from the claim commit, so that a change to the file's args
+        since then is recorded. Workers pass their args and pay nothing for this."""
+        if report.args is not None or report.token is None or report.outcome not in ("done", *SPENT_OUTCOMES):
+            return report
+        snap = self.snapshot()
+        try:
+            task = snap.get(report.task_id)
+        except GitqueueError:
+            return report  # finishing says why
+        if task.token != report.token or snap.tip is None:
+            return report
+        claims = [e for e in history.task_history(self.store, snap.tip, task.id) if e.action == "claim"]
+        if not claims:
+            return report
+        try:
+            claimed = Snapshot(self.store, self.cache, claims[-1].commit).get(task.id)
+        except GitqueueError:
+            return report
+        return dataclasses.replace(report, args=claimed.args) if claimed.token == report.token else report
 
     def done(self, task_id: str, *, token: str | None = None, result: Any = None, args: Any = None) -> Task:
         """Finish a running task as done. With ``token``, only if that run still holds it;

@@ -383,3 +383,25 @@ def test_a_run_whose_args_did_not_change_records_nothing_extra(worker: Queue, re
     done = run.done()
     assert "ran_with" not in done.attempts[-1] and not done.args_changed
     assert runner.invoke(app, ["validate", "--queue", str(remote)]).exit_code == 0
+
+
+def test_a_script_finishing_with_done_and_a_token_records_the_args_its_claim_had(tmp_path: Path) -> None:
+    """`gitqueue claim` in one process, `gitqueue done ID --token T` in another: the args the
+    run used come from its claim commit."""
+    from conftest import RemoteRepo
+
+    bare = make_bare_repo(tmp_path / "srv" / "queue.git")
+    with Queue.init(str(bare), worker="setup/0") as q:
+        q.submit([{"args": {"lr": 0.1}, "id": "scripted"}, {"args": {"lr": 0.2}, "id": "untouched", "priority": -1}])
+    claimed = json.loads(runner.invoke(app, ["claim", "--queue", str(bare), "--format", "json"]).stdout)
+    remote = RemoteRepo(bare)
+    text = remote.read("running/scripted.yaml")
+    remote.person_commit({"running/scripted.yaml": text.replace("lr: 0.1", "lr: 0.5")})
+    done = runner.invoke(app, ["done", "scripted", "--token", claimed["token"], "--queue", str(bare)])
+    assert done.exit_code == 0, done.output
+    other = json.loads(runner.invoke(app, ["claim", "--queue", str(bare), "--format", "json"]).stdout)
+    assert runner.invoke(app, ["done", "untouched", "--token", other["token"], "--queue", str(bare)]).exit_code == 0
+    with Queue.open(str(bare), worker="reader/0") as q:
+        scripted, untouched = q.get("scripted"), q.get("untouched")
+    assert scripted.args == {"lr": 0.5} and scripted.attempts[-1]["ran_with"] == {"lr": 0.1}
+    assert "ran_with" not in untouched.attempts[-1]
