@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
@@ -26,6 +27,7 @@ from gitqueue.config import SETTINGS_FILE, resolve_queue_url
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
 from gitqueue.gitstore import LocalRepo
 from gitqueue.queue import Queue, default_worker
+from gitqueue.snapshot import Problem
 from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
@@ -450,7 +452,7 @@ def ls(
     queue: QueueOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
-    """List tasks, highest priority first, then by id.
+    """List tasks, highest priority first, then by id; then each invalid task file, with why.
 
     \b
     Examples:
@@ -469,13 +471,22 @@ def ls(
     _check_format(fmt, ("table", "json", "ids"))
     if state is not None and state not in {s.value for s in State}:
         raise typer.BadParameter(f"{state!r}: one of {', '.join(s.value for s in State)}", param_hint="--state")
+    problems: list[Problem] = []
     with Queue.open(queue) as q:
-        tasks = [t for t in q.tasks(state, where=where) if tag is None or tag in t.tags]
+        tasks = [t for t in q.tasks(state, where=where, problems=problems) if tag is None or tag in t.tags]
+    if where is not None or tag is not None:  # a filter cannot look inside a file that does not parse
+        if problems:
+            err.print(f"{len(problems)} invalid task file(s) not shown: `gitqueue validate` names them")
+        problems = []
     if fmt == "json":
-        _print_json([t.to_dict() for t in tasks])
+        shown = validate_rules.display
+        invalid = [{"path": shown(p.path), "invalid": shown(p.message)} for p in problems]
+        _print_json([t.to_dict() for t in tasks] + invalid)
     elif fmt == "ids":
         for task in tasks:
             typer.echo(task.id)
+        if problems:
+            err.print(f"{len(problems)} invalid task file(s) left out: `gitqueue validate` names them")
     else:
         rows = []
         for task in tasks:
@@ -483,6 +494,8 @@ def ls(
             tries = len(task.attempts) + (task.state is State.RUNNING)  # the run under way counts
             rows.append([task.id, task.state.value, task.priority, _compact(task.args), tries, worker])
         print_table(["ID", "STATE", "PRI", "ARGS", "TRIES", "WORKER"], rows)
+        for problem in problems:
+            typer.echo(f"invalid  {validate_rules.display(problem.message)}")
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
@@ -558,11 +571,12 @@ def _warn_head(q: Queue) -> None:
 def _status_view(info: dict[str, Any]) -> Table:
     grid = Table.grid(padding=(0, 2))
     counts = info["counts"]
-    grid.add_row(f"[bold]{info['queue']}[/]")
+    grid.add_row(f"[bold]{escape(info['queue'])}[/]")  # escape: what a queue holds is never markup
     grid.add_row("  ".join(f"{state} {n}" for state, n in counts.items()) + f"   (total {info['total']})")
     if info["oldest_pending"]:
         oldest = info["oldest_pending"]
-        grid.add_row(f"oldest pending: {oldest['id']} (submitted {oldest['submitted']})")
+        when = f"submitted {oldest['submitted']}" if oldest["submitted"] else "written by hand: no submit time"
+        grid.add_row(f"oldest pending: {oldest['id']} ({when})")
     if info["running"]:
         phases = [row["phase"] for row in info["running"]]
         grid.add_row(
@@ -575,12 +589,12 @@ def _status_view(info: dict[str, Any]) -> Table:
         for row in info["running"]:
             age = "" if row["age"] is None else _duration(row["age"])
             beat, ends = row["heartbeat"] or "-", row["lease_ends"] or "-"
-            running.add_row(row["id"], row["phase"], str(row["worker"]), str(row["attempt"]), age, beat, ends)
+            running.add_row(row["id"], row["phase"], escape(str(row["worker"])), str(row["attempt"]), age, beat, ends)
         grid.add_row(running)
     for row in info.get("stopping", []):
         grid.add_row(f"stopping {row['id']} (worker {row['worker']}): its task was taken away; its command is ending")
     for problem in info["invalid"]:
-        grid.add_row(f"[red]invalid[/] {problem['problem']}")
+        grid.add_row(f"[red]invalid[/] {escape(problem['problem'])}")
     return grid
 
 
@@ -792,13 +806,17 @@ def _sorted_rows(rows: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
 
 
 def _result_row(task: Task) -> dict[str, Any]:
-    """id, state, tags, args.*, result.*, then duration, worker and attempts of the last attempt."""
+    """id, state, tags, args.*, result.*, then duration, worker and attempts of the last attempt
+    (and a warning when the file's args are not those the result came from)."""
     last = task.attempts[-1] if task.attempts else {}
     row: dict[str, Any] = {"id": task.id, "state": task.state.value, "tags": list(task.tags)}
-    row.update({f"args.{k}": v for k, v in task.args.items()})
+    ran = task.ran_with  # args changed while it ran: the result belongs to the args it ran with
+    row.update({f"args.{k}": v for k, v in (task.args if ran is None else ran).items()})
     result = task.result if isinstance(task.result, dict) else ({"value": task.result} if task.result else {})
     row.update({f"result.{k}": v for k, v in result.items()})
     row.update({"duration": last.get("duration"), "worker": last.get("worker"), "attempts": len(task.attempts)})
+    if task.args_changed:
+        row["warning"] = f"args changed while it ran: the file now says {_compact(task.args)}"
     if task.state is not State.DONE and last.get("error"):
         row["error"] = str(last["error"]).strip().splitlines()[-1][:200]
     return row

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gitqueue.errors import GitqueueError, InvalidTask, QueueNotFound
-from gitqueue.task import load_yaml
+from gitqueue.task import MAX_FIELD_INT, load_yaml
 from gitqueue.urls import redact
 
 CONFIG_FILE = ".gitqueue"
@@ -43,6 +43,9 @@ class Settings:
                 value = defaults[key]
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise InvalidTask(SETTINGS_FILE, f"defaults.{key} must be an integer, not {value!r}")
+                low = -MAX_FIELD_INT if key == "priority" else 1
+                if not low <= value <= MAX_FIELD_INT:
+                    raise InvalidTask(SETTINGS_FILE, f"defaults.{key} must be between {low:,} and {MAX_FIELD_INT:,}")
                 values[key] = value
         return cls(**values)
 

@@ -55,6 +55,7 @@ from gitqueue.gitstore import (
     set_local_head,
     tell_retrying,
 )
+from gitqueue.index import Summary
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
 from gitqueue.task import (
     PERSON_FIELDS,
@@ -68,6 +69,8 @@ from gitqueue.task import (
     now_iso,
     parse_time,
     render,
+    result_problem,
+    same_args,
     task_from_mapping,
 )
 from gitqueue.urls import CREDENTIALS_ADVICE, has_secret, redact
@@ -164,6 +167,7 @@ class Report:
     exit_code: int | None = None
     lease_ref: bool = False  # the run pushed heartbeats: delete its lease ref with the report
     final: bool = False  # a failure no retry can mend (e.g. the task lacks an arg): straight to failed/
+    args: dict[str, Any] | None = None  # the args the run used, if known: recorded when the file's differ
 
 
 @dataclass(frozen=True)
@@ -554,42 +558,42 @@ class Queue:
         yet from a worker elsewhere: it may not have started). ``stopping`` lists the runs
         whose task was taken away (cancelled, say) while a worker of this machine still stops
         their command.
+
+        An invalid file is not counted but listed under ``invalid``; so is a task whose id
+        sits in two folders (counted in neither: which one holds the truth is a person's call).
+        The oldest pending task is the one submitted first; a hand-written task (no submit
+        time) is the oldest only when no pending task has one.
         """
         snap = self.snapshot(leases=True)
         runs = {run["id"]: run for run in self.runs(snap=snap)}
         noted = leftovers.noted_runs(self.runs_folder, queue=self.here)
         counts = {state.value: 0 for state in State}
-        oldest: tuple[str, str] | None = None  # (submitted at, id)
+        oldest: tuple[bool, str, str, str] | None = None  # (no time, submitted at, id order, id)
         running = []
-        invalid = []
         now = self.clock()
-        for entry, summary in snap.summaries():
+        listed = list(snap.summaries())
+        homes: dict[str, list[str]] = {}
+        for entry, summary in listed:
+            if summary.error is None:
+                homes.setdefault(entry.id, []).append(entry.path)
+        invalid = [{"path": rules.display(e.path), "problem": rules.display(s.error)} for e, s in listed if s.error]
+        for entry, summary in listed:
             if summary.error is not None:
-                invalid.append({"path": entry.path, "problem": summary.error})
+                continue
+            if len(homes[entry.id]) > 1:
+                twins = ", ".join(path for path in homes[entry.id] if path != entry.path)
+                problem = f"{entry.path}: task {entry.id!r} is also in {twins}: a task lives in one folder"
+                problem += " (not counted)"
+                invalid.append({"path": rules.display(entry.path), "problem": rules.display(problem)})
                 continue
             counts[entry.state.value] += 1
             if entry.state is State.PENDING:
-                key = (summary.submitted_at or "", entry.id)
+                key = (summary.submitted_at is None, summary.submitted_at or "", id_order(entry.id), entry.id)
                 if oldest is None or key < oldest:
                     oldest = key
             elif entry.state is State.RUNNING:
-                claimed = _time_or_none(summary.claimed_at)
-                age = None if claimed is None else now - claimed
                 run = runs.get(entry.id, {})
-                note = noted.get(str(run.get("token")))
-                phase = "running" if run.get("heartbeat") or (note and note.started) else "claimed"
-                running.append(
-                    {
-                        "id": entry.id,
-                        "worker": summary.worker,
-                        "attempt": summary.attempt,
-                        "claimed_at": summary.claimed_at,
-                        "age": age,
-                        "phase": "held" if note and not note.started and phase == "claimed" else phase,
-                        "heartbeat": run.get("heartbeat"),
-                        "lease_ends": run.get("lease_ends"),
-                    }
-                )
+                running.append(_running_row(entry.id, summary, now, run, noted.get(str(run.get("token")))))
         stopping = [
             {"id": run.task_id, "worker": run.worker}
             for run in noted.values()
@@ -601,7 +605,7 @@ class Queue:
             "warnings": [w for w in (self.head_warning(),) if w],
             "counts": counts,
             "total": sum(counts.values()),
-            "oldest_pending": None if oldest is None else {"id": oldest[1], "submitted": oldest[0] or None},
+            "oldest_pending": None if oldest is None else {"id": oldest[3], "submitted": oldest[1] or None},
             "running": sorted(running, key=lambda r: id_order(r["id"])),
             "stopping": sorted(stopping, key=lambda r: id_order(r["id"])),  # noted by workers of this machine
             "invalid": invalid,
@@ -696,6 +700,7 @@ class Queue:
         A report from a run that no longer holds its task changes nothing: ``losses`` say why.
         """
         batch = [reports] if isinstance(reports, Report) else list(reports)
+        batch = [self._with_claimed_args(report) for report in batch]
 
         def build(snap: Snapshot) -> Change | None:
             change = Change(subject="", value=Finished())
@@ -716,15 +721,45 @@ class Queue:
 
         return self._transact(build, patient=patient)
 
-    def done(self, task_id: str, *, token: str | None = None, result: Any = None) -> Task:
-        """Finish a running task as done. With ``token``, only if that run still holds it."""
-        return self.finish(Report(task_id, token, "done", result=result)).raise_lost()
+    def _with_claimed_args(self, report: Report) -> Report:
+        """A report from a process that does not know the args its run used (``gitqueue done``
+        from a script): take them from the claim commit, so that a change to the file's args
+        since then is recorded. Workers pass their args and pay nothing for this."""
+        if report.args is not None or report.token is None or report.outcome not in ("done", *SPENT_OUTCOMES):
+            return report
+        snap = self.snapshot()
+        try:
+            task = snap.get(report.task_id)
+        except GitqueueError:
+            return report  # finishing says why
+        if task.token != report.token or snap.tip is None:
+            return report
+        claims = [e for e in history.task_history(self.store, snap.tip, task.id) if e.action == "claim"]
+        if not claims:
+            return report
+        try:
+            claimed = Snapshot(self.store, self.cache, claims[-1].commit).get(task.id)
+        except GitqueueError:
+            return report
+        return dataclasses.replace(report, args=claimed.args) if claimed.token == report.token else report
+
+    def done(self, task_id: str, *, token: str | None = None, result: Any = None, args: Any = None) -> Task:
+        """Finish a running task as done. With ``token``, only if that run still holds it;
+        ``args`` are those the run used, recorded if the file's changed meanwhile."""
+        return self.finish(Report(task_id, token, "done", result=result, args=args)).raise_lost()
 
     def fail(
-        self, task_id: str, *, token: str | None = None, error: str | None = None, exit_code: int | None = None
+        self,
+        task_id: str,
+        *,
+        token: str | None = None,
+        error: str | None = None,
+        exit_code: int | None = None,
+        args: Any = None,
     ) -> Task:
         """Fail a running task's attempt: back to pending while attempts remain, else failed/."""
-        return self.finish(Report(task_id, token, "failed", error=error, exit_code=exit_code)).raise_lost()
+        report = Report(task_id, token, "failed", error=error, exit_code=exit_code, args=args)
+        return self.finish(report).raise_lost()
 
     @property
     def runs_folder(self) -> Path:
@@ -906,10 +941,15 @@ class Queue:
     def _finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
         """The commit that records ``report``; NotHeld if its run no longer holds the task."""
         task = held_task(snap, report.task_id, report.token)
-        record = _attempt_record(task, report.outcome, self.clock(), error=report.error, exit_code=report.exit_code)
+        record = _attempt_record(
+            task, report.outcome, self.clock(), error=report.error, exit_code=report.exit_code, ran_with=report.args
+        )
         after = task.evolve(run=None, attempts=[*task.attempts, record])
         if report.outcome == "done":
             after.state, after.result = State.DONE, report.result
+            if (problem := result_problem(after)) is not None:  # keep the file valid: the report must land
+                after.result = None
+                after.attempts[-1]["error"] = f"result not kept: {problem}"
         elif report.outcome in SPENT_OUTCOMES:
             spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
             after.state = State.FAILED if spent_all or report.final else State.PENDING
@@ -933,6 +973,8 @@ class Queue:
             subject += ": not started"
         elif report.outcome == "abandoned":
             subject += ": never started, no attempt spent"
+        if "ran_with" in record:
+            subject += " (its args changed while it ran)"
         also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
         return Change(
             subject=subject,
@@ -1178,11 +1220,11 @@ class Run:
         return int(self.record["lease"])
 
     def done(self, result: Any = None) -> Task:
-        self.finished = self.queue.done(self.id, token=self.token, result=result)
+        self.finished = self.queue.done(self.id, token=self.token, result=result, args=self.args)
         return self.finished
 
     def fail(self, error: str | None = None, *, exit_code: int | None = None) -> Task:
-        self.finished = self.queue.fail(self.id, token=self.token, error=error, exit_code=exit_code)
+        self.finished = self.queue.fail(self.id, token=self.token, error=error, exit_code=exit_code, args=self.args)
         return self.finished
 
     def to_dict(self) -> dict[str, Any]:
@@ -1209,6 +1251,25 @@ class Run:
 
 
 # ---------------------------------------------------------------- pure helpers
+
+
+def _running_row(
+    task_id: str, summary: Summary, now: float, run: Mapping[str, Any], note: leftovers.NotedRun | None
+) -> dict[str, Any]:
+    """One line of ``status``'s running table: ``run`` is what ``Queue.runs`` says of it (its
+    heartbeat, its lease's end), ``note`` what its worker on this machine noted, if any."""
+    claimed = _time_or_none(summary.claimed_at)
+    phase = "running" if run.get("heartbeat") or (note and note.started) else "claimed"
+    return {
+        "id": task_id,
+        "worker": summary.worker,
+        "attempt": summary.attempt,
+        "claimed_at": summary.claimed_at,
+        "age": None if claimed is None else now - claimed,
+        "phase": "held" if note and not note.started and phase == "claimed" else phase,
+        "heartbeat": run.get("heartbeat"),
+        "lease_ends": run.get("lease_ends"),
+    }
 
 
 def best_pending(
@@ -1267,7 +1328,13 @@ def _time_or_none(value: Any) -> float | None:
 
 
 def _attempt_record(
-    task: Task, outcome: str, now: float, *, error: str | None = None, exit_code: int | None = None
+    task: Task,
+    outcome: str,
+    now: float,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+    ran_with: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     run = task.run or {}
     record: dict[str, Any] = {
@@ -1280,6 +1347,8 @@ def _attempt_record(
     }
     if run.get("claimed_at"):
         record["duration"] = round(now - parse_time(run["claimed_at"]), 3)
+    if ran_with is not None and not same_args(ran_with, task.args):
+        record["ran_with"] = ran_with  # its file's args changed while it ran: what the run used
     if exit_code is not None:
         record["exit_code"] = exit_code
     if error:

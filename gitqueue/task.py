@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -27,6 +28,9 @@ MARKER = "# --- gitqueue: the lines below are written by gitqueue ---"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 MAX_ALIASES = 64
+MAX_ALIAS_VALUES = 100_000  # values all aliases together may repeat
+MAX_FIELD_INT = 2**63 - 1  # integer fields (priority, lease, ...) fit in 64 bits
+MAX_INT_BITS = 13_300  # about 4,000 digits: every integer read can be printed again (Python stops at 4,300)
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "timeout", "cmd")
@@ -83,6 +87,11 @@ def parse_time(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def same_args(one: Any, other: Any) -> bool:
+    """Equal args (``.nan`` included: it is not equal to itself in Python)."""
+    return bool(one == other) or json.dumps(one, default=str) == json.dumps(other, default=str)
+
+
 @dataclass
 class Task:
     """One task as read from its file at one commit of the queue."""
@@ -120,6 +129,19 @@ class Task:
     def next_attempt(self) -> int:
         """The number the next run of this task gets (1 for the first)."""
         return 1 + max((a.get("attempt", 0) for a in self.attempts), default=0)
+
+    @property
+    def ran_with(self) -> dict[str, Any] | None:
+        """The args the last attempt ran with, recorded when they were not the file's (its
+        args changed while it ran); None when the file's args are what ran."""
+        last = self.attempts[-1] if self.attempts else {}
+        return last.get("ran_with") if isinstance(last.get("ran_with"), dict) else None
+
+    @property
+    def args_changed(self) -> bool:
+        """True if the last attempt ran with other args than the file now holds."""
+        last = self.attempts[-1] if self.attempts else {}
+        return "ran_with" in last
 
     def person_fields(self) -> dict[str, Any]:
         """The fields a person writes, as they would be written (defaults left out)."""
@@ -173,13 +195,30 @@ class Task:
 # ---------------------------------------------------------------- reading
 
 
-class _NoDuplicates:
-    """Refuses a mapping that repeats a key (PyYAML would silently keep the last)."""
+class _Checked:
+    """Refuses a mapping that repeats a key (PyYAML would silently keep the last), and turns
+    whatever a constructor raises (``!!int abc``, ``!!timestamp hello``, an integer too long
+    to print) into a marked YAML error: a file that cannot be read is invalid, never a crash."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            value = super().construct_object(node, deep=deep)  # type: ignore[misc]
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            raise _unreadable(node, exc) from None
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise _unreadable(node, OverflowError("too long"))
+        return value
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep=deep)  # type: ignore[misc]  # says what it found
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: keys written here override what it merges (flatten_mapping does it)
+            key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
             except TypeError:
@@ -192,27 +231,81 @@ class _NoDuplicates:
         return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
 
 
-class _Loader(_NoDuplicates, yaml.SafeLoader):
-    """Safe loading, plus refusal of duplicate keys, deep nesting and alias bombs."""
+def _unreadable(node: Any, exc: Exception) -> yaml.MarkedYAMLError:
+    """The error for a value no constructor can build, pointing at the value."""
+    tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+    value = node.value if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
+    if tag == "!!int" and ("Exceeds the limit" in str(exc) or isinstance(exc, OverflowError)):
+        problem = f"an integer written with {len(str(value)):,} characters: gitqueue reads up to about 4,000 digits"
+    else:
+        reason = str(exc).split(";")[0] if isinstance(exc, ValueError) else f"not a valid {tag} value"
+        problem = f"cannot read {value!r:.60} as {tag} ({reason})"
+    return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
+
+
+class _Loader(_Checked, yaml.SafeLoader):
+    """Safe loading, plus refusal of duplicate keys, deep nesting and alias bombs.
+
+    An alias costs nothing to parse but everything to use: every reader that walks the
+    value (JSON for ``GITQUEUE_ARGS``, ``ls``, a YAML dump) meets the aliased part once per
+    alias. So besides counting aliases, each collection's expanded size and depth are
+    tracked, and the values aliases repeat are bounded (:data:`MAX_ALIAS_VALUES`).
+    """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._aliases = 0
         self._depth = 0
+        self._repeated = 0
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(collection node) -> (values, depth), once composed
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases")
+            self._count_alias(self.peek_event())
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 mark = self.peek_event().start_mark
                 raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=mark)
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        if isinstance(node, yaml.CollectionNode) and id(node) not in self._sizes:
+            self._measure(node)
+        return node
+
+    def _size(self, node: Any) -> tuple[int, int]:
+        return (1, 0) if isinstance(node, yaml.ScalarNode) else self._sizes[id(node)]
+
+    def _count_alias(self, event: Any) -> None:
+        target = self.anchors.get(event.anchor)
+        if target is None:
+            return  # the composer says it is undefined
+        if not isinstance(target, yaml.ScalarNode) and id(target) not in self._sizes:
+            raise yaml.MarkedYAMLError(
+                problem=f"alias *{event.anchor} refers to a value that contains it (a recursive structure)",
+                problem_mark=event.start_mark,
+            )
+        self._repeated += self._size(target)[0]
+        if self._repeated > MAX_ALIAS_VALUES:
+            raise yaml.MarkedYAMLError(
+                problem=f"aliases repeat more than {MAX_ALIAS_VALUES:,} values (an alias bomb?)",
+                problem_mark=event.start_mark,
+            )
+
+    def _measure(self, node: Any) -> None:
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value
+        sizes = [self._size(child) for child in children]
+        depth = 1 + max((d for _, d in sizes), default=0)
+        if depth > MAX_DEPTH:
+            raise yaml.MarkedYAMLError(
+                problem=f"nested deeper than {MAX_DEPTH} levels (counting what its aliases repeat)",
+                problem_mark=node.start_mark,
+            )
+        self._sizes[id(node)] = (1 + sum(n for n, _ in sizes), depth)
 
 
 # libyaml is ~8x faster, but its composer recurses in C and crashes on very deep nesting, and
@@ -222,7 +315,7 @@ _FAST_LIMIT = 8192
 _FastLoader: type | None = None
 if getattr(yaml, "__with_libyaml__", False):
 
-    class _CLoader(_NoDuplicates, yaml.CSafeLoader):  # type: ignore[misc]
+    class _CLoader(_Checked, yaml.CSafeLoader):  # type: ignore[misc]
         pass
 
     _FastLoader = _CLoader
@@ -253,6 +346,8 @@ def load_yaml(text: str | bytes, *, path: str) -> Any:
     if len(text) > MAX_FILE_BYTES:
         raise InvalidTask(path, f"file is {len(text):,} bytes; at most {MAX_FILE_BYTES:,} are read")
     if isinstance(text, bytes):
+        if text.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise InvalidTask(path, "UTF-16 text (it starts with a UTF-16 byte order mark): save it as UTF-8")
         if b"\0" in text:
             raise InvalidTask(path, "binary file (contains NUL bytes), not YAML")
         try:
@@ -278,11 +373,103 @@ def load_yaml(text: str | bytes, *, path: str) -> Any:
         raise InvalidTask(path, problem, line=mark.line + 1, column=mark.column + 1) from None
     except (yaml.YAMLError, RecursionError) as exc:
         raise InvalidTask(path, f"invalid YAML: {exc}") from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        # PyYAML's constructors raise more than YAMLError; what _Checked did not catch lands here
+        raise InvalidTask(path, f"cannot read it as YAML ({type(exc).__name__}: {exc})") from None
 
 
-def _check_type(path: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
+def _wrong(path: str, message: str, *keys: str | int) -> InvalidTask:
+    """A problem with the value at ``keys`` (e.g. ``"attempts", 0, "attempt"``): ``parse_task``
+    adds the line and column where that value is written."""
+    error = InvalidTask(path, message)
+    error.keys = keys  # type: ignore[attr-defined]
+    return error
+
+
+def _check_type(path: str, key: str, value: Any, kind: Any, what: str) -> None:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise InvalidTask(path, f"field '{key}' must be {what}, not {type(value).__name__} {value!r:.60}")
+        raise _wrong(path, f"field '{key}' must be {what}, not {type(value).__name__} {value!r:.60}", key)
+    if kind is int and abs(int(value)) > MAX_FIELD_INT:
+        raise _wrong(path, f"field '{key}' is too large: at most {MAX_FIELD_INT:,}", key)
+
+
+_PERSON_CHECKS: list[tuple[str, type | tuple[type, ...], str]] = [
+    ("priority", int, "an integer"),
+    ("tags", list, "a list"),
+    ("requires", dict, "a mapping"),
+    ("max_attempts", int, "an integer"),
+    ("lease", int, "an integer (seconds)"),
+    ("timeout", (int, float), "a number (seconds)"),
+    ("cmd", list, "a list of strings (an argv)"),
+    ("submitted", dict, "a mapping"),
+    ("run", dict, "a mapping"),
+    ("attempts", list, "a list"),
+    ("requeued", dict, "a mapping"),
+]
+
+
+def _check_person_fields(data: dict[str, Any], path: str) -> None:
+    for key, kind, what in _PERSON_CHECKS:
+        if data.get(key) is not None:
+            _check_type(path, key, data[key], kind, what)
+    if data.get("max_attempts") is not None and data["max_attempts"] < 1:
+        raise _wrong(path, "field 'max_attempts' must be at least 1", "max_attempts")
+    if data.get("lease") is not None and data["lease"] < 1:
+        raise _wrong(path, "field 'lease' must be at least 1 second", "lease")
+    if data.get("timeout") is not None and (isinstance(data["timeout"], bool) or not 0 < data["timeout"] < math.inf):
+        raise _wrong(path, "field 'timeout' must be a positive number of seconds", "timeout")
+    if data.get("cmd") is not None and (not data["cmd"] or not all(isinstance(a, str) for a in data["cmd"])):
+        raise _wrong(path, "field 'cmd' must be a non-empty list of strings (an argv)", "cmd")
+    tags = data.get("tags") or []
+    if not all(isinstance(t, str | int | float) and not isinstance(t, bool) for t in tags):
+        raise _wrong(path, "field 'tags' must be a list of plain words", "tags")
+
+
+# What gitqueue writes below the marker, as commands read it back: a forged or damaged record
+# must make the file invalid here, not crash whoever reads the field later.
+_RECORD_FIELDS: dict[str, tuple[Any, str, int | None]] = {  # name: (type, what it must be, least value)
+    "token": (str, "a string", None),
+    "worker": (str, "a string", None),
+    "attempt": (int, "an integer", 0),
+    "lease": (int, "an integer (seconds)", 0),
+    "after_attempt": (int, "an integer", 0),
+    "exit_code": (int, "an integer", -MAX_FIELD_INT),
+    "duration": ((int, float), "a number (seconds)", None),
+    "outcome": (str, "a string", None),
+    "at": (str, "a time", None),
+    "claimed_at": (str, "a time", None),
+}
+_TIMES = ("at", "claimed_at")  # the times commands compute with
+
+
+def _check_record(path: str, record: dict[str, Any], *keys: str | int) -> None:
+    where = ".".join(str(k) if isinstance(k, str) else f"[{k}]" for k in keys).replace(".[", "[")
+    for name, (kind, what, least) in _RECORD_FIELDS.items():
+        value: Any = record.get(name)
+        if value is None:
+            continue
+        label = f"field '{where}.{name}'"
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _wrong(path, f"{label} must be {what}, not {type(value).__name__} {value!r:.60}", *keys, name)
+        if least is not None and not least <= int(value) <= MAX_FIELD_INT:
+            raise _wrong(path, f"{label} must be between {least} and {MAX_FIELD_INT:,}", *keys, name)
+        if name in _TIMES:
+            try:
+                parse_time(str(value))
+            except ValueError:
+                raise _wrong(path, f"{label} must be a time like 2026-11-25T09:26:52.322Z, not {value!r:.60}",
+                             *keys, name) from None  # fmt: skip
+
+
+def _check_gitqueue_fields(data: dict[str, Any], path: str) -> None:
+    for key in ("submitted", "run", "requeued"):
+        if isinstance(data.get(key), dict):
+            _check_record(path, data[key], key)
+    for index, attempt in enumerate(data.get("attempts") or []):
+        if not isinstance(attempt, dict):
+            message = f"field 'attempts' must be a list of mappings (gitqueue's records), not {attempt!r:.60}"
+            raise _wrong(path, message, "attempts", index)
+        _check_record(path, attempt, "attempts", index)
 
 
 def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text: str = "") -> Task:
@@ -293,41 +480,16 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
     unknown = [k for k in data if k not in PERSON_FIELDS and k not in GITQUEUE_FIELDS]
     if unknown:
         known = ", ".join(PERSON_FIELDS)
-        raise InvalidTask(path, f"unknown field {unknown[0]!r} (a person writes: {known})")
+        raise _wrong(path, f"unknown field {unknown[0]!r} (a person writes: {known})", unknown[0])
     if "args" not in data:
         raise InvalidTask(path, "missing field 'args' (a mapping of the task's arguments)")
     args = data["args"]
     _check_type(path, "args", args, dict, "a mapping")
     for name in args:
         if not isinstance(name, str) or not name:
-            raise InvalidTask(path, f"argument names must be non-empty strings, not {name!r}")
-    checks: list[tuple[str, type | tuple[type, ...], str]] = [
-        ("priority", int, "an integer"),
-        ("tags", list, "a list"),
-        ("requires", dict, "a mapping"),
-        ("max_attempts", int, "an integer"),
-        ("lease", int, "an integer (seconds)"),
-        ("timeout", (int, float), "a number (seconds)"),
-        ("cmd", list, "a list of strings (an argv)"),
-        ("submitted", dict, "a mapping"),
-        ("run", dict, "a mapping"),
-        ("attempts", list, "a list"),
-        ("requeued", dict, "a mapping"),
-    ]
-    for key, kind, what in checks:
-        if data.get(key) is not None:
-            _check_type(path, key, data[key], kind, what)
-    if data.get("max_attempts") is not None and data["max_attempts"] < 1:
-        raise InvalidTask(path, "field 'max_attempts' must be at least 1")
-    if data.get("lease") is not None and data["lease"] < 1:
-        raise InvalidTask(path, "field 'lease' must be at least 1 second")
-    if data.get("timeout") is not None and (isinstance(data["timeout"], bool) or not 0 < data["timeout"] < math.inf):
-        raise InvalidTask(path, "field 'timeout' must be a positive number of seconds")
-    if data.get("cmd") is not None and (not data["cmd"] or not all(isinstance(a, str) for a in data["cmd"])):
-        raise InvalidTask(path, "field 'cmd' must be a non-empty list of strings (an argv)")
-    tags = data.get("tags") or []
-    if not all(isinstance(t, str | int | float) and not isinstance(t, bool) for t in tags):
-        raise InvalidTask(path, "field 'tags' must be a list of plain words")
+            raise _wrong(path, f"argument names must be non-empty strings, not {name!r}", "args")
+    _check_person_fields(data, path)
+    _check_gitqueue_fields(data, path)
     if state is State.RUNNING and not (isinstance(data.get("run"), dict) and data["run"].get("token")):
         raise InvalidTask(path, "a running task must have a 'run' with a 'token' (gitqueue writes it at claim)")
     return Task(
@@ -335,7 +497,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         state=state,
         args=args,
         priority=data.get("priority") or 0,
-        tags=[str(t) for t in tags],
+        tags=[str(t) for t in data.get("tags") or []],
         requires=data.get("requires") or {},
         max_attempts=data.get("max_attempts"),
         lease=data.get("lease"),
@@ -351,16 +513,78 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
     )
 
 
+def _mark(text: str, keys: tuple[str | int, ...]) -> tuple[int, int] | None:
+    """Line and column (1-based) of the value at ``keys`` in ``text``, or of the nearest key
+    on the way; None if the text cannot be composed (it was loaded, so it almost always can)."""
+    try:
+        node = _Loader(text).get_single_node()
+    except (yaml.YAMLError, RecursionError):
+        return None
+    mark = node.start_mark if node is not None else None
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(key)]
+            if not found:
+                break
+            mark, node = found[0][1].start_mark, found[0][1]
+            if key == keys[0] and keys[0] not in PERSON_FIELDS + GITQUEUE_FIELDS:
+                mark = found[0][0].start_mark  # an unknown field: point at its name
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            mark = node.start_mark
+        else:
+            break
+    return None if mark is None else (mark.line + 1, mark.column + 1)
+
+
+def _load_parts(raw: bytes, *, path: str) -> Any:
+    """Load a file with gitqueue's marker as its two parts, each on its own: gitqueue keeps
+    the person's part as it is and writes its own below it, so the person's part must be
+    whole YAML by itself. A marker inside a value (a quoted string, a flow mapping spread
+    over lines) would make the file gitqueue writes unreadable, so it makes this one invalid.
+    Costs no more than one load of the whole text."""
+    if len(raw) > MAX_FILE_BYTES:
+        return load_yaml(raw, path=path)  # refuses it, by its size
+    person, _, ours = raw.partition(MARKER.encode())
+    try:
+        top = load_yaml(person, path=path)
+    except InvalidTask:
+        load_yaml(raw, path=path)  # broken as a whole: that error says more
+        line = person.count(b"\n") + 1
+        why = "gitqueue's marker line sits inside a value: keep it on a line of its own below your fields"
+        raise InvalidTask(path, why, line=line) from None
+    try:
+        below = load_yaml(ours, path=path)
+    except InvalidTask as exc:
+        if exc.line is None:
+            raise
+        offset = person.count(b"\n")  # the marker's line ends where ours begins
+        raise InvalidTask(path, exc.problem, line=exc.line + offset, column=exc.column) from None
+    if (top is not None and not isinstance(top, dict)) or (below is not None and not isinstance(below, dict)):
+        return load_yaml(raw, path=path)  # not a mapping: the whole file's load says so
+    twice = sorted(set(top or {}) & set(below or {}), key=str)
+    if twice:
+        raise InvalidTask(path, f"duplicate key {twice[0]!r}: above and below gitqueue's marker line")
+    return {**(top or {}), **(below or {})}
+
+
 def parse_task(raw: bytes, *, path: str) -> Task:
     """Read one task file. ``path`` is its path in the queue, e.g. ``pending/ab/x.yaml``."""
     state, task_id = split_task_path(path)
-    data = load_yaml(raw, path=path)
+    data = _load_parts(raw, path=path) if MARKER.encode() in raw else load_yaml(raw, path=path)
     text = raw.decode("utf-8")
     person, _, _ = text.partition(MARKER)
     for key in GITQUEUE_FIELDS:
         if re.search(rf"^{key}\s*:", person, re.MULTILINE):
             raise InvalidTask(path, f"field '{key}' is written by gitqueue; write it below the marker or not at all")
-    return task_from_mapping(data, task_id=task_id, state=state, path=path, text=text)
+    try:
+        return task_from_mapping(data, task_id=task_id, state=state, path=path, text=text)
+    except InvalidTask as exc:
+        keys = getattr(exc, "keys", None)
+        at = _mark(text, keys) if keys else None
+        if at is None:
+            raise
+        raise InvalidTask(path, exc.problem, line=at[0], column=at[1]) from None
 
 
 def split_task_path(path: str) -> tuple[State, str]:
@@ -383,6 +607,32 @@ def split_task_path(path: str) -> tuple[State, str]:
 
 
 # ---------------------------------------------------------------- writing
+
+
+RECORD_ROOM = 64 * 1024  # bytes kept free in a task file for the records of its later attempts
+
+
+def result_problem(task: Task) -> str | None:
+    """Why ``task.result`` cannot be kept in the task's file (None if it can): the file
+    gitqueue writes must stay a valid task, or the hook refuses the report and the task is
+    stranded (too deep, too big, not YAML, or past the limits on aliases with the rest)."""
+    if task.result is None:
+        return None
+    if _depth(task.result) > MAX_DEPTH - 1:
+        return f"it nests deeper than {MAX_DEPTH - 1} levels"
+    try:
+        text = _dump({"result": task.result}, flow=False)
+    except yaml.YAMLError as exc:
+        return f"it cannot be written as YAML ({exc})"
+    room = MAX_FILE_BYTES - len(task.text.encode()) - RECORD_ROOM
+    if len(text.encode()) > room:
+        return f"it takes {len(text.encode()):,} bytes as YAML, and the task file has room for {max(room, 0):,}"
+    if "&id" in text:  # it repeats parts of itself: the file's limits on aliases count them
+        try:
+            parse_task(render(task), path=task.path)
+        except InvalidTask as exc:
+            return exc.problem
+    return None
 
 
 def fan(task_id: str) -> str:

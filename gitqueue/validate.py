@@ -15,6 +15,7 @@ Nothing here deletes, moves or rewrites a file: problems are reported, never "fi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,26 @@ def transition_problem(before: State | None, after: State | None) -> str | None:
         if frm is before
     )
     return f"no gitqueue command moves a task from {before.value}/ to {after.value}/ (from {before.value}/: {ways})"
+
+
+def args_problem(task: Task) -> str | None:
+    """A finished task whose last attempt ran with other args than its file says (a person's
+    edit carried onto ``running/`` by a rebase while it ran): a result beside the wrong args.
+
+    Not a reason to refuse a push (gitqueue's own report of such a run must land), so only
+    the checks of a whole queue say it, never the hooks."""
+    ran = task.ran_with
+    if ran is None or task.state not in (State.DONE, State.FAILED):
+        return None
+    what = "its result came" if task.state is State.DONE else "its last attempt's error came"
+    return (
+        f"{task.path}: {what} from other args than the file's (it ran with {_compact(ran)}); "
+        "requeue it to run the file's args"
+    )
+
+
+def _compact(args: dict[str, object]) -> str:
+    return " ".join(f"{k}={v}" for k, v in args.items())[:200]
 
 
 def person_part(text: str) -> str:
@@ -157,9 +178,15 @@ def read_task(path: str, mode: bytes, raw: bytes | Callable[[], bytes]) -> Task:
     return parse_task(raw() if callable(raw) else raw, path=path)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def display(path: str) -> str:
-    """A path fit to print: bytes that are not UTF-8 shown as ``\\xNN``."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A path (or a message naming one) fit to print on one line: bytes that are not UTF-8
+    shown as ``\\xNN``, and control characters (a newline in a file name, a terminal escape)
+    as Python writes them (``\\n``, ``\\x1b``)."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def _problem(path: str, message: str) -> Problem:
@@ -194,7 +221,9 @@ def check_files(files: Iterable[File], *, whole: bool = True) -> list[Problem]:
             elif where.kind == "task":
                 if (found := _task_id(path)) is not None:
                     homes.setdefault(found[1], []).append(path)
-                read_task(path, mode, load)
+                drift = args_problem(read_task(path, mode, load))
+                if drift is not None:
+                    problems.append(_problem(path, drift))
             elif where.kind == "stray":
                 problems.append(_problem(path, f"{path}: {where.problem}"))
             elif where.kind == "outside" and mode in FILE_MODES and looks_like_task(load()):

@@ -37,7 +37,7 @@ from typing import IO, Any
 from gitqueue import leftovers
 from gitqueue.errors import CacheDamaged, GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
-from gitqueue.task import State, Task, load_yaml, now_iso
+from gitqueue.task import MAX_FILE_BYTES, State, Task, load_yaml, now_iso, result_problem
 
 # Signals that stop a worker: its runs go back to pending without spending an attempt.
 # SIGUSR1 is the warning Slurm sends before a job's time limit (``--signal=B:USR1@120``).
@@ -471,7 +471,7 @@ class Worker:
             if report is not None and report.outcome != "interrupted":
                 watch.settle(started)
             if report is not None:
-                report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None)
+                report = dataclasses.replace(report, lease_ref=watch.heartbeat is not None, args=run.args)
                 self.reports.append(report)  # ended, not reported yet: noted as started
         except TakenAway as exc:
             self.summary.lost += 1
@@ -644,15 +644,26 @@ class Worker:
         return Report(run.id, run.token, "failed", error=why)
 
     def _read_result(self, run: Run, path: Path) -> Any:
-        if not path.exists() or path.stat().st_size == 0:
-            return None
         try:
+            if not path.exists() or path.stat().st_size == 0:
+                return None
+            if not path.is_file():  # a folder, a FIFO, a device: never block on it or read it for ever
+                raise InvalidTask(str(path), "not a regular file")
+            if path.stat().st_size > MAX_FILE_BYTES:  # never read 10 GB to refuse them
+                raise InvalidTask(str(path), f"{path.stat().st_size:,} bytes; at most {MAX_FILE_BYTES:,} are read")
             value = load_yaml(path.read_bytes(), path=str(path))  # JSON is YAML
         except InvalidTask as exc:
             self.say(f"{run.id}: result file ignored: {exc}")
             return None
+        except OSError as exc:
+            self.say(f"{run.id}: result file ignored: cannot read {path}: {exc.strerror}")
+            return None
         if not isinstance(value, dict):
             self.say(f"{run.id}: result file ignored: {path} holds a {type(value).__name__}, not a mapping")
+            return None
+        problem = result_problem(run.task.evolve(result=value))
+        if problem is not None:
+            self.say(f"{run.id}: result file ignored: {path}: {problem}")
             return None
         return value
 

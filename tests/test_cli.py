@@ -462,3 +462,60 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_venv() -> None:
     assert "python3 -m venv" in test_command and "pytest" in test_command
     ci = (README.parent / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
+
+
+# ---------------------------------------------------------------- what ls and status show of a damaged queue
+
+
+def test_ls_shows_invalid_task_files_with_their_reason(cli_queue: str) -> None:
+    gq("submit", "--grid", "lr=0.1,0.2")
+    RemoteRepo(Path(cli_queue)).person_commit(
+        {
+            "pending/bad-yaml.yaml": "args: {lr: 0.3\n",
+            "pending/bad-type.yaml": "args: {lr: 0.4}\npriority: high\n",
+            "done/bad-stamp.yaml": "args: {when: !!timestamp hello}\n",
+        }
+    )
+    lines = gq("ls").stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["000001-lr0.1", "000002-lr0.2"]
+    assert lines[3:] == [  # in state order, as the tasks are
+        "invalid  pending/bad-type.yaml:2:11: field 'priority' must be an integer, not str 'high'",
+        "invalid  pending/bad-yaml.yaml:2:1: while parsing a flow mapping expected ',' or '}', but got '<stream end>'",
+        "invalid  done/bad-stamp.yaml:1:14: cannot read 'hello' as !!timestamp (not a valid !!timestamp value)",
+    ]
+    pending = gq("ls", "--state", "pending").stdout
+    assert "pending/bad-type.yaml" in pending and "bad-stamp" not in pending
+    listed = json.loads(gq("ls", "--format", "json").stdout)
+    assert [t.get("id") or t["path"] for t in listed] == [
+        "000001-lr0.1", "000002-lr0.2", "pending/bad-type.yaml", "pending/bad-yaml.yaml", "done/bad-stamp.yaml"
+    ]  # fmt: skip
+    assert listed[2]["invalid"].startswith("pending/bad-type.yaml:2:11: field 'priority'")
+    ids = gq("ls", "--format", "ids")
+    assert ids.stdout.split() == ["000001-lr0.1", "000002-lr0.2"] and "3 invalid task file(s) left out" in ids.stderr
+    filtered = gq("ls", "--where", "args.lr > 0.15")
+    assert filtered.stdout.splitlines()[1:] == [filtered.stdout.splitlines()[1]] and "000002" in filtered.stdout
+    assert "3 invalid task file(s) not shown" in filtered.stderr
+
+
+def test_status_counts_a_task_in_two_folders_once_and_reports_it(cli_queue: str) -> None:
+    gq("submit", "--grid", "n=1,2")
+    # a person restores an old copy of a pending task into done/, and writes a task by hand
+    remote = RemoteRepo(Path(cli_queue))
+    remote.person_commit({"done/000001-n1.yaml": "args: {n: 1}\n", "pending/by-hand.yaml": "args: {n: 9}\n"})
+    info = json.loads(gq("status", "--format", "json").stdout)
+    assert info["counts"] == {"pending": 2, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+    assert info["total"] == 2
+    assert sorted(p["path"] for p in info["invalid"]) == ["done/000001-n1.yaml", "pending/000001-n1.yaml"]
+    why = "a task lives in one folder (not counted)"
+    assert [p["problem"] for p in info["invalid"]] == [  # in state order
+        f"pending/000001-n1.yaml: task '000001-n1' is also in done/000001-n1.yaml: {why}",
+        f"done/000001-n1.yaml: task '000001-n1' is also in pending/000001-n1.yaml: {why}",
+    ]
+    assert info["oldest_pending"]["id"] == "000002-n2", "a task with a submit time is known to be old"
+    table = gq("status").stdout
+    assert "pending 2  running 0" in table and "(total 2)" in table
+    assert "submitted None" not in table and re.search(r"oldest pending: 000002-n2 \(submitted 20\d\d-", table)
+
+    remote.person_commit({"pending/000002-n2.yaml": None, "pending/000001-n1.yaml": None})
+    table = gq("status").stdout
+    assert "oldest pending: by-hand (written by hand: no submit time)" in table, table

@@ -342,3 +342,66 @@ def test_when_the_rebase_conflicts_the_readme_advice_works_and_keeping_both_is_r
     assert alice.push().returncode == 0
     run.done()
     assert remote_file(remote, "done/tiny.yaml").startswith(b"args: {lr: 1}\npriority: 5\n")
+
+
+def test_an_args_edit_a_rebase_carries_onto_a_running_task_is_recorded_and_flagged(tmp_path: Path) -> None:
+    """The issue's case: no server hook (github.com), a person changes args.lr while a worker
+    claims the task, and `git pull --rebase` carries the edit onto running/ID.yaml."""
+    bare = make_bare_repo(tmp_path / "srv" / "queue.git")
+    with Queue.init(str(bare), worker="setup/0") as q:
+        [task_id] = q.submit([{"args": {"lr": 0.1, "bs": 32}, "id": "lr-bs"}])
+    alice = Clone(str(bare), tmp_path / "alice")
+    path = f"pending/{task_id}.yaml"
+    alice.write(path, alice.read(path).replace("lr: 0.1", "lr: 0.5"))
+    assert alice.commit("lr 0.5 instead").returncode == 0
+    with Queue.open(str(bare), worker="gpu-box/0") as worker:
+        run = worker.claim()
+        assert run is not None and run.args == {"lr": 0.1, "bs": 32}
+        assert alice.push().returncode != 0 and alice.pull().returncode == 0
+        assert "lr: 0.5" in alice.read(f"running/{task_id}.yaml")  # git carried the edit along
+        assert alice.push().returncode == 0
+        finished = run.done({"acc": 0.7})  # the run used lr=0.1, as it was claimed
+    attempt = finished.attempts[-1]
+    assert finished.state is State.DONE and attempt["ran_with"] == {"lr": 0.1, "bs": 32}
+    assert finished.args == {"lr": 0.5, "bs": 32} and finished.args_changed
+    subject = Clone(str(bare), tmp_path / "reader").run("log", "-1", "--format=%s").stdout.strip()
+    assert subject.endswith("(its args changed while it ran)")
+
+    rows = json.loads(runner.invoke(app, ["results", "--queue", str(bare), "--format", "json"]).stdout)
+    assert rows[0]["args.lr"] == 0.1 and rows[0]["result.acc"] == 0.7, "the result beside the args it came from"
+    assert rows[0]["warning"] == "args changed while it ran: the file now says lr=0.5 bs=32"
+    flagged = runner.invoke(app, ["validate", "--queue", str(bare)])
+    assert flagged.exit_code == 1 and flagged.stdout.strip() == (
+        f"done/{task_id}.yaml: its result came from other args than the file's (it ran with lr=0.1 bs=32); "
+        "requeue it to run the file's args"
+    )
+
+
+def test_a_run_whose_args_did_not_change_records_nothing_extra(worker: Queue, remote: Path) -> None:
+    run = worker.claim()
+    assert run is not None
+    done = run.done()
+    assert "ran_with" not in done.attempts[-1] and not done.args_changed
+    assert runner.invoke(app, ["validate", "--queue", str(remote)]).exit_code == 0
+
+
+def test_a_script_finishing_with_done_and_a_token_records_the_args_its_claim_had(tmp_path: Path) -> None:
+    """`gitqueue claim` in one process, `gitqueue done ID --token T` in another: the args the
+    run used come from its claim commit."""
+    from conftest import RemoteRepo
+
+    bare = make_bare_repo(tmp_path / "srv" / "queue.git")
+    with Queue.init(str(bare), worker="setup/0") as q:
+        q.submit([{"args": {"lr": 0.1}, "id": "scripted"}, {"args": {"lr": 0.2}, "id": "untouched", "priority": -1}])
+    claimed = json.loads(runner.invoke(app, ["claim", "--queue", str(bare), "--format", "json"]).stdout)
+    remote = RemoteRepo(bare)
+    text = remote.read("running/scripted.yaml")
+    remote.person_commit({"running/scripted.yaml": text.replace("lr: 0.1", "lr: 0.5")})
+    done = runner.invoke(app, ["done", "scripted", "--token", claimed["token"], "--queue", str(bare)])
+    assert done.exit_code == 0, done.output
+    other = json.loads(runner.invoke(app, ["claim", "--queue", str(bare), "--format", "json"]).stdout)
+    assert runner.invoke(app, ["done", "untouched", "--token", other["token"], "--queue", str(bare)]).exit_code == 0
+    with Queue.open(str(bare), worker="reader/0") as q:
+        scripted, untouched = q.get("scripted"), q.get("untouched")
+    assert scripted.args == {"lr": 0.5} and scripted.attempts[-1]["ran_with"] == {"lr": 0.1}
+    assert "ran_with" not in untouched.attempts[-1]

@@ -20,7 +20,7 @@ ROOT: Any = typer.main.get_command(app)  # a group: commands by name in .command
 GROUPS = "|".join(name for name, cmd in ROOT.commands.items() if hasattr(cmd, "commands"))
 COMMAND = re.compile(rf"\bgitqueue\s+((?:{GROUPS})\s+[a-z]+|[a-z]+)")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-OTHER_TOOL = re.compile(r"^\s*(#SBATCH|git|python3?|pip|bash|jq|seq|pre-commit|sbatch|squeue|scancel|srun|kubectl|sh)\b")
+OTHER_TOOL = re.compile(r"^\s*(#SBATCH|git|python3?|pip|bash|jq|seq|pre-commit|sbatch|scancel|srun|kubectl|sh)\b")
 
 
 def command(path: str) -> Any:

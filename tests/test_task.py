@@ -97,6 +97,61 @@ def test_wrong_types_name_the_field(text: str, field: str, words: str) -> None:
     assert f"'{field}'" in message and words in message
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("args: {a: 1}\npriority: high\n", 2, 11),
+        ("# a comment\nargs: {a: 1}\ntags:\n  sweep: 1\n", 4, 3),
+        ("args: [1, 2]\n", 1, 7),
+        ("args: {a: 1}\nlease: -5\n", 2, 8),
+        ("args: {a: 1}\npriorty: 3\n", 2, 1),
+        (f"args: {{a: 1}}\n{MARKER}\nattempts:\n- {{attempt: 1}}\n- {{attempt: two}}\n", 5, 13),
+    ],
+)
+def test_wrongly_typed_fields_name_their_line_and_column(text: str, line: int, column: int) -> None:
+    error = invalid(text)
+    assert (error.line, error.column) == (line, column)
+    assert str(error).startswith(f"pending/t1.yaml:{line}:{column}: ")
+
+
+@pytest.mark.parametrize(
+    ("record", "words"),
+    [
+        ("attempts: [1, 2]", "'attempts' must be a list of mappings"),
+        ("attempts: [{attempt: x, outcome: failed}]", "'attempts[0].attempt' must be an integer"),
+        ("requeued: {after_attempt: x}", "'requeued.after_attempt' must be an integer"),
+        ("submitted: {at: 5}", "'submitted.at' must be a time"),
+        ("submitted: {at: yesterday}", "'submitted.at' must be a time like"),
+        ("attempts: [{attempt: -1}]", "between 0 and"),
+        ("attempts: [{attempt: 1, duration: fast}]", "'attempts[0].duration' must be a number"),
+        ("attempts: [{attempt: 1, exit_code: [1]}]", "'attempts[0].exit_code' must be an integer"),
+    ],
+)
+def test_a_forged_or_damaged_record_below_the_marker_makes_the_file_invalid(record: str, words: str) -> None:
+    assert words in invalid(f"args: {{a: 1}}\n{MARKER}\n{record}\n").problem
+
+
+def test_a_marker_line_inside_a_value_makes_the_file_invalid_before_gitqueue_writes_below_it() -> None:
+    # the whole file parses, but the person's part alone does not: a claim would write an unreadable file
+    text = f'args: {{note: "see\n{MARKER}\nbelow"}}\n'
+    error = invalid(text)
+    assert "marker line sits inside a value" in error.problem and error.line == 2
+    assert "duplicate key 'args'" in invalid(f"args: {{a: 1}}\n{MARKER}\nargs: {{a: 2}}\n").problem
+    below = invalid(f"args: {{a: 1}}\n# more\n{MARKER}\nattempts: [1\n")
+    assert below.line == 5, "a problem below the marker is counted in lines of the whole file"
+
+
+def test_a_running_tasks_claim_must_be_readable() -> None:
+    bad = f"args: {{a: 1}}\n{MARKER}\nrun: {{token: abc, claimed_at: soon, lease: {10**400}}}\n"
+    assert "'run.lease' must be between 0 and" in invalid(bad, path="running/t1.yaml").problem
+    assert "'run.claimed_at' must be a time" in invalid(bad.replace(str(10**400), "60"), path="running/t1.yaml").problem
+
+
+@pytest.mark.parametrize("name", ["priority", "lease", "max_attempts"])
+def test_integer_fields_fit_in_64_bits(name: str) -> None:
+    assert f"field '{name}' is too large" in invalid(f"args: {{a: 1}}\n{name}: {10**400}\n").problem
+
+
 def test_argument_names_must_be_strings() -> None:
     assert "argument names" in str(invalid("args: {1: a}\n"))
 
@@ -173,6 +228,68 @@ def test_alias_bombs_deep_nesting_binary_and_huge_files_are_refused() -> None:
     assert "NUL" in str(invalid(b"args: {a: 1}\n\0"))
     assert "UTF-8" in str(invalid(b"args: {a: '\xff'}\n"))
     assert "at most" in str(invalid(b"args: {a: '" + b"x" * (1024 * 1024) + b"'}\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "words"),
+    [
+        ("args: {a: !!timestamp hello}\n", 1, 11, "cannot read 'hello' as !!timestamp"),
+        ("args: {a: !!timestamp 2026-13-45}\n", 1, 11, "month must be in 1..12"),
+        ("args: {a: !!int abc}\n", 1, 11, "cannot read 'abc' as !!int"),
+        ("args: {a: !!int 0x}\n", 1, 11, "as !!int"),
+        ("args: {a: !!float abc}\n", 1, 11, "cannot read 'abc' as !!float"),
+        ("args: {a: !!bool maybe}\n", 1, 11, "cannot read 'maybe' as !!bool"),
+        ("args: {a: !!set [1]}\n", 1, 11, "expected a mapping node"),
+        ("args: {a: 1}\npriority: " + "9" * 5000 + "\n", 2, 11, "5,000 characters: gitqueue reads up to about 4,000"),
+        ("args: {a: 1}\npriority: 0x" + "f" * 5000 + "\n", 2, 11, "5,002 characters"),
+        ("args: {big: " + "7" * 4400 + "}\n", 1, 13, "4,400 characters"),  # past Python's own limit to print it
+    ],
+)
+def test_values_no_constructor_can_build_make_the_file_invalid(text: str, line: int, column: int, words: str) -> None:
+    error = invalid(text)
+    assert words in error.problem
+    assert (error.line, error.column) == (line, column)
+
+
+def test_a_long_integer_that_can_be_printed_is_read() -> None:
+    task = parse_task(b"args: {seed: " + b"9" * 4000 + b"}\n", path="pending/t1.yaml")
+    assert str(task.args["seed"]) == "9" * 4000
+
+
+def bomb(levels: int) -> str:
+    """The issue's alias bomb: each level a list of two aliases to the level before."""
+    lines = ["args:", "  l0: &l0 [lol, lol]"]
+    lines += [f"  l{i}: &l{i} [*l{i - 1}, *l{i - 1}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_under_the_alias_count_is_refused_by_what_it_expands_to() -> None:
+    text = bomb(25)
+    assert len(text) < 600 and text.count("*") == 48  # well under MAX_ALIASES
+    error = invalid(text)
+    assert "aliases repeat more than 100,000 values" in error.problem
+    assert error.line is not None and error.line < 25, "refused where the expansion passes the bound"
+
+
+def test_aliases_that_repeat_a_little_are_fine() -> None:
+    task = parse_task(bomb(10).encode(), path="pending/t1.yaml")
+    assert len(task.args["l9"]) == 2 and task.args["l9"][0] == task.args["l8"]
+
+
+def test_merge_keys_work_and_what_is_written_beside_them_wins() -> None:
+    text = "args:\n  base: &base {lr: 0.1, bs: 32}\n  run: {<<: *base, bs: 64}\n"
+    assert parse_task(text.encode(), path="pending/t1.yaml").args["run"] == {"lr": 0.1, "bs": 64}
+    assert "duplicate key 'bs'" in invalid("args: {<<: {lr: 1}, bs: 1, bs: 2}\n").problem
+
+
+def test_a_recursive_alias_is_refused() -> None:
+    error = invalid("args: &a {x: *a}\n")
+    assert "recursive" in error.problem and (error.line, error.column) == (1, 14)
+
+
+def test_aliases_cannot_nest_deeper_than_the_file_may() -> None:
+    lines = ["l0: &l0 [1]"] + [f"l{i}: &l{i} [*l{i - 1}]" for i in range(1, 40)]
+    assert "nested deeper than 32 levels" in str(invalid("\n".join(lines) + "\nargs: {}\n"))
 
 
 def test_fields_gitqueue_writes_are_refused_above_the_marker() -> None:

@@ -72,7 +72,7 @@ def test_a_draft_outside_any_clone_is_checked_as_a_pending_task(tmp_path: Path) 
     draft.write_text("args: {lr: 0.1}\npriority: soon\n")
     result = runner.invoke(app, ["validate", str(draft)])
     assert result.exit_code == 1
-    assert result.stdout.strip() == "pending/next.yaml: field 'priority' must be an integer, not str 'soon'"
+    assert result.stdout.strip() == "pending/next.yaml:2:11: field 'priority' must be an integer, not str 'soon'"
 
 
 def test_without_a_hook_bad_files_land_and_the_queue_still_drains(
@@ -152,6 +152,10 @@ def test_a_broken_settings_file_and_a_missing_one(tmp_path: Path) -> None:
     assert [p.message for p in check_disk(tmp_path)] == ["gitqueue.yaml: missing, so this is not a gitqueue queue"]
     (tmp_path / "gitqueue.yaml").write_text("defaults: {lease: soon}\n")
     assert [p.message for p in check_disk(tmp_path)] == ["gitqueue.yaml: defaults.lease must be an integer, not 'soon'"]
+    (tmp_path / "gitqueue.yaml").write_text(f"defaults: {{lease: {10**400}}}\n")  # a worker divided it as a float
+    assert [p.message for p in check_disk(tmp_path)] == [
+        "gitqueue.yaml: defaults.lease must be between 1 and 9,223,372,036,854,775,807"
+    ]
 
 
 def test_the_transition_table_names_the_commands() -> None:

@@ -876,3 +876,106 @@ def test_a_worker_that_ran_a_failed_task_exits_7_and_max_failures_defaults_to_5(
     assert lab.start("w3").wait() == 0, "every task it ran was done"
     help_text = " ".join(CliRunner().invoke(app, ["work", "--help"]).stdout.split())
     assert "7 if any task it ran failed" in help_text and "[default: 5; x>=0]" in help_text
+
+
+def test_a_worker_records_the_args_it_ran_with_when_a_person_changed_them_meanwhile(
+    queue: Queue, bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    queue.submit([{"id": "a-edited", "args": {"lr": 0.1}}, {"id": "b-kept", "args": {"lr": 0.2}, "priority": -1}])
+    seen: list[dict[str, Any]] = []
+
+    def runner(run: Run, watch: Watch) -> Report:
+        seen.append(dict(run.args))
+        if run.id == "a-edited":  # a person's edit lands on running/ while it runs (no hook refuses it)
+            text = remote_repo.read("running/a-edited.yaml").replace("lr: 0.1", "lr: 0.5")
+            remote_repo.person_commit({"running/a-edited.yaml": text})
+        return Report(run.id, run.token, "done", result={"acc": run.args["lr"]})
+
+    with Queue(str(bare_remote), worker="w") as q:
+        assert Worker(q, Options(max_batch=1), runner=runner, log=io.StringIO()).run() == 0
+    assert seen == [{"lr": 0.1}, {"lr": 0.2}]
+    edited, kept = queue.get("a-edited"), queue.get("b-kept")
+    assert edited.args == {"lr": 0.5} and edited.attempts[-1]["ran_with"] == {"lr": 0.1}
+    assert edited.result == {"acc": 0.1} and "ran_with" not in kept.attempts[-1]
+    assert [p.message for p in queue.validate()] == [
+        "done/a-edited.yaml: its result came from other args than the file's (it ran with lr=0.1); "
+        "requeue it to run the file's args"
+    ]
+
+
+RESULT_WRITER = """
+import json, os, sys
+kind = sys.argv[1]
+deep = 1
+for _ in range(31):
+    deep = [deep]
+result = {"deep": {"x": deep}, "big": {"x": "y" * 1_000_000}, "ok": {"acc": 0.9}}[kind]
+with open(os.environ["GITQUEUE_RESULT_FILE"], "w") as f:
+    json.dump(result, f)
+"""
+
+
+def test_a_result_that_would_break_the_task_file_is_not_kept_and_the_report_lands(tmp_path: Path) -> None:
+    from gitqueue.hooks import install
+    from gitqueue.testing import make_bare_repo
+
+    bare = make_bare_repo(tmp_path / "srv" / "hooked.git")
+    install(server=bare)  # a done file that breaks the rules would be refused, the task stranded
+    with Queue.init(str(bare), worker="setup") as q:
+        q.submit([{"id": kind, "args": {"kind": kind}} for kind in ("deep", "big", "ok")])
+    log = io.StringIO()
+    script = tmp_path / "experiment.py"  # a file: the worker fills {placeholders} in its argv
+    script.write_text(RESULT_WRITER)
+    command = [sys.executable, str(script), "{kind}"]
+    with Queue(str(bare), worker="w") as q:
+        assert Worker(q, Options(command=command, log_dir=tmp_path / "logs"), log=log).run() == 0
+        tasks = {t.id: t for t in q.tasks()}
+        assert {i: t.state for i, t in tasks.items()} == dict.fromkeys(["big", "deep", "ok"], State.DONE)
+        assert (tasks["deep"].result, tasks["big"].result, tasks["ok"].result) == (None, None, {"acc": 0.9})
+        assert q.validate() == []
+    said = log.getvalue()
+    assert "deep: result file ignored: " in said and "it nests deeper than 31 levels" in said
+    assert "big: result file ignored: " in said and "bytes as YAML, and the task file has room for" in said
+
+    # the library keeps the file valid too, whoever reports: the result is dropped, the reason recorded
+    with Queue(str(bare), worker="api") as q:
+        q.submit([{"id": "api", "args": {}}])
+        run = q.claim()
+        assert run is not None
+        deep: Any = 1
+        for _ in range(40):
+            deep = {"d": deep}
+        done = run.done(deep)
+        assert done.state is State.DONE and done.result is None
+        assert done.attempts[-1]["error"].startswith("result not kept: it nests deeper than 31 levels")
+
+
+ODD_RESULT = """
+import os, sys
+path = os.environ["GITQUEUE_RESULT_FILE"]
+if sys.argv[1] == "folder":
+    os.mkdir(path)
+else:
+    with open(path, "wb") as f:
+        f.truncate(2 * 1024 * 1024)  # sparse: big on paper, no disk used
+"""
+
+
+def test_a_result_path_that_is_a_folder_or_too_big_is_ignored_and_the_worker_goes_on(tmp_path: Path) -> None:
+    from gitqueue.testing import make_bare_repo
+
+    bare = make_bare_repo(tmp_path / "srv" / "q.git")
+    with Queue.init(str(bare), worker="setup") as q:
+        q.submit([{"id": kind, "args": {"kind": kind}} for kind in ("folder", "huge")])
+    script = tmp_path / "experiment.py"
+    script.write_text(ODD_RESULT)
+    log = io.StringIO()
+    with Queue(str(bare), worker="w") as q:
+        options = Options(command=[sys.executable, str(script), "{kind}"], log_dir=tmp_path / "logs")
+        assert Worker(q, options, log=log).run() == 0
+        assert {t.id: (t.state, t.result) for t in q.tasks()} == {
+            "folder": (State.DONE, None),
+            "huge": (State.DONE, None),
+        }
+    assert "folder: result file ignored: " in log.getvalue() and "folder.1.result: not a regular file" in log.getvalue()
+    assert "huge.1.result: 2,097,152 bytes; at most 1,048,576 are read" in log.getvalue()

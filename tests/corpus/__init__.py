@@ -27,6 +27,13 @@ ALIAS_BOMB = """args:
   i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
 """
 
+BOMB_25 = "args:\n  l0: &l0 [lol, lol]\n" + "".join(f"  l{i}: &l{i} [*l{i - 1}, *l{i - 1}]\n" for i in range(1, 25))
+DEEP_ALIASES = "".join(f"l{i}: &l{i} [{'*l' + str(i - 1) if i else 1}]\n" for i in range(40)) + "args: {}\n"
+MARKER = "# --- gitqueue: the lines below are written by gitqueue ---"
+FORGED_ATTEMPTS = f"args: {{a: 1}}\n{MARKER}\nattempts: [1, 2]\n".encode()
+FORGED_CLAIM = f"args: {{a: 1}}\n{MARKER}\nrun: {{token: abc, worker: w/0, claimed_at: soon}}\n".encode()
+MARKER_IN_VALUE = f'args: {{note: "see\n{MARKER}\nbelow"}}\n'.encode()
+
 
 @dataclass(frozen=True)
 class Hostile:
@@ -42,8 +49,9 @@ class Hostile:
 
     @property
     def shown(self) -> str:
-        """The path as messages print it (bytes that are not UTF-8 as \\xNN)."""
-        return self.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        """The path as messages print it (bytes that are not UTF-8 as \\xNN, a newline as \\n)."""
+        text = self.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return text.replace("\n", "\\n")
 
 
 CASES = [
@@ -74,7 +82,52 @@ CASES = [
     Hostile("at-the-root", "lr0.5.yaml", b"args: {lr: 0.5}\n", "outside the state folders"),
     Hostile("in-a-typo-folder", "pendng/lr0.6.yaml", b"args: {lr: 0.6}\n", "outside the state folders", worker=False),
     Hostile("50-megabytes", "pending/huge.yaml", expect="at most 1,048,576 are read", big=True),
+    # values PyYAML's constructors cannot build (they raise ValueError, AttributeError, ..., not YAMLError)
+    Hostile(
+        "timestamp-hello", "pending/stamp.yaml", b"args: {a: !!timestamp hello}\n", "cannot read 'hello' as !!timestamp"
+    ),
+    Hostile("int-abc", "pending/int-abc.yaml", b"args: {a: !!int abc}\n", "cannot read 'abc' as !!int"),
+    Hostile("float-abc", "pending/float-abc.yaml", b"args: {a: !!float abc}\n", "cannot read 'abc' as !!float"),
+    Hostile("bool-maybe", "pending/bool.yaml", b"args: {a: !!bool maybe}\n", "cannot read 'maybe' as !!bool"),
+    Hostile(
+        "5000-digits", "pending/digits.yaml", b"args: {a: 1}\npriority: " + b"9" * 5000 + b"\n", "5,000 characters"
+    ),
+    Hostile("hex-digits", "pending/hex.yaml", b"args: {seed: 0x" + b"f" * 5000 + b"}\n", "5,002 characters"),
+    Hostile("huge-lease", "pending/lease.yaml", b"args: {a: 1}\nlease: " + b"9" * 400 + b"\n", "'lease' is too large"),
+    # aliases: few enough, but expanding to millions of values; or to themselves
+    Hostile("alias-bomb-25", "pending/bomb25.yaml", BOMB_25.encode(), "aliases repeat more than 100,000 values"),
+    Hostile("recursive-alias", "pending/loop.yaml", b"args: &a {x: *a}\n", "a recursive structure"),
+    Hostile("deep-by-aliases", "pending/deep-alias.yaml", DEEP_ALIASES.encode(), "counting what its aliases repeat"),
+    # gitqueue's own records, forged or damaged by hand
+    Hostile("forged-attempts", "pending/attempts.yaml", FORGED_ATTEMPTS, "'attempts' must be a list of mappings"),
+    Hostile("forged-claim", "running/claimed.yaml", FORGED_CLAIM, "'run.claimed_at' must be a time", worker=False),
+    Hostile("marker-in-value", "pending/marker.yaml", MARKER_IN_VALUE, "marker line sits inside a value"),
+    Hostile(  # rich markup in a value: status must print it, not interpret it
+        "markup", "pending/markup.yaml", b"args: {a: 1}\npriority: '[/red] [bold]'\n", "not str '[/red] [bold]'"
+    ),
+    # encodings and line ends
+    Hostile("utf16", "pending/utf16.yaml", "args: {lr: 1}\n".encode("utf-16"), "UTF-16 text"),
+    Hostile("bom-broken", "pending/bom-broken.yaml", b"\xef\xbb\xbfargs: {lr: 1\n", "expected ',' or '}'"),
+    Hostile("crlf-wrong-type", "pending/crlf.yaml", b"args: {a: 1}\r\npriority: high\r\n", ":2:11: field 'priority'"),
+    Hostile("nul-after-bom", "pending/bom-nul.yaml", b"\xef\xbb\xbfargs: {a: 1}\0\n", "binary file"),
+    # odd names and links
+    Hostile("newline-in-name", "pending/new\nline.yaml", b"args: {lr: 1}\n", "invalid task id"),
+    Hostile("empty-id", "pending/.yaml", b"args: {lr: 1}\n", "invalid task id ''"),
+    Hostile("id-too-long", f"pending/{'x' * 129}.yaml", b"args: {lr: 1}\n", "1 to 128"),
+    Hostile("colon-in-id", "pending/a:b.yaml", b"args: {lr: 1}\n", "invalid task id 'a:b'"),
+    Hostile("link-outside", "pending/passwd.yaml", expect="symbolic link", link_to="/etc/passwd"),
+    Hostile("dangling-link", "pending/dangling.yaml", expect="symbolic link", link_to="../nowhere.yaml"),
+    Hostile("link-as-folder", "pending/ab", expect="not a task file", link_to="../done"),
 ]
+
+# Odd but valid: what a person's editor may write. Each must run like any task.
+ODD_VALID = {
+    "bom": b"\xef\xbb\xbfargs: {i: 1001}\n",
+    "crlf": b"args: {i: 1002}\r\npriority: 0\r\n",
+    "lone-cr": b"args: {i: 1003}\rtags: [cr]\r",
+    "no-newline": b"args: {i: 1004}",
+    "few-aliases": b"args: {i: 1005, a: &x [1, 2], b: *x}\n",
+}
 
 
 # A submodule entry (a commit id, no blob) where a task file belongs: git can carry it, but
