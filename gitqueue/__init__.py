@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from gitqueue.errors import (
     GitqueueError,
+    InvalidSweep,
     InvalidTask,
     InvalidTransition,
     NotHeld,
@@ -17,12 +18,14 @@ from gitqueue.task import State, Task
 
 if TYPE_CHECKING:
     from gitqueue.queue import Queue, Run
+    from gitqueue.sweep import Sweep
     from gitqueue.worker import current_task, loop
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GitqueueError",
+    "InvalidSweep",
     "InvalidTask",
     "InvalidTransition",
     "NotHeld",
@@ -32,6 +35,7 @@ __all__ = [
     "RemoteUnavailable",
     "Run",
     "State",
+    "Sweep",
     "Task",
     "TaskExists",
     "TaskNotFound",
@@ -47,6 +51,10 @@ def __getattr__(name: str) -> Any:
         from gitqueue import queue
 
         return getattr(queue, name)
+    if name == "Sweep":
+        from gitqueue.sweep import Sweep
+
+        return Sweep
     if name in ("loop", "current_task"):  # the experiment-script API (issue 3): @gitqueue.loop
         from gitqueue import worker
 

@@ -6,7 +6,6 @@ on stderr and the exit code their class names (see ``gitqueue --help``).
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from gitqueue.config import SETTINGS_FILE
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
 from gitqueue.gitstore import LocalRepo
 from gitqueue.queue import Queue, default_worker
+from gitqueue.sweep import Sweep, parse_value
 from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
@@ -88,15 +88,6 @@ def _root(
 
 
 # ---------------------------------------------------------------- parsing helpers
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as a YAML scalar: ``0.01`` is a float, ``true`` a bool, ``a`` a str."""
-    try:
-        value = load_yaml(text, path="<command line>")
-    except InvalidTask:
-        return text
-    return text if value is None and text != "null" else value
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -181,30 +172,49 @@ def init(
 def submit(
     pairs: Annotated[list[str] | None, typer.Argument(metavar="[KEY=VALUE]...", help="Arguments of one task.")] = None,
     grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="KEY=V1,V2,...: sweep over values.")] = None,
+    sample: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=loguniform:A:B, uniform:A:B, int:A:B or choice:V1,V2: sample the values."),
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="How many samples (each grid point gets them all).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the samples: the same seed makes the same tasks.")] = None,
+    repeat: Annotated[int | None, typer.Option(help="Repeat each task N times with seed: 0..N-1.")] = None,
+    repeat_key: Annotated[str | None, typer.Option(help="The arg --repeat sets [default: seed].")] = None,
     source: Annotated[str | None, typer.Option("--from", help="YAML or JSONL file of tasks, - for stdin.")] = None,
     priority: Annotated[int | None, typer.Option(help="Higher runs first [default: 0].")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
     require: Annotated[list[str] | None, typer.Option(help="KEY=VALUE a worker's labels must match.")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Runs before the task fails for good.")] = None,
     lease: Annotated[int | None, typer.Option(help="Seconds a run holds the task without a heartbeat.")] = None,
+    after: Annotated[
+        list[str] | None, typer.Option("--after", help="ID of a task that must be done first (repeatable).")
+    ] = None,
     task_id: Annotated[str | None, typer.Option("--id", help="Id of the task (one task only).")] = None,
     queue: QueueOpt = None,
     fmt: FormatOpt = "ids",
 ) -> None:
-    """Add tasks: one, a grid (cartesian product) or a file of them, in one commit.
+    """Add tasks: one, a grid (cartesian product), random samples or a file of them, in one commit.
 
     \b
     Examples:
       gitqueue submit lr=0.01 bs=32
       gitqueue submit --grid lr=0.1,0.01,0.001 --grid bs=32,64 --tag sweep-1
+      gitqueue submit --sample lr=loguniform:1e-5:1e-1 --sample bs=choice:16,32,64 --samples 50 --seed 0
+      gitqueue submit --grid model=a,b --repeat 3          # seed: 0, 1, 2 for each model
+      gitqueue submit eval=1 --after 000012-lr0.01         # claimed once 000012-lr0.01 is done
       gitqueue submit --from tasks.yaml      # a list of {args: ..., priority: ...}
       seq 5 | jq -c '{args: {seed: .}}' | gitqueue submit --from -
     """
     _check_format(fmt, ("ids", "json"))
-    fixed = parse_pairs(pairs, "KEY=VALUE")
-    axes = {k: v.split(",") for k, v in ((g.partition("=")[0], g.partition("=")[2]) for g in grid or [])}
-    if any(not k for k in axes):
-        raise typer.BadParameter("expected KEY=V1,V2,...", param_hint="--grid")
+    plan = Sweep.from_specs(
+        fixed=pairs or [],
+        grid=grid or [],
+        sample=sample or [],
+        samples=samples,
+        seed=seed,
+        repeat=repeat,
+        repeat_key=repeat_key,
+    )
     common: dict[str, Any] = {}
     for key, value in (("priority", priority), ("max_attempts", max_attempts), ("lease", lease)):
         if value is not None:
@@ -213,23 +223,24 @@ def submit(
         common["tags"] = list(tag)
     if require:
         common["requires"] = parse_pairs(require, "--require")
+    if after:
+        common["after"] = list(after)
     specs: list[dict[str, Any]] = []
     if source:
         specs = [{**common, **spec} if isinstance(spec, dict) else spec for spec in read_specs(source)]
-    if axes:
-        for values in itertools.product(*axes.values()):
-            args = {**fixed, **{k: parse_value(v) for k, v in zip(axes, values, strict=True)}}
-            specs.append({**common, "args": args})
+    if not plan.empty:
+        specs += [{**common, "args": args} for args in plan.args()]
     elif pairs or task_id is not None:
-        specs.append({**common, "args": fixed})
+        specs.append({**common, "args": dict(plan.fixed)})
     elif not source:
-        raise typer.BadParameter("nothing to submit: give KEY=VALUE pairs, --grid or --from (or --id for a task "
-                                 "without args)")
+        raise typer.BadParameter(
+            "nothing to submit: give KEY=VALUE pairs, --grid, --sample or --from (or --id for a task without args)"
+        )
     if task_id is not None:
         if len(specs) != 1:
             raise typer.BadParameter("--id names one task; a grid or file makes several", param_hint="--id")
         specs[0]["id"] = task_id
-    subject = f"submit {len(specs)} tasks: grid {' x '.join(axes)}" if axes and len(specs) > 1 else None
+    subject = plan.subject(len(specs)) if not plan.empty and len(specs) > 1 else None
     with Queue.open(queue) as q:
         ids = q.submit(specs, subject=subject)
     if fmt == "json":

@@ -49,6 +49,7 @@ from gitqueue.gitstore import (
     is_local_path,
 )
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
+from gitqueue.sweep import Sweep
 from gitqueue.task import (
     PERSON_FIELDS,
     SEQ_DIGITS,
@@ -485,6 +486,15 @@ class Queue:
             )
 
         return self._transact(build) or [t for t, _ in prepared if t]
+
+    def submit_sweep(self, plan: Sweep, **fields: Any) -> list[str]:
+        """Add every task of a sweep (grid, samples, repeats) in one commit whose subject says
+        what made them; ``fields`` (``priority``, ``tags``, ``after``, ...) go into each task.
+
+        >>> q.submit_sweep(Sweep(sample={"lr": "loguniform:1e-5:1e-1"}, samples=50, seed=0))  # doctest: +SKIP
+        """
+        args = plan.args()
+        return self.submit([{**fields, "args": a} for a in args], subject=plan.subject(len(args)))
 
     # ------------------------------------------------------------ claiming and finishing
 
