@@ -445,10 +445,14 @@ def show(
     _check_format(fmt, ("yaml", "json"))
     with Queue.open(queue) as q:
         task = q.get(task_id)
+        waiting = q.waiting_on(task)
     if fmt == "json":
-        _print_json(task.to_dict())
+        _print_json({**task.to_dict(), "waiting": waiting and waiting.to_dict()})
     else:
         typer.echo(f"# {task.path} ({task.state.value})")
+        if waiting is not None:
+            on = ", ".join(f"{dep} ({state})" for dep, state in waiting.on.items())
+            typer.echo(f"# waits on {on}" + (f"; stuck: {waiting.stuck}" if waiting.stuck else ""))
         typer.echo(task.text, nl=not task.text.endswith("\n"))
 
 
@@ -493,6 +497,10 @@ def _status_view(info: dict[str, Any]) -> Table:
     if info["oldest_pending"]:
         oldest = info["oldest_pending"]
         grid.add_row(f"oldest pending: {oldest['id']} (submitted {oldest['submitted']})")
+    if info["waiting"]:
+        grid.add_row(f"waiting on other tasks: {info['waiting']} (stuck {len(info['stuck'])})")
+    for row in info["stuck"]:
+        grid.add_row(f"[red]stuck[/] {row['id']}: {row['stuck']}")
     if info["running"]:
         running = Table(box=None, header_style="bold", pad_edge=False)
         for column in ("RUNNING", "WORKER", "ATTEMPT", "FOR"):

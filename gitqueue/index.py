@@ -1,7 +1,8 @@
 """What choosing and counting need to know about every task, without keeping every task.
 
 A :class:`Summary` is the small part of a task file that claiming and ``status`` read:
-priority, requires, whether it has a ``cmd``, and the claim of a running task. Summaries
+priority, requires, whether it has a ``cmd``, what it waits ``after``, and the claim of a
+running task. Summaries
 are keyed by the file's path and blob id, so a summary never goes stale: a changed file is
 a new blob. They are kept in memory for the life of a process and in a SQLite file in the
 local cache, shared by every gitqueue process on the machine, so that a new worker or a
@@ -38,6 +39,7 @@ class Summary:
     claimed_at: str | None = None
     attempt: int | None = None
     error: str | None = None  # the file is not a valid task: why
+    after: tuple[str, ...] = ()  # ids that must be done before it is claimed
 
     @classmethod
     def of(cls, task: Task) -> Summary:
@@ -53,6 +55,7 @@ class Summary:
             worker=run.get("worker"),
             claimed_at=run.get("claimed_at"),
             attempt=run.get("attempt"),
+            after=tuple(task.after),
         )
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -68,6 +71,8 @@ class Summary:
         summary = cls(*values)
         if summary.requires:
             object.__setattr__(summary, "requires", tuple((k, tuple(v)) for k, v in summary.requires))
+        if summary.after:
+            object.__setattr__(summary, "after", tuple(summary.after))
         return summary
 
 
@@ -77,6 +82,9 @@ def _db_key(path: str, blob: str) -> str:
 
 
 READ_CHUNK = 5000  # files read and parsed at a time
+# Named after the Summary's layout: a process that knows more fields (``after``) must not read
+# the summaries an older one made of the same blobs (it refused them as unknown fields).
+TABLE = "summary_v2"
 
 
 class SummaryStore:
@@ -98,7 +106,7 @@ class SummaryStore:
                 self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=OFF")
-                self._db.execute("CREATE TABLE IF NOT EXISTS summary (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
+                self._db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
             except sqlite3.Error:
                 self._db = None  # a cache, not a source of truth: work without it
 
@@ -144,7 +152,7 @@ class SummaryStore:
             return
         rows = [(_db_key(p, b), s.dump()) for (p, b), s in made.items()]
         try:
-            self._db.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
+            self._db.executemany(f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?)", rows)
         except sqlite3.Error:
             pass  # a cache: the next process parses again
 
@@ -156,7 +164,7 @@ class SummaryStore:
             for start in range(0, len(names), 500):
                 chunk = names[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for key, data in self._db.execute(f"SELECT key, data FROM summary WHERE key IN ({marks})", chunk):
+                for key, data in self._db.execute(f"SELECT key, data FROM {TABLE} WHERE key IN ({marks})", chunk):
                     self._memory[wanted[key]] = Summary.load(data)
         except (sqlite3.Error, ValueError, TypeError, KeyError):
             pass

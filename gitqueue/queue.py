@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitqueue import config, edits, filters, history
+from gitqueue import config, deps, edits, filters, history
 from gitqueue import validate as rules
 from gitqueue.errors import (
     EditConflict,
@@ -407,12 +407,15 @@ class Queue:
         return self.snapshot().get(task_id)
 
     def status(self) -> dict[str, Any]:
-        """Counts per state, the oldest pending task, and who runs what for how long."""
+        """Counts per state, the oldest pending task, who runs what for how long, and the
+        pending tasks that wait on others (``waiting``; with the reason, those ``stuck``)."""
         snap = self.snapshot()
         counts = {state.value: 0 for state in State}
         oldest: tuple[str, str] | None = None  # (submitted at, id)
         running = []
         invalid = []
+        waiting: list[deps.Waiting] = []
+        states = snap.states()
         now = self.clock()
         for entry, summary in snap.summaries():
             if summary.error is not None:
@@ -423,6 +426,8 @@ class Queue:
                 key = (summary.submitted_at or "", entry.id)
                 if oldest is None or key < oldest:
                     oldest = key
+                if summary.after and (held := states.waiting(entry.id, summary.after)) is not None:
+                    waiting.append(held)
             elif entry.state is State.RUNNING:
                 age = now - parse_time(summary.claimed_at) if summary.claimed_at else None
                 running.append(
@@ -440,8 +445,16 @@ class Queue:
             "total": sum(counts.values()),
             "oldest_pending": None if oldest is None else {"id": oldest[1], "submitted": oldest[0] or None},
             "running": sorted(running, key=lambda r: id_order(r["id"])),
+            "waiting": len(waiting),
+            "stuck": [w.to_dict() for w in sorted(waiting, key=lambda w: id_order(w.task_id)) if w.stuck],
             "invalid": invalid,
         }
+
+    def waiting_on(self, task: Task) -> deps.Waiting | None:
+        """What a pending ``task`` waits on before it can be claimed, and why it is stuck."""
+        if task.state is not State.PENDING or not task.after:
+            return None
+        return self.snapshot().states().waiting(task.id, task.after)
 
     # ------------------------------------------------------------ submitting
 
@@ -553,7 +566,9 @@ class Queue:
                 change = change.then(step)
                 change.value.tasks.append(step.value)
             if then_claim is not None:
-                claim = self._claim_change(snap, **then_claim, finishing=len(change.value.tasks))
+                finished = change.value.tasks
+                done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
+                claim = self._claim_change(snap, **then_claim, finishing=len(finished), done=done)
                 if claim is not None:
                     change = change.then(claim)
                     change.value.claimed = claim.value
@@ -625,6 +640,7 @@ class Queue:
         eligible: Callable[[Task], bool] | None = None,
         count: int = 1,
         finishing: int = 0,
+        done: Iterable[str] = (),
     ) -> Change | None:
         """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
 
@@ -644,7 +660,7 @@ class Queue:
             count = max(1, min(count, share - max(0, holders[self.worker])))
         change: Change | None = None
         runs: list[Run] = []
-        for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible)):
+        for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible), done=done):
             record = {
                 "token": secrets.token_hex(8),
                 "worker": self.worker,
@@ -970,17 +986,26 @@ def best_pending(
 
 
 def pending_in_order(
-    snap: Snapshot, labels: Mapping[str, str], eligible: Callable[[Task], bool] | None = None
+    snap: Snapshot,
+    labels: Mapping[str, str],
+    eligible: Callable[[Task], bool] | None = None,
+    *,
+    done: Iterable[str] = (),
 ) -> Iterator[Task]:
-    """Valid pending tasks this worker may take, best first (invalid files are never claimed).
+    """Valid pending tasks this worker may take, best first (invalid files are never claimed),
+    leaving out those whose ``after`` names a task not done yet (``done``: ids this very
+    commit finishes as done).
 
     Each group of pending files is sorted once per tree id and the groups are merged
     lazily, so taking the first few reads only the first few of each group.
     """
     summaries = snap.cache.summaries
+    states = snap.states(done)
     for _rank, _order, entry in heapq.merge(*snap.pending_groups(), key=lambda c: (c[0], c[1])):
         summary = summaries.get(entry)
         if summary.error is not None or not summary.matches(labels):
+            continue
+        if summary.after and not states.ready(summary.after):
             continue
         try:
             task = snap.cache.task(entry)

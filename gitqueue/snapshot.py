@@ -7,10 +7,11 @@ queue after a fetch only parses what changed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
+from gitqueue import deps
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
 from gitqueue.gitstore import BLOB_MODE, LINK_MODE, TREE_MODE, GitStore
@@ -243,6 +244,19 @@ class Snapshot:
                 if entry and entry[0] != TREE_MODE:
                     return Entry(f"{state.value}/{sub}/{name}", entry[1], state, task_id, entry[0])
         return None
+
+    def state_of(self, task_id: str) -> State | None:
+        """The state of ``task_id`` (None if no task has that id)."""
+        try:
+            entry = self.locate(task_id)
+        except GitqueueError:
+            return None
+        return None if entry is None else entry.state
+
+    def states(self, done: Iterable[str] = ()) -> deps.States:
+        """Task states looked up once each, for judging ``after``; ``done`` counts as done
+        already (tasks this very commit finishes)."""
+        return deps.States(self.state_of, done)
 
     def get(self, task_id: str) -> Task:
         """The task ``task_id``, or a unique task whose id starts with it."""

@@ -2,7 +2,7 @@
 
 A task file has two parts. Above the marker line is what a person wrote (or what
 ``submit`` wrote for them): ``args``, ``priority``, ``tags``, ``requires``,
-``max_attempts``, ``lease``, ``cmd``. Below it is what gitqueue records: ``submitted``,
+``max_attempts``, ``lease``, ``cmd``, ``after``. Below it is what gitqueue records: ``submitted``,
 ``run``, ``attempts``, ``result``. gitqueue only ever rewrites the part below the marker,
 so a person's lines, comments and key order survive every move.
 """
@@ -28,7 +28,7 @@ MAX_DEPTH = 32
 MAX_ALIASES = 64
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "cmd")
+PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "cmd", "after")
 GITQUEUE_FIELDS = ("submitted", "run", "attempts", "requeued", "result")
 # Outcomes of an attempt that use up one of the task's max_attempts.
 SPENT_OUTCOMES = frozenset({"failed", "reaped"})
@@ -95,6 +95,7 @@ class Task:
     max_attempts: int | None = None
     lease: int | None = None
     cmd: list[str] | None = None
+    after: list[str] = field(default_factory=list)  # ids that must be done before this task is claimed
     submitted: dict[str, Any] | None = None
     run: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -131,6 +132,8 @@ class Task:
         for key in ("max_attempts", "lease", "cmd"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.after:
+            out["after"] = self.after
         return out
 
     def gitqueue_fields(self) -> dict[str, Any]:
@@ -306,6 +309,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         ("max_attempts", int, "an integer"),
         ("lease", int, "an integer (seconds)"),
         ("cmd", list, "a list of strings (an argv)"),
+        ("after", list, "a list of task ids"),
         ("submitted", dict, "a mapping"),
         ("run", dict, "a mapping"),
         ("attempts", list, "a list"),
@@ -320,6 +324,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         raise InvalidTask(path, "field 'lease' must be at least 1 second")
     if data.get("cmd") is not None and (not data["cmd"] or not all(isinstance(a, str) for a in data["cmd"])):
         raise InvalidTask(path, "field 'cmd' must be a non-empty list of strings (an argv)")
+    after = _after(path, task_id, data.get("after") or [])
     tags = data.get("tags") or []
     if not all(isinstance(t, str | int | float) and not isinstance(t, bool) for t in tags):
         raise InvalidTask(path, "field 'tags' must be a list of plain words")
@@ -335,6 +340,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         max_attempts=data.get("max_attempts"),
         lease=data.get("lease"),
         cmd=data.get("cmd"),
+        after=after,
         submitted=data.get("submitted"),
         run=data.get("run") if state is State.RUNNING else None,
         attempts=data.get("attempts") or [],
@@ -343,6 +349,18 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         path=path,
         text=text,
     )
+
+
+def _after(path: str, task_id: str, after: list[Any]) -> list[str]:
+    """The ids of ``after``: each a valid id, none twice, not the task itself."""
+    for dep in after:
+        if not isinstance(dep, str) or not ID_RE.fullmatch(dep) or dep in {".", ".."}:
+            raise InvalidTask(path, f"field 'after' must list task ids, and {dep!r:.60} is not one")
+    if task_id in after:
+        raise InvalidTask(path, f"field 'after' names the task itself ({task_id!r}): it would wait forever")
+    if len(set(after)) != len(after):
+        raise InvalidTask(path, "field 'after' names a task twice")
+    return [str(dep) for dep in after]
 
 
 def parse_task(raw: bytes, *, path: str) -> Task:
