@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gitqueue.errors import InvalidTask
 from gitqueue.task import Task
@@ -172,6 +172,20 @@ class SummaryStore:
 
 
 Candidate = tuple[int, str, Any]  # (-priority, id_order(id), entry): sorts best first
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remembered(memo: OrderedDict[K, V], key: K, make: Callable[[], V], limit: int) -> V:
+    """``memo[key]``, made by ``make`` if missing; the least recently used go beyond ``limit``."""
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = make()
+        if len(memo) > limit:
+            memo.popitem(last=False)
+    else:
+        memo.move_to_end(key)
+    return found
 
 
 class CandidateOrder:
@@ -180,6 +194,16 @@ class CandidateOrder:
     def __init__(self, limit: int = 2048) -> None:
         self.limit = limit
         self._sorted: OrderedDict[str, list[Candidate]] = OrderedDict()
+        self._waits_on: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # ids a group's tasks wait after
+        self._ready: OrderedDict[tuple[str, tuple[bool, ...]], list[Candidate]] = OrderedDict()
+
+    def waits_on(self, key: str, make: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
+        """The ids the tasks of group ``key`` name in ``after`` (sorted; made once per tree id)."""
+        return _remembered(self._waits_on, key, make, self.limit)
+
+    def ready(self, key: str, done: tuple[bool, ...], make: Callable[[], list[Candidate]]) -> list[Candidate]:
+        """Group ``key`` without its waiting tasks, given which of :meth:`waits_on` are ``done``."""
+        return _remembered(self._ready, (key, done), make, self.limit)
 
     def has(self, key: str) -> bool:
         return key in self._sorted

@@ -1000,12 +1000,9 @@ def pending_in_order(
     lazily, so taking the first few reads only the first few of each group.
     """
     summaries = snap.cache.summaries
-    states = snap.states(done)
-    for _rank, _order, entry in heapq.merge(*snap.pending_groups(), key=lambda c: (c[0], c[1])):
+    for _rank, _order, entry in heapq.merge(*snap.ready_groups(snap.states(done)), key=lambda c: (c[0], c[1])):
         summary = summaries.get(entry)
         if summary.error is not None or not summary.matches(labels):
-            continue
-        if summary.after and not states.ready(summary.after):
             continue
         try:
             task = snap.cache.task(entry)

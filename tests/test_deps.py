@@ -126,3 +126,16 @@ def test_validate_reports_unknown_ids_and_cycles_in_a_clone(
         "pending/x.yaml: field 'after' makes a cycle: x -> y -> z -> x (each waits for the next: none would ever run)",
         "pending/z.yaml: field 'after' names 'gone', which is no task of the queue",
     ]
+
+
+def test_waiting_tasks_in_fanned_out_folders_go_once_their_task_is_done(queue: Queue) -> None:
+    specs = [{"id": f"{i:05d}-t", "args": {"i": i}, "after": ["gate"] if i < 600 else []} for i in range(1100)]
+    queue.submit([{"id": "gate", "args": {}, "priority": 1}, *specs])  # more than a flat folder holds
+    gate = queue.claim()
+    assert gate is not None and gate.id == "gate"
+    first = queue.claim_batch(3)
+    assert [run.id for run in first] == ["00600-t", "00601-t", "00602-t"]  # the 600 before wait on the gate
+    finished = queue.finish(Report("gate", gate.token, "done"), then_claim={"count": 2})
+    assert [run.id for run in finished.claimed] == ["00000-t", "00001-t"]
+    queue.requeue(["gate"])  # not done any more: the rest wait again
+    assert [run.id for run in queue.claim_batch(2)] == ["gate", "00603-t"]
