@@ -252,6 +252,66 @@ def submit(
 
 
 @app.command()
+def tune(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study: space, metric, trials.")],
+    best: Annotated[bool, typer.Option("--best", help="Print the best trial's args and result, and exit.")] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at the queue.")] = 5.0,
+    queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json (with --best).")] = "table",
+) -> None:
+    """Run an Optuna search whose storage is the queue: keep `parallel` trials in it until
+    `trials` are done. Stop it and start it again anywhere: it goes on from the queue's tasks.
+    Needs `pip install 'gitqueue[tune]'`.
+
+    \b
+    A study file:
+      study: quad            # the tag its trials carry; trial 7 is the task quad-0007
+      metric: result.loss
+      direction: minimize    # or maximize
+      trials: 30
+      parallel: 3            # trials pending or running at once
+      sampler: tpe           # or random, cmaes
+      space: {x: "uniform:-5:5", y: "uniform:-5:5", lr: "loguniform:1e-5:1e-1"}
+
+    \b
+    Examples:
+      gitqueue tune quad.yaml &
+      gitqueue work --wait -- python quad.py --x {x} --y {y}
+      gitqueue tune quad.yaml --best
+    """
+    from gitqueue.tune import Study, Tuner
+
+    _check_format(fmt, ("table", "json"))
+    study = Study.load(study_file)
+    with Queue.open(queue) as q:
+        tuner = Tuner(q, study)
+        if best:
+            progress = tuner.progress(tuner.trials())
+        else:
+            try:
+                progress = tuner.run(poll=poll, sleep=time.sleep, say=lambda p: err.print(_tune_line(study.name, p)))
+            except KeyboardInterrupt:
+                err.print(f"{study.name}: stopped; `gitqueue tune {study_file}` goes on from the queue")
+                raise typer.Exit(130) from None
+    if not best:
+        return
+    if progress.best is None:
+        raise GitqueueError(f"{study.name}: no trial is done with {study.metric} yet")
+    found = {"id": progress.best.id, "value": progress.best_value, "args": progress.best.args}
+    if fmt == "json":
+        _print_json({**found, "result": progress.best.result})
+    else:
+        typer.echo(f"{found['id']}  {study.metric} = {found['value']}")
+        typer.echo(f"args:   {json.dumps(found['args'])}")
+        typer.echo(f"result: {json.dumps(progress.best.result, default=str)}")
+
+
+def _tune_line(name: str, progress: Any) -> str:
+    best = "" if progress.best is None else f", best {progress.best_value:.6g} ({progress.best.id})"
+    return f"{name}: {progress.done} done, {progress.failed} failed, {progress.queued} in the queue{best}"
+
+
+@app.command()
 def claim(
     worker: WorkerOpt = None,
     label: Annotated[

@@ -89,6 +89,12 @@ class InvalidSweep(GitqueueError):
     exit_code = 2
 
 
+class InvalidStudy(GitqueueError):
+    """A study file for ``gitqueue tune`` that cannot be used (the message names the file)."""
+
+    exit_code = 2
+
+
 class EditConflict(GitqueueError):
     """Someone else changed a task's lines while a person was editing them; nothing was written.
 
