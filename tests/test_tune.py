@@ -205,3 +205,12 @@ def test_a_bad_study_file_is_refused_naming_the_file(
     gq("init", bare_remote)
     result = gq("tune", path, code=2)
     assert problem in result.stderr
+
+
+def test_the_readme_shows_the_example_study_as_it_is() -> None:
+    example = REPO / "examples" / "search.yaml"
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split("(this is `examples/search.yaml`):\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    assert shown == "".join(example.read_text().splitlines(keepends=True)[1:])  # all but its header comment
+    study = Study.load(example)
+    assert (study.name, study.trials, study.parallel, sorted(study.space)) == ("search", 12, 2, ["bs", "lr"])
