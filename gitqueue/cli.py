@@ -226,6 +226,8 @@ def submit(
     if after:
         common["after"] = list(after)
     specs: list[dict[str, Any]] = []
+    if source and (plan.sample or plan.repeat):
+        raise typer.BadParameter("--sample and --repeat make tasks of their own: they do not apply to --from's tasks")
     if source:
         specs = [{**common, **spec} if isinstance(spec, dict) else spec for spec in read_specs(source)]
     if not plan.empty:

@@ -63,6 +63,9 @@ def test_a_key_given_twice_is_refused(cli_queue: str, remote_repo: RemoteRepo) -
     assert "given twice" in gq("submit", "lr=0.1", "--grid", "lr=0.3,0.4", code=2).stderr
     assert "given twice" in gq("submit", "--grid", "lr=0.3,0.4", "--sample", "lr=uniform:0:1", code=2).stderr
     assert "given twice" in gq("submit", "--grid", "seed=1,2", "--repeat", "2", code=2).stderr
+    assert (
+        "do not apply to --from" in gq("submit", "--from", "-", "--repeat", "2", input="- {args: {}}\n", code=2).output
+    )
     assert remote_repo.tip() == tip
 
 
