@@ -74,7 +74,15 @@ class Distribution:
             value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         else:
             value = rng.uniform(self.low, self.high)
-        return float(f"{value:.{SIGNIFICANT}g}")
+        return min(max(float(f"{value:.{SIGNIFICANT}g}"), self.low), self.high)  # rounded, never beyond a bound
+
+    def contains(self, value: Any) -> bool:
+        """True if ``value`` is one this distribution could give."""
+        if self.kind == "choice":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int if self.kind == "int" else int | float):
+            return False
+        return self.low <= value <= self.high
 
     @property
     def spec(self) -> str:

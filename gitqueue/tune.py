@@ -216,7 +216,7 @@ class Tuner:
         distributions = self._distributions()
         for _number, task in sorted(trials.items()):
             params = {k: task.args[k] for k in distributions if k in task.args}
-            if len(params) != len(distributions) or not _within(params, distributions):
+            if len(params) != len(distributions) or not all(d.contains(params[k]) for k, d in self.study.space.items()):
                 continue  # edited by hand beyond the space: Optuna could not hold it
             value = self.study.value(task) if task.state is State.DONE else None
             if value is not None:
@@ -253,13 +253,6 @@ class Tuner:
             if progress.finished >= self.study.trials:
                 return progress
             sleep(poll)
-
-
-def _within(params: Mapping[str, Any], distributions: Mapping[str, Any]) -> bool:
-    try:
-        return all(dist._contains(dist.to_internal_repr(params[key])) for key, dist in distributions.items())
-    except (ValueError, TypeError):
-        return False
 
 
 def _optuna_distribution(optuna: Any, dist: Distribution) -> Any:
