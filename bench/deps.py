@@ -9,7 +9,9 @@ For each size N, two queues of N pending tasks are built on one remote kind (pat
 
 A warm worker then claims and finishes tasks one by one; the figure is the median of a
 claim, of a finish plus the next claim in one commit, and the raw-git cycle at that size
-(as in (d)) measured in the same run. ``python -m bench.deps --sizes 1000,100000``.
+(as in (d)) measured in the same run. Beside them, in-process and so less moved by the
+machine's load: how long choosing the task takes on one fetched view, as claiming does it
+and by passing over each waiting task one by one. ``python -m bench.deps --sizes 1000,100000``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class DepsResult:
     finish_claim: float
     claims: int
     raw_cycle: float
+    choose: float  # in-process: pick the best claimable task on a fetched view (no push)
+    choose_scanning: float  # the same, looking at every waiting task on the way (how it was first written)
 
 
 def build(url: str, folder: Path, *, tasks: int, waiting: bool) -> None:
@@ -77,8 +81,37 @@ def measure(url: str, folder: Path, *, tasks: int, layout: str, claims: int, bud
             q.finish(Report(other.id, other.token, "done"))
             if time.monotonic() > deadline:
                 break
+        choose, scanning = choosing(q)
     raw = run_cycles(url, folder / "raw.git", how="mktree", cycles=10, budget=budget / 2)
-    return DepsResult(tasks, layout, median(claim_times), median(cycle_times), len(claim_times), median(raw.cycle))
+    return DepsResult(
+        tasks, layout, median(claim_times), median(cycle_times), len(claim_times), median(raw.cycle), choose, scanning
+    )
+
+
+def choosing(q: object, repeats: int = 7) -> tuple[float, float]:
+    """Median seconds to find the best claimable task on one fetched view: as claiming does,
+    and by passing over each waiting task one by one (the cost the per-folder memo avoids)."""
+    import heapq
+
+    from gitqueue.queue import pending_in_order
+
+    snap = q.snapshot()  # type: ignore[attr-defined]
+    fast, slow = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        first = next(pending_in_order(snap, {}), None)
+        fast.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        states, summaries = snap.states(), snap.cache.summaries
+        found = None
+        for _rank, _order, entry in heapq.merge(*snap.pending_groups(), key=lambda c: (c[0], c[1])):
+            summary = summaries.get(entry)
+            if not summary.after or states.ready(summary.after):
+                found = entry
+                break
+        slow.append(time.perf_counter() - t0)
+        assert first is not None and found is not None and found.id == first.id, (first, found)
+    return median(fast), median(slow)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         f"# (g) claiming with after: dependencies ({info['date']}, {info['nproc']} cores, {info['cpu']}, "
         f"git {info['git']}, commit {info['commit']})",
         "",
-        "| tasks | layout | claim | finish + claim | raw git cycle | claims |",
-        "|---|---|---|---|---|---|",
+        "| tasks | layout | claim | finish + claim | raw git cycle | choose (in-process) | choose, scanning "
+        "each waiting task | claims |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r.tasks:,} | {r.layout} | {ms(r.claim)} | {ms(r.finish_claim)} | {ms(r.raw_cycle)} | {r.claims} |"
+        f"| {r.tasks:,} | {r.layout} | {ms(r.claim)} | {ms(r.finish_claim)} | {ms(r.raw_cycle)} | {ms(r.choose)} | "
+        f"{ms(r.choose_scanning)} | {r.claims} |"
         for r in results
     ]
     text = "\n".join(lines) + "\n"
