@@ -2,15 +2,16 @@
 
 A :class:`Summary` is the small part of a task file that claiming and ``status`` read:
 priority, requires, whether it has a ``cmd``, what it waits ``after``, and the claim of a
-running task. Summaries
-are keyed by the file's path and blob id, so a summary never goes stale: a changed file is
-a new blob. They are kept in memory for the life of a process and in a SQLite file in the
-local cache, shared by every gitqueue process on the machine, so that a new worker or a
-``status`` call on a 100,000-task queue parses only what no process has parsed before.
+running task. Summaries are keyed by the file's path and blob id, so a summary never goes
+stale: a changed file is a new blob. They are kept in memory for the life of a process and
+in a SQLite file in the local cache, shared by every gitqueue process on the machine, so that
+a new worker or a ``status`` call on a 100,000-task queue parses only what no process has
+parsed before.
 
 Claiming reads the pending folder as groups (the flat files, and each fan-out subfolder);
 each group's candidates are sorted once per tree id, so after a claim only the one or two
-groups whose trees changed are sorted again.
+groups whose trees changed are sorted again. A group whose tasks wait ``after`` others is
+filtered once per tree id and states of the ids they wait on, not at every claim.
 """
 
 from __future__ import annotations
