@@ -214,3 +214,27 @@ def test_the_readme_shows_the_example_study_as_it_is() -> None:
     assert shown == "".join(example.read_text().splitlines(keepends=True)[1:])  # all but its header comment
     study = Study.load(example)
     assert (study.name, study.trials, study.parallel, sorted(study.space)) == ("search", 12, 2, ["bs", "lr"])
+
+
+def test_failed_cancelled_and_metricless_trials_are_told_to_optuna_as_failed(queue: Queue) -> None:
+    study = Study.from_mapping(
+        {"study": "s", "metric": "result.loss", "trials": 4, "parallel": 4, "sampler": "random",
+         "space": {"x": "uniform:0:1"}},
+        where="s.yaml",
+    )  # fmt: skip
+    tuner = Tuner(queue, study)
+    assert tuner.step().submitted == ["s-0000", "s-0001", "s-0002", "s-0003"]
+    queue.set_fields("s-0001", {"max_attempts": 1})
+    for outcome in ("done", "fail", "no metric"):
+        run = queue.claim()
+        assert run is not None
+        if outcome == "fail":
+            run.fail("diverged")
+        else:
+            run.done({"loss": 0.5} if outcome == "done" else {"acc": 0.9})
+    queue.cancel(["s-0003"])
+    progress = tuner.step()
+    assert (progress.done, progress.failed, progress.queued, progress.submitted) == (1, 3, 0, [])
+    assert progress.best is not None and (progress.best.id, progress.best_value) == ("s-0000", 0.5)
+    states = [trial.state.name for trial in tuner.rebuild(tuner.trials()).trials]
+    assert states == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
