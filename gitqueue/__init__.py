@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from gitqueue.errors import (
     AuthenticationFailed,
     GitqueueError,
+    InvalidSweep,
     InvalidTask,
     InvalidTransition,
     NotHeld,
@@ -18,6 +19,7 @@ from gitqueue.task import State, Task
 
 if TYPE_CHECKING:
     from gitqueue.queue import Queue, Run
+    from gitqueue.sweep import Sweep
     from gitqueue.worker import current_task, loop
 
 __version__ = "0.1.0"
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthenticationFailed",
     "GitqueueError",
+    "InvalidSweep",
     "InvalidTask",
     "InvalidTransition",
     "NotHeld",
@@ -34,6 +37,7 @@ __all__ = [
     "RemoteUnavailable",
     "Run",
     "State",
+    "Sweep",
     "Task",
     "TaskExists",
     "TaskNotFound",
@@ -49,6 +53,10 @@ def __getattr__(name: str) -> Any:
         from gitqueue import queue
 
         return getattr(queue, name)
+    if name == "Sweep":
+        from gitqueue.sweep import Sweep
+
+        return Sweep
     if name in ("loop", "current_task"):  # the experiment-script API (issue 3): @gitqueue.loop
         from gitqueue import worker
 

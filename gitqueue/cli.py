@@ -6,7 +6,6 @@ on stderr and the exit code their class names (see ``gitqueue --help``).
 
 from __future__ import annotations
 
-import itertools
 import json
 import shlex
 import sys
@@ -28,6 +27,7 @@ from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToC
 from gitqueue.gitstore import LocalRepo
 from gitqueue.queue import Queue, default_worker
 from gitqueue.snapshot import Problem
+from gitqueue.sweep import Sweep, parse_value
 from gitqueue.task import State, Task, load_yaml
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
@@ -131,15 +131,6 @@ def _root(
 # ---------------------------------------------------------------- parsing helpers
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value as a YAML scalar: ``0.01`` is a float, ``true`` a bool, ``a`` a str."""
-    try:
-        value = load_yaml(text, path="<command line>")
-    except InvalidTask:
-        return text
-    return text if value is None and text != "null" else value
-
-
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, Any]:
     """``["lr=0.01", "bs=32"]`` -> ``{"lr": 0.01, "bs": 32}``."""
     pairs: dict[str, Any] = {}
@@ -238,6 +229,14 @@ def submit(
     grid: Annotated[
         list[str] | None, typer.Option("--grid", "-g", metavar="KEY=V1,V2,...", help="Sweep over these values.")
     ] = None,
+    sample: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=loguniform:A:B, uniform:A:B, int:A:B or choice:V1,V2: sample the values."),
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="How many samples (each grid point gets them all).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the samples: the same seed makes the same tasks.")] = None,
+    repeat: Annotated[int | None, typer.Option(help="Repeat each task N times with seed: 0..N-1.")] = None,
+    repeat_key: Annotated[str | None, typer.Option(help="The arg --repeat sets [default: seed].")] = None,
     source: Annotated[str | None, typer.Option("--from", help="YAML or JSONL file of tasks, - for stdin.")] = None,
     priority: Annotated[int | None, typer.Option(help="Higher runs first [default: 0].")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")] = None,
@@ -246,24 +245,35 @@ def submit(
     ] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Runs before the task fails for good.")] = None,
     lease: Annotated[int | None, typer.Option(help="Seconds a run holds the task without a heartbeat.")] = None,
+    after: Annotated[
+        list[str] | None, typer.Option("--after", help="ID of a task that must be done first (repeatable).")
+    ] = None,
     task_id: Annotated[str | None, typer.Option("--id", help="Id of the task (one task only).")] = None,
     queue: QueueOpt = None,
     fmt: FormatOpt = "ids",
 ) -> None:
-    """Add tasks: one, a grid (cartesian product) or a file of them, in one commit.
+    """Add tasks: one, a grid (cartesian product), random samples or a file of them, in one commit.
 
     \b
     Examples:
       gitqueue submit lr=0.01 bs=32
       gitqueue submit --grid lr=0.1,0.01,0.001 --grid bs=32,64 --tag sweep-1
+      gitqueue submit --sample lr=loguniform:1e-5:1e-1 --sample bs=choice:16,32,64 --samples 50 --seed 0
+      gitqueue submit --grid model=a,b --repeat 3          # seed: 0, 1, 2 for each model
+      gitqueue submit eval=1 --after 000012-lr0.01         # claimed once 000012-lr0.01 is done
       gitqueue submit --from tasks.yaml      # a list of {args: ..., priority: ...}
       seq 5 | jq -c '{args: {seed: .}}' | gitqueue submit --from -
     """
     _check_format(fmt, ("ids", "json"))
-    fixed = parse_pairs(pairs, "KEY=VALUE")
-    axes = {k: v.split(",") for k, v in ((g.partition("=")[0], g.partition("=")[2]) for g in grid or [])}
-    if any(not k for k in axes):
-        raise typer.BadParameter("expected KEY=V1,V2,...", param_hint="--grid")
+    plan = Sweep.from_specs(
+        fixed=pairs or [],
+        grid=grid or [],
+        sample=sample or [],
+        samples=samples,
+        seed=seed,
+        repeat=repeat,
+        repeat_key=repeat_key,
+    )
     common: dict[str, Any] = {}
     for key, value in (("priority", priority), ("max_attempts", max_attempts), ("lease", lease)):
         if value is not None:
@@ -272,23 +282,26 @@ def submit(
         common["tags"] = list(tag)
     if require:
         common["requires"] = parse_pairs(require, "--require")
+    if after:
+        common["after"] = list(after)
     specs: list[dict[str, Any]] = []
+    if source and (plan.sample or plan.repeat):
+        raise typer.BadParameter("--sample and --repeat make tasks of their own: they do not apply to --from's tasks")
     if source:
         specs = [{**common, **spec} if isinstance(spec, dict) else spec for spec in read_specs(source)]
-    if axes:
-        for values in itertools.product(*axes.values()):
-            args = {**fixed, **{k: parse_value(v) for k, v in zip(axes, values, strict=True)}}
-            specs.append({**common, "args": args})
+    if not plan.empty:
+        specs += [{**common, "args": args} for args in plan.args()]
     elif pairs or task_id is not None:
-        specs.append({**common, "args": fixed})
+        specs.append({**common, "args": dict(plan.fixed)})
     elif not source:
-        raise typer.BadParameter("nothing to submit: give KEY=VALUE pairs, --grid or --from (or --id for a task "
-                                 "without args)")
+        raise typer.BadParameter(
+            "nothing to submit: give KEY=VALUE pairs, --grid, --sample or --from (or --id for a task without args)"
+        )
     if task_id is not None:
         if len(specs) != 1:
             raise typer.BadParameter("--id names one task; a grid or file makes several", param_hint="--id")
         specs[0]["id"] = task_id
-    subject = f"submit {len(specs)} tasks: grid {' x '.join(axes)}" if axes and len(specs) > 1 else None
+    subject = plan.subject(len(specs)) if not plan.empty and len(specs) > 1 else None
     with Queue.open(queue) as q:
         ids = q.submit(specs, subject=subject)
     if fmt == "json":
@@ -297,6 +310,66 @@ def submit(
         for task_id_ in ids:
             typer.echo(task_id_)
         err.print(f"submitted {len(ids)} task{'s' if len(ids) != 1 else ''}")
+
+
+@app.command()
+def tune(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study: space, metric, trials.")],
+    best: Annotated[bool, typer.Option("--best", help="Print the best trial's args and result, and exit.")] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at the queue.")] = 5.0,
+    queue: QueueOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json (with --best).")] = "table",
+) -> None:
+    """Run an Optuna search whose storage is the queue: keep `parallel` trials in it until
+    `trials` are done. Stop it and start it again anywhere: it goes on from the queue's tasks.
+    Needs `pip install 'gitqueue[tune]'`.
+
+    \b
+    A study file:
+      study: quad            # the tag its trials carry; trial 7 is the task quad-0007
+      metric: result.loss
+      direction: minimize    # or maximize
+      trials: 30
+      parallel: 3            # trials pending or running at once
+      sampler: tpe           # or random, cmaes
+      space: {x: "uniform:-5:5", y: "uniform:-5:5", lr: "loguniform:1e-5:1e-1"}
+
+    \b
+    Examples:
+      gitqueue tune quad.yaml &
+      gitqueue work --wait -- python quad.py --x {x} --y {y}
+      gitqueue tune quad.yaml --best
+    """
+    from gitqueue.tune import Study, Tuner
+
+    _check_format(fmt, ("table", "json"))
+    study = Study.load(study_file)
+    with Queue.open(queue) as q:
+        tuner = Tuner(q, study)
+        if best:
+            progress = tuner.progress(tuner.trials())
+        else:
+            try:
+                progress = tuner.run(poll=poll, sleep=time.sleep, say=lambda p: err.print(_tune_line(study.name, p)))
+            except KeyboardInterrupt:
+                err.print(f"{study.name}: stopped; `gitqueue tune {study_file}` goes on from the queue")
+                raise typer.Exit(130) from None
+    if not best:
+        return
+    if progress.best is None:
+        raise GitqueueError(f"{study.name}: no trial is done with {study.metric} yet")
+    found = {"id": progress.best.id, "value": progress.best_value, "args": progress.best.args}
+    if fmt == "json":
+        _print_json({**found, "result": progress.best.result})
+    else:
+        typer.echo(f"{found['id']}  {study.metric} = {found['value']}")
+        typer.echo(f"args:   {json.dumps(found['args'])}")
+        typer.echo(f"result: {json.dumps(progress.best.result, default=str)}")
+
+
+def _tune_line(name: str, progress: Any) -> str:
+    best = "" if progress.best is None else f", best {progress.best_value:.6g} ({progress.best.id})"
+    return f"{name}: {progress.done} done, {progress.failed} failed, {progress.queued} in the queue{best}"
 
 
 @app.command()
@@ -521,10 +594,14 @@ def show(
     _check_format(fmt, ("yaml", "json"))
     with Queue.open(queue) as q:
         task = q.get(task_id)
+        waiting = q.waiting_on(task)
     if fmt == "json":
-        _print_json(task.to_dict())
+        _print_json({**task.to_dict(), "waiting": waiting and waiting.to_dict()})
     else:
         typer.echo(f"# {task.path} ({task.state.value})")
+        if waiting is not None:
+            on = ", ".join(f"{dep} ({state})" for dep, state in waiting.on.items())
+            typer.echo(f"# waits on {on}" + (f"; stuck: {waiting.stuck}" if waiting.stuck else ""))
         typer.echo(task.text, nl=not task.text.endswith("\n"))
 
 
@@ -577,6 +654,10 @@ def _status_view(info: dict[str, Any]) -> Table:
         oldest = info["oldest_pending"]
         when = f"submitted {oldest['submitted']}" if oldest["submitted"] else "written by hand: no submit time"
         grid.add_row(f"oldest pending: {oldest['id']} ({when})")
+    if info["waiting"]:
+        grid.add_row(f"waiting on other tasks: {info['waiting']} (stuck {len(info['stuck'])})")
+    for row in info["stuck"]:
+        grid.add_row(f"[red]stuck[/] {row['id']}: {escape(str(row['stuck']))}")
     if info["running"]:
         phases = [row["phase"] for row in info["running"]]
         grid.add_row(

@@ -96,6 +96,18 @@ class InvalidFilter(GitqueueError):
     exit_code = 2
 
 
+class InvalidSweep(GitqueueError):
+    """A grid, sample or repeat spec that cannot be read (the message quotes it)."""
+
+    exit_code = 2
+
+
+class InvalidStudy(GitqueueError):
+    """A study file for ``gitqueue tune`` that cannot be used (the message names the file)."""
+
+    exit_code = 2
+
+
 class EditConflict(GitqueueError):
     """Someone else changed a task's lines while a person was editing them; nothing was written.
 

@@ -1,15 +1,17 @@
 """What choosing and counting need to know about every task, without keeping every task.
 
 A :class:`Summary` is the small part of a task file that claiming and ``status`` read:
-priority, requires, whether it has a ``cmd``, and the claim of a running task. Summaries
-are keyed by the file's path and blob id, so a summary never goes stale: a changed file is
-a new blob. They are kept in memory for the life of a process and in a SQLite file in the
-local cache, shared by every gitqueue process on the machine, so that a new worker or a
-``status`` call on a 100,000-task queue parses only what no process has parsed before.
+priority, requires, whether it has a ``cmd``, what it waits ``after``, and the claim of a
+running task. Summaries are keyed by the file's path and blob id, so a summary never goes
+stale: a changed file is a new blob. They are kept in memory for the life of a process and
+in a SQLite file in the local cache, shared by every gitqueue process on the machine, so that
+a new worker or a ``status`` call on a 100,000-task queue parses only what no process has
+parsed before.
 
 Claiming reads the pending folder as groups (the flat files, and each fan-out subfolder);
 each group's candidates are sorted once per tree id, so after a claim only the one or two
-groups whose trees changed are sorted again.
+groups whose trees changed are sorted again. A group whose tasks wait ``after`` others is
+filtered once per tree id and states of the ids they wait on, not at every claim.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gitqueue.errors import InvalidTask
 from gitqueue.task import Task
@@ -38,6 +40,7 @@ class Summary:
     claimed_at: str | None = None
     attempt: int | None = None
     error: str | None = None  # the file is not a valid task: why
+    after: tuple[str, ...] = ()  # ids that must be done before it is claimed
 
     @classmethod
     def of(cls, task: Task) -> Summary:
@@ -53,6 +56,7 @@ class Summary:
             worker=run.get("worker"),
             claimed_at=run.get("claimed_at"),
             attempt=run.get("attempt"),
+            after=tuple(task.after),
         )
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -68,6 +72,8 @@ class Summary:
         summary = cls(*values)
         if summary.requires:
             object.__setattr__(summary, "requires", tuple((k, tuple(v)) for k, v in summary.requires))
+        if summary.after:
+            object.__setattr__(summary, "after", tuple(summary.after))
         return summary
 
 
@@ -77,6 +83,9 @@ def _db_key(path: str, blob: str) -> str:
 
 
 READ_CHUNK = 5000  # files read and parsed at a time
+# Named after the Summary's layout: a process that knows more fields (``after``) must not read
+# the summaries an older one made of the same blobs (it refused them as unknown fields).
+TABLE = "summary_v2"
 
 
 class SummaryStore:
@@ -98,7 +107,7 @@ class SummaryStore:
                 self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=OFF")
-                self._db.execute("CREATE TABLE IF NOT EXISTS summary (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
+                self._db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
             except sqlite3.Error:
                 self._db = None  # a cache, not a source of truth: work without it
 
@@ -144,7 +153,7 @@ class SummaryStore:
             return
         rows = [(_db_key(p, b), s.dump()) for (p, b), s in made.items()]
         try:
-            self._db.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
+            self._db.executemany(f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?)", rows)
         except sqlite3.Error:
             pass  # a cache: the next process parses again
 
@@ -156,7 +165,7 @@ class SummaryStore:
             for start in range(0, len(names), 500):
                 chunk = names[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for key, data in self._db.execute(f"SELECT key, data FROM summary WHERE key IN ({marks})", chunk):
+                for key, data in self._db.execute(f"SELECT key, data FROM {TABLE} WHERE key IN ({marks})", chunk):
                     self._memory[wanted[key]] = Summary.load(data)
         except (sqlite3.Error, ValueError, TypeError, KeyError):
             pass
@@ -164,6 +173,20 @@ class SummaryStore:
 
 
 Candidate = tuple[int, str, Any]  # (-priority, id_order(id), entry): sorts best first
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remembered(memo: OrderedDict[K, V], key: K, make: Callable[[], V], limit: int) -> V:
+    """``memo[key]``, made by ``make`` if missing; the least recently used go beyond ``limit``."""
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = make()
+        if len(memo) > limit:
+            memo.popitem(last=False)
+    else:
+        memo.move_to_end(key)
+    return found
 
 
 class CandidateOrder:
@@ -172,6 +195,16 @@ class CandidateOrder:
     def __init__(self, limit: int = 2048) -> None:
         self.limit = limit
         self._sorted: OrderedDict[str, list[Candidate]] = OrderedDict()
+        self._waits_on: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # ids a group's tasks wait after
+        self._ready: OrderedDict[tuple[str, tuple[bool, ...]], list[Candidate]] = OrderedDict()
+
+    def waits_on(self, key: str, make: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
+        """The ids the tasks of group ``key`` name in ``after`` (sorted; made once per tree id)."""
+        return _remembered(self._waits_on, key, make, self.limit)
+
+    def ready(self, key: str, done: tuple[bool, ...], make: Callable[[], list[Candidate]]) -> list[Candidate]:
+        """Group ``key`` without its waiting tasks, given which of :meth:`waits_on` are ``done``."""
+        return _remembered(self._ready, (key, done), make, self.limit)
 
     def has(self, key: str) -> bool:
         return key in self._sorted

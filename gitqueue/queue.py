@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from gitqueue import branches, config, edits, filters, history, leftovers
+from gitqueue import branches, config, deps, edits, filters, history, leftovers
 from gitqueue import validate as rules
 from gitqueue.errors import (
     CacheDamaged,
@@ -57,6 +57,7 @@ from gitqueue.gitstore import (
 )
 from gitqueue.index import Summary
 from gitqueue.snapshot import FLAT_LIMIT, Problem, Snapshot, TaskCache
+from gitqueue.sweep import Sweep
 from gitqueue.task import (
     PERSON_FIELDS,
     SEQ_DIGITS,
@@ -550,7 +551,8 @@ class Queue:
 
     @_heals
     def status(self) -> dict[str, Any]:
-        """Counts per state, the oldest pending task, and who runs what for how long.
+        """Counts per state, the oldest pending task, who runs what for how long, and the
+        pending tasks that wait on others (``waiting``; with the reason, those ``stuck``).
 
         Each running task's ``phase`` says how far its run is: ``running`` (it pushed a
         heartbeat, or its worker on this machine noted that it started), ``held`` (claimed in
@@ -570,6 +572,8 @@ class Queue:
         counts = {state.value: 0 for state in State}
         oldest: tuple[bool, str, str, str] | None = None  # (no time, submitted at, id order, id)
         running = []
+        waiting: list[deps.Waiting] = []
+        states = snap.states()
         now = self.clock()
         listed = list(snap.summaries())
         homes: dict[str, list[str]] = {}
@@ -591,6 +595,8 @@ class Queue:
                 key = (summary.submitted_at is None, summary.submitted_at or "", id_order(entry.id), entry.id)
                 if oldest is None or key < oldest:
                     oldest = key
+                if summary.after and (held := states.waiting(entry.id, summary.after)) is not None:
+                    waiting.append(held)
             elif entry.state is State.RUNNING:
                 run = runs.get(entry.id, {})
                 running.append(_running_row(entry.id, summary, now, run, noted.get(str(run.get("token")))))
@@ -608,8 +614,16 @@ class Queue:
             "oldest_pending": None if oldest is None else {"id": oldest[3], "submitted": oldest[1] or None},
             "running": sorted(running, key=lambda r: id_order(r["id"])),
             "stopping": sorted(stopping, key=lambda r: id_order(r["id"])),  # noted by workers of this machine
+            "waiting": len(waiting),
+            "stuck": [w.to_dict() for w in sorted(waiting, key=lambda w: id_order(w.task_id)) if w.stuck],
             "invalid": invalid,
         }
+
+    def waiting_on(self, task: Task) -> deps.Waiting | None:
+        """What a pending ``task`` waits on before it can be claimed, and why it is stuck."""
+        if task.state is not State.PENDING or not task.after:
+            return None
+        return self.snapshot().states().waiting(task.id, task.after)
 
     # ------------------------------------------------------------ submitting
 
@@ -654,6 +668,15 @@ class Queue:
             )
 
         return self._transact(build) or [t for t, _ in prepared if t]
+
+    def submit_sweep(self, plan: Sweep, **fields: Any) -> list[str]:
+        """Add every task of a sweep (grid, samples, repeats) in one commit whose subject says
+        what made them; ``fields`` (``priority``, ``tags``, ``after``, ...) go into each task.
+
+        >>> q.submit_sweep(Sweep(sample={"lr": "loguniform:1e-5:1e-1"}, samples=50, seed=0))  # doctest: +SKIP
+        """
+        args = plan.args()
+        return self.submit([{**fields, "args": a} for a in args], subject=plan.subject(len(args)))
 
     # ------------------------------------------------------------ claiming and finishing
 
@@ -713,7 +736,9 @@ class Queue:
                 change = change.then(step)
                 change.value.tasks.append(step.value)
             if then_claim is not None:
-                claim = self._claim_change(snap, **then_claim, finishing=len(change.value.tasks))
+                finished = change.value.tasks
+                done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
+                claim = self._claim_change(snap, **then_claim, finishing=len(finished), done=done)
                 if claim is not None:
                     change = change.then(claim)
                     change.value.claimed = claim.value
@@ -897,6 +922,7 @@ class Queue:
         eligible: Callable[[Task], bool] | None = None,
         count: int = 1,
         finishing: int = 0,
+        done: Iterable[str] = (),
     ) -> Change | None:
         """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
 
@@ -916,7 +942,7 @@ class Queue:
             count = max(1, min(count, share - max(0, holders[self.worker])))
         change: Change | None = None
         runs: list[Run] = []
-        for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible)):
+        for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible), done=done):
             record = {
                 "token": secrets.token_hex(8),
                 "worker": self.worker,
@@ -1280,15 +1306,21 @@ def best_pending(
 
 
 def pending_in_order(
-    snap: Snapshot, labels: Mapping[str, str], eligible: Callable[[Task], bool] | None = None
+    snap: Snapshot,
+    labels: Mapping[str, str],
+    eligible: Callable[[Task], bool] | None = None,
+    *,
+    done: Iterable[str] = (),
 ) -> Iterator[Task]:
-    """Valid pending tasks this worker may take, best first (invalid files are never claimed).
+    """Valid pending tasks this worker may take, best first (invalid files are never claimed),
+    leaving out those whose ``after`` names a task not done yet (``done``: ids this very
+    commit finishes as done).
 
     Each group of pending files is sorted once per tree id and the groups are merged
     lazily, so taking the first few reads only the first few of each group.
     """
     summaries = snap.cache.summaries
-    for _rank, _order, entry in heapq.merge(*snap.pending_groups(), key=lambda c: (c[0], c[1])):
+    for _rank, _order, entry in heapq.merge(*snap.ready_groups(snap.states(done)), key=lambda c: (c[0], c[1])):
         summary = summaries.get(entry)
         if summary.error is not None or not summary.matches(labels):
             continue

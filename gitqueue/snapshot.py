@@ -7,10 +7,11 @@ queue after a fetch only parses what changed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
+from gitqueue import deps
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
 from gitqueue.gitstore import BLOB_MODE, LINK_MODE, TREE_MODE, GitStore
@@ -169,6 +170,32 @@ class Snapshot:
     def pending_groups(self) -> Iterator[list[Candidate]]:
         """Pending tasks in groups that change independently (the flat files, each fan-out
         folder), each sorted best first and remembered by its tree id."""
+        for _key, group in self._keyed_pending_groups():
+            yield group
+
+    def ready_groups(self, states: deps.States) -> Iterator[list[Candidate]]:
+        """:meth:`pending_groups` without the tasks whose ``after`` is not all done.
+
+        Each group's filtered list is remembered by its tree id and the states of the ids its
+        tasks wait on, so a claim that passes over many waiting tasks filters them once, not
+        at every claim: it only looks up the few ids they wait on."""
+        for key, group in self._keyed_pending_groups():
+            waits_on = self.cache.order.waits_on(key, partial(self._waits_on, group))
+            if not waits_on:
+                yield group
+                continue
+            done = tuple(states(dep) is State.DONE for dep in waits_on)
+            yield self.cache.order.ready(key, done, partial(self._ready, group, states))
+
+    def _waits_on(self, group: list[Candidate]) -> tuple[str, ...]:
+        summaries = self.cache.summaries
+        return tuple(sorted({dep for _, _, entry in group for dep in summaries.get(entry).after}))
+
+    def _ready(self, group: list[Candidate], states: deps.States) -> list[Candidate]:
+        summaries = self.cache.summaries
+        return [c for c in group if states.ready(summaries.get(c[2]).after)]
+
+    def _keyed_pending_groups(self) -> Iterator[tuple[str, list[Candidate]]]:
         root = self.store.tree(self.root) if self.root else {}
         pending = root.get(State.PENDING.value)
         if pending is None or pending[0] != TREE_MODE:
@@ -181,10 +208,12 @@ class Snapshot:
         ]
         self.cache.summaries.load(entry for group in unsorted for entry in group)  # one bulk read, not one per group
         if any(mode != TREE_MODE for mode, _ in folder.values()):
-            yield self.cache.order.sorted(f"pending:{pending[1]}", partial(self._rank, "pending/", pending[1]))
+            key = f"pending:{pending[1]}"
+            yield key, self.cache.order.sorted(key, partial(self._rank, "pending/", pending[1]))
         for name, (mode, sha) in folder.items():
             if mode == TREE_MODE:
-                yield self.cache.order.sorted(f"pending/{name}:{sha}", partial(self._rank, f"pending/{name}/", sha))
+                key = f"pending/{name}:{sha}"
+                yield key, self.cache.order.sorted(key, partial(self._rank, f"pending/{name}/", sha))
 
     def pending_entries(self, prefix: str, tree: str) -> list[Entry]:
         """The task files directly in pending tree ``tree`` found at ``prefix``: made once per
@@ -243,6 +272,19 @@ class Snapshot:
                 if entry and entry[0] != TREE_MODE:
                     return Entry(f"{state.value}/{sub}/{name}", entry[1], state, task_id, entry[0])
         return None
+
+    def state_of(self, task_id: str) -> State | None:
+        """The state of ``task_id`` (None if no task has that id)."""
+        try:
+            entry = self.locate(task_id)
+        except GitqueueError:
+            return None
+        return None if entry is None else entry.state
+
+    def states(self, done: Iterable[str] = ()) -> deps.States:
+        """Task states looked up once each, for judging ``after``; ``done`` counts as done
+        already (tasks this very commit finishes)."""
+        return deps.States(self.state_of, done)
 
     def get(self, task_id: str) -> Task:
         """The task ``task_id``, or a unique task whose id starts with it."""

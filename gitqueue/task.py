@@ -2,7 +2,7 @@
 
 A task file has two parts. Above the marker line is what a person wrote (or what
 ``submit`` wrote for them): ``args``, ``priority``, ``tags``, ``requires``,
-``max_attempts``, ``lease``, ``timeout``, ``cmd``. Below it is what gitqueue records: ``submitted``,
+``max_attempts``, ``lease``, ``timeout``, ``cmd``, ``after``. Below it is what gitqueue records: ``submitted``,
 ``run``, ``attempts``, ``result``. gitqueue only ever rewrites the part below the marker,
 so a person's lines, comments and key order survive every move.
 """
@@ -33,7 +33,7 @@ MAX_FIELD_INT = 2**63 - 1  # integer fields (priority, lease, ...) fit in 64 bit
 MAX_INT_BITS = 13_300  # about 4,000 digits: every integer read can be printed again (Python stops at 4,300)
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "timeout", "cmd")
+PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "timeout", "cmd", "after")
 GITQUEUE_FIELDS = ("submitted", "run", "attempts", "requeued", "result")
 # Outcomes of an attempt that use up one of the task's max_attempts.
 SPENT_OUTCOMES = frozenset({"failed", "reaped", "timeout"})
@@ -106,6 +106,7 @@ class Task:
     lease: int | None = None
     timeout: float | None = None  # wall-clock seconds a run may take before it is stopped
     cmd: list[str] | None = None
+    after: list[str] = field(default_factory=list)  # ids that must be done before this task is claimed
     submitted: dict[str, Any] | None = None
     run: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -155,6 +156,8 @@ class Task:
         for key in ("max_attempts", "lease", "timeout", "cmd"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.after:
+            out["after"] = self.after
         return out
 
     def gitqueue_fields(self) -> dict[str, Any]:
@@ -401,6 +404,7 @@ _PERSON_CHECKS: list[tuple[str, type | tuple[type, ...], str]] = [
     ("lease", int, "an integer (seconds)"),
     ("timeout", (int, float), "a number (seconds)"),
     ("cmd", list, "a list of strings (an argv)"),
+    ("after", list, "a list of task ids"),
     ("submitted", dict, "a mapping"),
     ("run", dict, "a mapping"),
     ("attempts", list, "a list"),
@@ -490,6 +494,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
             raise _wrong(path, f"argument names must be non-empty strings, not {name!r}", "args")
     _check_person_fields(data, path)
     _check_gitqueue_fields(data, path)
+    after = _after(path, task_id, data.get("after") or [])
     if state is State.RUNNING and not (isinstance(data.get("run"), dict) and data["run"].get("token")):
         raise InvalidTask(path, "a running task must have a 'run' with a 'token' (gitqueue writes it at claim)")
     return Task(
@@ -503,6 +508,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         lease=data.get("lease"),
         timeout=data.get("timeout"),
         cmd=data.get("cmd"),
+        after=after,
         submitted=data.get("submitted"),
         run=data.get("run") if state is State.RUNNING else None,
         attempts=data.get("attempts") or [],
@@ -566,6 +572,18 @@ def _load_parts(raw: bytes, *, path: str) -> Any:
     if twice:
         raise InvalidTask(path, f"duplicate key {twice[0]!r}: above and below gitqueue's marker line")
     return {**(top or {}), **(below or {})}
+
+
+def _after(path: str, task_id: str, after: list[Any]) -> list[str]:
+    """The ids of ``after``: each a valid id, none twice, not the task itself."""
+    for dep in after:
+        if not isinstance(dep, str) or not ID_RE.fullmatch(dep) or dep in {".", ".."}:
+            raise InvalidTask(path, f"field 'after' must list task ids, and {dep!r:.60} is not one")
+    if task_id in after:
+        raise InvalidTask(path, f"field 'after' names the task itself ({task_id!r}): it would wait forever")
+    if len(set(after)) != len(after):
+        raise InvalidTask(path, "field 'after' names a task twice")
+    return [str(dep) for dep in after]
 
 
 def parse_task(raw: bytes, *, path: str) -> Task:

@@ -6,6 +6,8 @@ Two kinds of rules live here:
   the same code a worker reads tasks with), a task id sits in exactly one folder, and a
   YAML file that looks like a task does not sit outside the state folders, where nothing
   would ever run it.
+* **Dependencies.** Every id a task's ``after`` names is a task of the queue, and no chain
+  of ``after`` comes back to where it started (see :mod:`gitqueue.deps`).
 * **Changes.** A commit may only make the state changes that some gitqueue command makes
   (:data:`TRANSITIONS`), and a change that moves a task keeps the lines its person wrote.
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from gitqueue import deps
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask
 from gitqueue.gitstore import LINK_MODE, TREE_MODE, GitStore, LocalRepo
@@ -211,6 +214,7 @@ def check_files(files: Iterable[File], *, whole: bool = True) -> list[Problem]:
     missing ``gitqueue.yaml`` counts; duplicates are looked for among ``files`` either way."""
     problems: list[Problem] = []
     homes: dict[str, list[str]] = {}
+    waits: dict[str, tuple[str, list[str]]] = {}  # task id -> (its path, its after)
     settings = False
     for path, mode, load in files:
         where = place(path)
@@ -221,9 +225,12 @@ def check_files(files: Iterable[File], *, whole: bool = True) -> list[Problem]:
             elif where.kind == "task":
                 if (found := _task_id(path)) is not None:
                     homes.setdefault(found[1], []).append(path)
-                drift = args_problem(read_task(path, mode, load))
+                task = read_task(path, mode, load)
+                drift = args_problem(task)
                 if drift is not None:
                     problems.append(_problem(path, drift))
+                if task.after:
+                    waits[task.id] = (path, task.after)
             elif where.kind == "stray":
                 problems.append(_problem(path, f"{path}: {where.problem}"))
             elif where.kind == "outside" and mode in FILE_MODES and looks_like_task(load()):
@@ -238,7 +245,28 @@ def check_files(files: Iterable[File], *, whole: bool = True) -> list[Problem]:
             problems.append(_problem(path, f"{path}: task {task_id!r} is also in {others}: a task lives in one folder"))
     if whole and not settings:
         problems.append(Problem(SETTINGS_FILE, f"{SETTINGS_FILE}: missing, so this is not a gitqueue queue"))
+    if whole:
+        problems += after_problems(waits, lambda task_id: task_id in homes)
     return sorted(problems, key=lambda p: (p.path, p.message))
+
+
+def after_problems(
+    waits: dict[str, tuple[str, list[str]]], exists: Callable[[str], bool], graph: dict[str, list[str]] | None = None
+) -> list[Problem]:
+    """Ids in the ``after`` of ``waits`` (task id -> its path and its after) that name no task,
+    and the cycles through them in ``graph`` (every task's after that the chains reach;
+    ``waits`` itself if not given). A cycle is told once, at the first of ``waits`` on it."""
+    graph = graph if graph is not None else {task_id: after for task_id, (_, after) in waits.items()}
+    problems = [
+        _problem(waits[task_id][0], f"{waits[task_id][0]}: field 'after' names {dep!r}, which is no task of the queue")
+        for task_id, dep in deps.unknown_ids({t: after for t, (_, after) in waits.items()}, exists)
+    ]
+    for cycle in deps.cycles(graph):
+        mine = next((t for t in cycle if t in waits), None)
+        if mine is not None:
+            at, path = cycle.index(mine), waits[mine][0]
+            problems.append(_problem(path, f"{path}: {deps.cycle_text([*cycle[at:-1], *cycle[:at], mine])}"))
+    return problems
 
 
 def check_tree(store: GitStore, root: str | None) -> list[Problem]:
@@ -312,6 +340,7 @@ def check_change(
     ``files`` (each must be valid, its id in one folder) and its ``moves`` (each one some
     command makes). Reads only what differs between the two trees."""
     problems: list[Problem] = []
+    waits: dict[str, tuple[str, list[str]]] = {}  # tasks whose after this change writes
     removed: dict[str, list[_Side]] = {}
     added: dict[str, list[_Side]] = {}
     changed: list[tuple[_Side, _Side]] = []
@@ -342,11 +371,15 @@ def check_change(
                     elif new_side:
                         added.setdefault(task_id, []).append(new_side)
                 if new is not None and files:
-                    read_task(path, new[0], _reader(store, new[1]))
+                    task = read_task(path, new[0], _reader(store, new[1]))
+                    if task.after:
+                        waits[task.id] = (path, task.after)
         except GitqueueError as exc:
             problems.append(_problem(path, str(exc)))
     if not files:
         problems = []
+    elif waits := _new_after(store, old_root, waits):
+        problems += _changed_after_problems(store, new_root, waits)
     if moves:
         problems += _moves(store, removed, added, changed)
     for task_id, news in added.items() if files else ():
@@ -356,6 +389,56 @@ def check_change(
                 message = f"{side.path}: task {task_id!r} is also in {twins}: a task lives in one folder"
                 problems.append(_problem(side.path, message))
     return sorted(set(problems), key=lambda p: (p.path, p.message))
+
+
+def _changed_after_problems(
+    store: GitStore, root: str | None, waits: dict[str, tuple[str, list[str]]]
+) -> list[Problem]:
+    """The ``after`` of the tasks a change writes, against the tree it leaves: their ids must
+    name tasks, and the chains from them must not come back. Reads only the tasks those
+    chains reach, so a push's check does not grow with the queue."""
+    reached = dict(waits)
+    todo = [dep for _, after in waits.values() for dep in after]
+    while todo:
+        task_id = todo.pop()
+        if task_id in reached:
+            continue
+        copies = task_copies(store, root, task_id)
+        after = _after_at(store, root, copies[0]) if copies else []
+        reached[task_id] = (copies[0] if copies else "", after)
+        todo += [dep for dep in after if dep not in reached]
+    graph = {task_id: after for task_id, (_, after) in reached.items()}
+    return after_problems(waits, lambda task_id: reached[task_id][0] != "", graph)
+
+
+def _new_after(
+    store: GitStore, old_root: str | None, waits: dict[str, tuple[str, list[str]]]
+) -> dict[str, tuple[str, list[str]]]:
+    """Those of ``waits`` whose ``after`` is new or changed since ``old_root``: moving a task
+    whose dependency was since removed (cancelling it, say) must not be refused for it."""
+    changed = {}
+    for task_id, (path, after) in waits.items():
+        before = task_copies(store, old_root, task_id)
+        if not before or _after_at(store, old_root, before[0]) != after:
+            changed[task_id] = (path, after)
+    return changed
+
+
+def _after_at(store: GitStore, root: str | None, path: str) -> list[str]:
+    """The ``after`` of the task file at ``path`` in tree ``root`` (empty if it does not parse:
+    that file's own problem is reported where it was written)."""
+    tree: str | None = root
+    mode, sha = b"", ""
+    for part in path.split("/"):
+        entry = store.tree(tree).get(part) if tree else None
+        if entry is None:
+            return []
+        mode, sha = entry
+        tree = sha
+    try:
+        return read_task(path, mode, _reader(store, sha)).after
+    except GitqueueError:
+        return []
 
 
 def _moves(
