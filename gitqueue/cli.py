@@ -231,7 +231,9 @@ def submit(
     ] = None,
     sample: Annotated[
         list[str] | None,
-        typer.Option(help="KEY=loguniform:A:B, uniform:A:B, int:A:B or choice:V1,V2: sample the values."),
+        typer.Option(
+            metavar="KEY=DIST", help="KEY=loguniform:A:B, uniform:A:B, int:A:B or choice:V1,V2: sample the values."
+        ),
     ] = None,
     samples: Annotated[int | None, typer.Option(help="How many samples (each grid point gets them all).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the samples: the same seed makes the same tasks.")] = None,
@@ -246,7 +248,8 @@ def submit(
     max_attempts: Annotated[int | None, typer.Option(help="Runs before the task fails for good.")] = None,
     lease: Annotated[int | None, typer.Option(help="Seconds a run holds the task without a heartbeat.")] = None,
     after: Annotated[
-        list[str] | None, typer.Option("--after", help="ID of a task that must be done first (repeatable).")
+        list[str] | None,
+        typer.Option("--after", metavar="ID", help="ID of a task that must be done first (repeatable)."),
     ] = None,
     task_id: Annotated[str | None, typer.Option("--id", help="Id of the task (one task only).")] = None,
     queue: QueueOpt = None,

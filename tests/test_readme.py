@@ -103,7 +103,7 @@ def test_every_option_the_readme_names_exists_on_its_command(cmd: str | None, op
 
 
 def test_the_readme_cancels_an_id_its_own_sweep_makes(bare_remote: Path) -> None:
-    [submit] = [line for line in README.splitlines() if line.startswith("gitqueue submit --grid")]
+    submit = next(line for line in README.splitlines() if line.startswith("gitqueue submit --grid"))  # the first sweep
     result = CliRunner().invoke(app, [*shlex.split(submit)[1:], "--queue", str(bare_remote)])
     assert result.exit_code != 0, "not initialised yet"
     Queue.init(str(bare_remote)).close()
