@@ -632,6 +632,51 @@ def _result_row(task: Task) -> dict[str, Any]:
     return row
 
 
+@app.command()
+def report(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
+    metric: Annotated[
+        str | None, typer.Option(help="Result field to plot, e.g. result.acc [default: the first numeric one].")
+    ] = None,
+    where: WhereOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Rewrite the file each time the queue changes.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between looks at the queue with --watch.")] = 5.0,
+    queue: QueueOpt = None,
+) -> None:
+    """Write one self-contained HTML page about the sweep: open it offline, mail it, publish it.
+
+    It shows the counts and the time left, tasks done over time, a timeline of runs per
+    worker (failures and reaps marked), parallel coordinates of the args against a result
+    metric and the metric against each arg, the results table (sort and filter it in the
+    page) and the queue's latest commits. Needs the `report` extra: pip install 'gitqueue[report]'.
+
+    \b
+    Examples:
+      gitqueue report -o sweep.html
+      gitqueue report --metric result.acc --where '"sweep-3" in tags'
+      gitqueue report --watch -o /var/www/sweep.html     # rewritten as the queue changes
+    """
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise GitqueueError("gitqueue report needs plotly: pip install 'gitqueue[report]'") from None
+    from gitqueue.report import Reporter
+
+    def said(sweep: Any) -> None:
+        prog = sweep.progress
+        err.print(f"wrote {output}: {prog.finished} of {prog.total} tasks finished, {prog.describe()}")
+
+    with Queue.open(queue) as q:
+        reporter = Reporter(q, metric=metric, where=where)
+        if watch:
+            try:
+                reporter.watch(output, interval=interval, on_write=said)
+            except KeyboardInterrupt:
+                pass
+        else:
+            said(reporter.write(output))
+
+
 # ---------------------------------------------------------------- people in the loop: validate, hooks, edit, set, log
 
 
