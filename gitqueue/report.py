@@ -67,6 +67,7 @@ class Sweep:
     runs: list[RunSpan] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     commits: list[history.Commit] = field(default_factory=list)
+    _metric_values: tuple[tuple[str | None, int], list[tuple[Row, float]]] | None = field(default=None, repr=False)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -83,20 +84,27 @@ class Sweep:
         return progress.estimate(self.counts, ended, now=self.made_at)
 
     def metric_values(self) -> list[tuple[Row, float]]:
-        """Done tasks whose result has a number for the metric, with it."""
-        if self.metric is None:
-            return []
-        found = []
-        for row in self.rows:
-            if row.state == State.DONE.value:
-                value = lookup(row.result, self.metric)
-                if is_number(value) and math.isfinite(value):
-                    found.append((row, float(value)))
-        return found
+        """Done tasks whose result has a number for the metric, with it (worked out once)."""
+        key = (self.metric, len(self.rows))
+        if self._metric_values is None or self._metric_values[0] != key:
+            found = []
+            if self.metric is not None:
+                done = State.DONE.value
+                for row in self.rows:
+                    if row.state == done:
+                        value = lookup(row.result, self.metric)
+                        if is_number(value) and math.isfinite(value):
+                            found.append((row, float(value)))
+            self._metric_values = (key, found)
+        return self._metric_values[1]
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """An int or float as YAML reads them (a bool is not a number here)."""
+    return type(value) in _NUMBER_TYPES
+
+
+_NUMBER_TYPES = (int, float)
 
 
 def lookup(result: Any, metric: str) -> Any:

@@ -58,75 +58,95 @@ def _thin(points: list[Any], limit: int) -> list[Any]:
 # ---------------------------------------------------------------- figures
 
 
-def done_over_time(sweep: Sweep) -> go.Figure | None:
+class Chart:
+    """A plotly figure whose long arrays are kept aside: plotly checks every trace's
+    attributes as it is built, but checking 100,000 numbers one by one would take seconds
+    (plotly.js needs no such check), so each trace is built without them and they are put
+    into its JSON at the end."""
+
+    def __init__(self, fig: go.Figure | None = None) -> None:
+        self.fig = fig if fig is not None else go.Figure()
+        self.arrays: list[dict[str, Any]] = []
+
+    def add(self, trace: Any, *, row: int | None = None, col: int | None = None, **arrays: Any) -> None:
+        self.fig.add_trace(trace, row=row, col=col)
+        self.arrays.append(arrays)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.fig.to_plotly_json()
+        for trace, arrays in zip(data["data"], self.arrays, strict=True):
+            trace.update(arrays)
+        return {"data": data["data"], "layout": data["layout"]}
+
+
+def done_over_time(sweep: Sweep) -> Chart | None:
     """Cumulative runs ended as done, and as failed or reaped, against time."""
-    fig = go.Figure()
+    chart = Chart()
     for name, outcomes, colour in (("done", {"done"}, COLOURS["done"]),
                                    ("failed or reaped runs", {"failed", "reaped"}, COLOURS["failed"])):  # fmt: skip
         ends = sorted(run.end for run in sweep.runs if run.outcome in outcomes and run.end is not None)
         if not ends:
             continue
         points = _thin(list(enumerate(ends, 1)), TIME_POINTS)
-        fig.add_trace(
-            go.Scatter(
-                x=[utc(t) for _, t in points],
-                y=[n for n, _ in points],
-                name=name,
-                mode="lines+markers" if len(points) <= 60 else "lines",
-                line={"shape": "hv", "color": colour},
-            )
-        )
-    if not fig.data:
+        chart.add(
+            go.Scatter(name=name, mode="lines+markers" if len(points) <= 60 else "lines",
+                       line={"shape": "hv", "color": colour}),
+            x=[utc(t) for _, t in points],
+            y=[n for n, _ in points],
+        )  # fmt: skip
+    if not chart.arrays:
         return None
-    fig.update_layout(margin=MARGIN, height=320, xaxis_title="time (UTC)", yaxis_title="tasks", hovermode="x unified")
-    return fig
+    chart.fig.update_layout(
+        margin=MARGIN, height=320, xaxis_title="time (UTC)", yaxis_title="tasks", hovermode="x unified"
+    )
+    return chart
 
 
 def _outcome_group(outcome: str) -> str:
     return outcome if outcome in COLOURS else "cut short"
 
 
-def timeline(sweep: Sweep) -> go.Figure | None:
+def timeline(sweep: Sweep) -> Chart | None:
     """A lane per worker with a bar per run, coloured by how it ended; failures and reaps marked."""
     if not sweep.runs:
         return None
     lanes = sorted({run.worker for run in sweep.runs})
     if len(sweep.runs) > TIMELINE_RUNS:
-        fig = _busy_heatmap(sweep, lanes)
+        chart = _busy_heatmap(sweep, lanes)
     else:
-        fig = go.Figure()
+        chart = Chart()
         width = max(2, min(14, 300 // len(lanes)))
         groups: dict[str, list[RunSpan]] = {}
         for run in sweep.runs:
             groups.setdefault(_outcome_group(run.outcome), []).append(run)
         for name, runs in groups.items():
-            fig.add_trace(_bars(name, runs, sweep.made_at, width))
+            _bars(chart, name, runs, sweep.made_at, width)
     marks = _sample([r for r in sweep.runs if r.outcome in ("failed", "reaped") and r.end is not None], PLOT_POINTS)
     for outcome, symbol in (("failed", "x"), ("reaped", "diamond")):
         chosen = [r for r in marks if r.outcome == outcome]
         if chosen:
-            fig.add_trace(
+            chart.add(
                 go.Scatter(
-                    x=[utc(r.end or 0) for r in chosen],
-                    y=[r.worker for r in chosen],
                     mode="markers",
                     name=f"{outcome} (end)",
                     marker={"symbol": symbol, "size": 10, "color": COLOURS[outcome], "line": {"width": 1}},
-                    text=[f"{r.task} attempt {r.attempt}: {outcome}" for r in chosen],
                     hoverinfo="text+x",
-                )
+                ),
+                x=[utc(r.end or 0) for r in chosen],
+                y=[r.worker for r in chosen],
+                text=[f"{r.task} attempt {r.attempt}: {outcome}" for r in chosen],
             )
-    fig.update_layout(
+    chart.fig.update_layout(
         margin={**MARGIN, "l": 140},
         height=min(1400, 120 + 28 * len(lanes)),
         xaxis_title="time (UTC)",
         yaxis={"type": "category", "categoryorder": "array", "categoryarray": lanes[::-1]},
         legend={"orientation": "h", "y": -0.25},
     )
-    return fig
+    return chart
 
 
-def _bars(name: str, runs: list[RunSpan], now: float, width: int) -> go.Scatter:
+def _bars(chart: Chart, name: str, runs: list[RunSpan], now: float, width: int) -> None:
     xs: list[str | None] = []
     ys: list[str | None] = []
     texts: list[str | None] = []
@@ -137,13 +157,12 @@ def _bars(name: str, runs: list[RunSpan], now: float, width: int) -> go.Scatter:
         ys += [run.worker, run.worker, None]
         texts += [label, label, None]
     colour = COLOURS.get(name, OTHER_COLOUR)
-    return go.Scatter(
-        x=xs, y=ys, text=texts, name=name, mode="lines+markers", hoverinfo="text",
-        line={"color": colour, "width": width}, marker={"size": 3, "color": colour},
-    )  # fmt: skip
+    trace = go.Scatter(name=name, mode="lines+markers", hoverinfo="text", line={"color": colour, "width": width},
+                       marker={"size": 3, "color": colour})  # fmt: skip
+    chart.add(trace, x=xs, y=ys, text=texts)
 
 
-def _busy_heatmap(sweep: Sweep, lanes: list[str]) -> go.Figure:
+def _busy_heatmap(sweep: Sweep, lanes: list[str]) -> Chart:
     """How busy each worker was in each slice of time (runs it held / slice length)."""
     start = min(run.start for run in sweep.runs)
     stop = max(run.end if run.end is not None else sweep.made_at for run in sweep.runs)
@@ -156,22 +175,23 @@ def _busy_heatmap(sweep: Sweep, lanes: list[str]) -> go.Figure:
         for b in range(max(0, first), min(TIME_BINS - 1, last) + 1):
             low, high = start + b * width, start + (b + 1) * width
             busy[row[run.worker]][b] += max(0.0, min(end, high) - max(run.start, low)) / width
-    fig = go.Figure(
+    chart = Chart()
+    chart.add(
         go.Heatmap(
-            z=busy,
-            x=[utc(start + (b + 0.5) * width) for b in range(TIME_BINS)],
-            y=lanes,
             colorscale="Blues",
-            colorbar={"title": "runs held"},
+            colorbar={"title": {"text": "runs held"}},
             name="busy",
             hovertemplate="%{y}<br>%{x}<br>%{z:.2f} runs held<extra></extra>",
-        )
+        ),
+        z=[[round(v, 3) for v in lane] for lane in busy],
+        x=[utc(start + (b + 0.5) * width) for b in range(TIME_BINS)],
+        y=lanes,
     )
-    fig.add_annotation(
+    chart.fig.add_annotation(
         text=f"{len(sweep.runs):,} runs: each cell is how many runs its worker held in that slice of time",
         xref="paper", yref="paper", x=0, y=1.08, showarrow=False,
     )  # fmt: skip
-    return fig
+    return chart
 
 
 def arg_names(rows: list[Row]) -> list[str]:
@@ -209,7 +229,7 @@ def _label(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def parallel(sweep: Sweep) -> go.Figure | None:
+def parallel(sweep: Sweep) -> Chart | None:
     """Parallel coordinates: one line per done task, an axis per arg, the metric last."""
     chosen = _sample(sweep.metric_values(), PLOT_POINTS)
     names = arg_names([row for row, _ in chosen])
@@ -221,12 +241,19 @@ def parallel(sweep: Sweep) -> go.Figure | None:
         dims.append({"label": name, "values": values, **ticks})
     metric = [value for _, value in chosen]
     dims.append({"label": sweep.metric, "values": metric})
-    fig = go.Figure(go.Parcoords(line={"color": metric, "colorscale": "Viridis", "showscale": True}, dimensions=dims))
-    fig.update_layout(margin={"l": 60, "r": 60, "t": 60, "b": 30}, height=420)
-    return fig
+    chart = Chart()
+    chart.add(
+        go.Parcoords(
+            line={"colorscale": "Viridis", "showscale": True}, dimensions=[{"label": d["label"]} for d in dims]
+        ),
+        dimensions=dims,
+        line={"color": metric, "colorscale": "Viridis", "showscale": True},
+    )
+    chart.fig.update_layout(margin={"l": 60, "r": 60, "t": 60, "b": 30}, height=420)
+    return chart
 
 
-def per_arg(sweep: Sweep) -> go.Figure | None:
+def per_arg(sweep: Sweep) -> Chart | None:
     """The metric against each arg, one small plot per arg."""
     chosen = _sample(sweep.metric_values(), PLOT_POINTS)
     names = arg_names([row for row, _ in chosen])
@@ -234,30 +261,31 @@ def per_arg(sweep: Sweep) -> go.Figure | None:
         return None
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, shared_yaxes=True)
+    chart = Chart(make_subplots(rows=rows, cols=cols, subplot_titles=names, shared_yaxes=True))
+    fig = chart.fig
     for index, name in enumerate(names):
         points = [(row, value) for row, value in chosen if name in row.args]
         xs = [row.args[name] if is_number(row.args[name]) else _label(row.args[name]) for row, _ in points]
-        fig.add_trace(
+        chart.add(
             go.Scatter(
-                x=xs,
-                y=[v for _, v in points],
                 mode="markers",
                 name=name,
                 showlegend=False,
-                text=[row.id for row, _ in points],
                 marker={"size": 7, "opacity": 0.7},
                 hovertemplate=f"%{{text}}<br>{name}=%{{x}}<br>{sweep.metric}=%{{y}}<extra></extra>",
             ),
             row=index // cols + 1,
             col=index % cols + 1,
+            x=xs,
+            y=[v for _, v in points],
+            text=[row.id for row, _ in points],
         )
         positive = [float(x) for x in xs if is_number(x) and float(x) > 0]
         if len(positive) == len(xs) and len(set(positive)) > 2 and max(positive) / min(positive) >= 100:
             fig.update_xaxes(type="log", row=index // cols + 1, col=index % cols + 1)
     fig.update_yaxes(title_text=sweep.metric, col=1)
     fig.update_layout(margin={**MARGIN, "t": 60}, height=300 * rows)
-    return fig
+    return chart
 
 
 # ---------------------------------------------------------------- the page
@@ -283,7 +311,8 @@ def table_data(sweep: Sweep) -> dict[str, Any]:
 
 def _cell(value: Any) -> Any:
     """A table cell: numbers stay numbers (to sort by), anything else becomes text."""
-    if value is None or isinstance(value, str) or (is_number(value) and math.isfinite(value)):
+    kind = type(value)
+    if kind is str or kind is int or value is None or (kind is float and math.isfinite(value)):
         return value
     return json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
 
@@ -297,7 +326,7 @@ def script_json(data: Any) -> str:
     return text
 
 
-def figures(sweep: Sweep) -> dict[str, go.Figure | None]:
+def figures(sweep: Sweep) -> dict[str, Chart | None]:
     return {
         "done-over-time": done_over_time(sweep),
         "timeline": timeline(sweep),
@@ -306,7 +335,7 @@ def figures(sweep: Sweep) -> dict[str, go.Figure | None]:
     }
 
 
-def _section(plot_id: str, title: str, fig: go.Figure | None, note: str, empty: str) -> str:
+def _section(plot_id: str, title: str, fig: Chart | None, note: str, empty: str) -> str:
     if fig is None:
         return f'<section><h2>{title}</h2><p class="empty">{html.escape(empty)}</p></section>'
     return (
@@ -394,7 +423,7 @@ def render_page(sweep: Sweep) -> str:
         _history(sweep),
         _problems(sweep),
     ]  # fmt: skip
-    plots = {name: json.loads(fig.to_json()) for name, fig in figs.items() if fig is not None}
+    plots = {name: chart.to_dict() for name, chart in figs.items() if chart is not None}
     where = f" · tasks where <code>{html.escape(sweep.where)}</code>" if sweep.where else ""
     tip = f" at commit <code>{sweep.tip[:10]}</code>" if sweep.tip else ""
     return _asset("report.html").format(
