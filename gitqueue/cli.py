@@ -16,10 +16,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from typer.core import TyperGroup
 
-from gitqueue import __version__, hooks
+from gitqueue import __version__, hooks, progress
 from gitqueue import validate as validate_rules
 from gitqueue.config import SETTINGS_FILE
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
@@ -230,7 +231,7 @@ def submit(
             raise typer.BadParameter("--id names one task; a grid or file makes several", param_hint="--id")
         specs[0]["id"] = task_id
     subject = f"submit {len(specs)} tasks: grid {' x '.join(axes)}" if axes and len(specs) > 1 else None
-    with Queue.open(queue) as q:
+    with Queue.open(queue) as q, progress.on_terminal(q, err):
         ids = q.submit(specs, subject=subject)
     if fmt == "json":
         _print_json(ids)
@@ -458,18 +459,24 @@ def status(
     _check_format(fmt, ("table", "json"))
     with Queue.open(queue) as q:
         if fmt == "json":
-            _print_json(q.status())
+            _print_json(progress.queue_status(q))
             return
         if not watch:
-            out.print(_status_view(q.status()))
+            out.print(_status_view(progress.queue_status(q)))
+            return
+        if not out.is_terminal:  # a log or a pipe: a line each time something changed
+            try:
+                progress.watch_lines(q, interval=interval, emit=typer.echo)
+            except KeyboardInterrupt:
+                pass
             return
         from rich.live import Live
 
-        with Live(_status_view(q.status()), console=out, auto_refresh=False) as live:
+        with Live(_status_view(progress.queue_status(q)), console=out, auto_refresh=False) as live:
             try:
                 while True:
                     time.sleep(interval)
-                    live.update(_status_view(q.status()), refresh=True)
+                    live.update(_status_view(progress.queue_status(q)), refresh=True)
             except KeyboardInterrupt:
                 pass
 
@@ -479,6 +486,13 @@ def _status_view(info: dict[str, Any]) -> Table:
     counts = info["counts"]
     grid.add_row(f"[bold]{info['queue']}[/]")
     grid.add_row("  ".join(f"{state} {n}" for state, n in counts.items()) + f"   (total {info['total']})")
+    prog = progress.Progress(**info["progress"])
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        ProgressBar(total=max(prog.total, 1), completed=prog.finished, width=40),
+        f"{prog.finished}/{prog.total} finished ({100 * prog.fraction:.0f}%)  {prog.describe()}",
+    )
+    grid.add_row(bar)
     if info["oldest_pending"]:
         oldest = info["oldest_pending"]
         grid.add_row(f"oldest pending: {oldest['id']} (submitted {oldest['submitted']})")
@@ -487,21 +501,12 @@ def _status_view(info: dict[str, Any]) -> Table:
         for column in ("RUNNING", "WORKER", "ATTEMPT", "FOR"):
             running.add_column(column)
         for row in info["running"]:
-            age = "" if row["age"] is None else _duration(row["age"])
+            age = "" if row["age"] is None else progress.format_duration(row["age"])
             running.add_row(row["id"], str(row["worker"]), str(row["attempt"]), age)
         grid.add_row(running)
     for problem in info["invalid"]:
         grid.add_row(f"[red]invalid[/] {problem['problem']}")
     return grid
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -717,9 +722,10 @@ def validate(
     elif paths:
         problems = validate_rules.check_disk(top, paths)
     elif queue is None and top is not None and (top / SETTINGS_FILE).exists():
-        problems = validate_rules.check_disk(top)
+        with progress.counting(err, "checking files") as counted:
+            problems = validate_rules.check_disk(top, progress=counted)
     else:
-        with Queue.open(queue) as q:
+        with Queue.open(queue) as q, progress.on_terminal(q, err):
             problems = q.validate()
     if fmt == "json":
         _print_json([{"path": validate_rules.display(p.path), "problem": p.message} for p in problems])

@@ -10,10 +10,21 @@ ended yet, and zero once nothing is left.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from gitqueue import history
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gitqueue.queue import Queue
 
 RATE_WINDOW = 100  # runs ended that the rate is measured over
+RATE_COMMITS = 200  # the branch's last commits that ``status`` reads the pace from
 ENDED = frozenset({"done", "failed", "reaped"})  # attempt outcomes that took a run to its end
 
 
@@ -77,4 +88,100 @@ def utc(moment: float) -> str:
     return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-__all__ = ["ENDED", "Progress", "estimate", "format_duration", "format_rate", "utc"]
+def queue_status(queue: Queue) -> dict[str, Any]:
+    """``queue.status()`` and its ``progress``: finished, remaining, total, rate (runs ended per
+    second, from the branch's last commits) and eta (seconds)."""
+    info = queue.status()
+    commits = history.recent_commits(queue.store, info["tip"], RATE_COMMITS) if info.get("tip") else []
+    info["progress"] = asdict(estimate(info["counts"], history.ended_runs(commits), now=queue.clock()))
+    return info
+
+
+def status_line(info: Mapping[str, Any], *, now: float) -> str:
+    """One line for a log: the time, the counts and the estimate."""
+    counts = "  ".join(f"{state} {n}" for state, n in info["counts"].items())
+    prog = Progress(**info["progress"])
+    done = f"{prog.finished}/{prog.total} finished"
+    return f"{utc(now)[:19]}Z  {counts}  (total {info['total']})  {done}, {prog.describe()}"
+
+
+def watch_lines(
+    queue: Queue,
+    *,
+    interval: float,
+    emit: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+    rounds: int | None = None,
+) -> None:
+    """``status --watch`` off a terminal: a line each time the counts, the running tasks or
+    the invalid files change (looked at every ``interval`` seconds, ``rounds`` times)."""
+    last: tuple[object, ...] | None = None
+    done = 0
+    while rounds is None or done < rounds:
+        if done:
+            sleep(interval)
+        done += 1
+        info = queue_status(queue)
+        key = (tuple(info["counts"].items()), tuple(r["id"] for r in info["running"]), len(info["invalid"]))
+        if key != last:
+            emit(status_line(info, now=queue.clock()))
+            last = key
+
+
+Report = Callable[[str, int, "int | None"], None]  # (what, done so far, total or None)
+
+
+@contextmanager
+def bars(console: Console) -> Iterator[Report | None]:
+    """A function that shows ``(what, done, total)`` as a bar per ``what`` on ``console``, if
+    it is a terminal (None elsewhere: a log or a pipe shows nothing). The bars go at the end."""
+    if not console.is_terminal:
+        yield None
+        return
+    from rich import progress as bar
+
+    columns = (bar.SpinnerColumn(), bar.TextColumn("{task.description}"), bar.BarColumn(), bar.MofNCompleteColumn(),
+               bar.TimeElapsedColumn())  # fmt: skip
+    with bar.Progress(*columns, console=console, transient=True) as shown:
+        ids: dict[str, Any] = {}
+
+        def update(what: str, done: int, total: int | None) -> None:
+            if what not in ids:
+                ids[what] = shown.add_task(what, total=total)
+            shown.update(ids[what], completed=done, total=total, refresh=True)  # seen at once, not at the next tick
+
+        yield update
+
+
+@contextmanager
+def on_terminal(queue: Queue, console: Console) -> Iterator[None]:
+    """Show the queue's long operations (``Queue.on_progress``) as bars on a terminal."""
+    with bars(console) as update:
+        queue.on_progress = update
+        try:
+            yield
+        finally:
+            queue.on_progress = None
+
+
+@contextmanager
+def counting(console: Console, what: str) -> Iterator[Callable[[int], None] | None]:
+    """A function that shows a count of ``what`` on a terminal (None elsewhere)."""
+    with bars(console) as update:
+        yield None if update is None else (lambda n: update(what, n, None))
+
+
+__all__ = [
+    "ENDED",
+    "Progress",
+    "bars",
+    "counting",
+    "estimate",
+    "format_duration",
+    "format_rate",
+    "on_terminal",
+    "queue_status",
+    "status_line",
+    "utc",
+    "watch_lines",
+]
