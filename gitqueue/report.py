@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -240,12 +241,13 @@ class Reporter:
         missing = [e for e in entries if (e.path, e.blob) not in self._read]
         cores = min(os.cpu_count() or 1, MAX_PROCESSES)
         chunks = [missing[i : i + READ_CHUNK] for i in range(0, len(missing), READ_CHUNK)]
-        if len(missing) < PARALLEL_FROM or cores < 2:
+        # Forked children only parse the bytes they are sent. Other ways of starting them run the
+        # caller's main module again, which a script without a __main__ guard does not survive.
+        if len(missing) < PARALLEL_FROM or cores < 2 or sys.platform != "linux":
             for chunk in chunks:
                 self._store(chunk, read_files(self.where, _with_bytes(snap, chunk)))
             return
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context(method)) as pool:
+        with ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("fork")) as pool:
 
             def submit(chunk: list[Entry]) -> Future[list[Read]]:
                 return pool.submit(read_files, self.where, _with_bytes(snap, chunk))
