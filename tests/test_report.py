@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import RemoteRepo, poll_until
 from typer.testing import CliRunner
 
-from gitqueue import Queue
+from gitqueue import Queue, report
 from gitqueue.cli import app
 from gitqueue.report import Reporter
 from gitqueue.report_page import table_data
@@ -151,3 +152,19 @@ def test_table_columns_flatten_args_and_results(queue: Queue) -> None:
     ]  # fmt: skip
     running = next(row for row in table["rows"] if row[1] == "running")
     assert running[-2] == "test-box/0" and running[-4] == 2  # its failed attempt and the run under way
+
+
+def test_many_files_are_parsed_in_processes_with_the_same_result(
+    queue: Queue, remote_repo: RemoteRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past PARALLEL_FROM files the reporter parses on every core: the same rows, problems and runs."""
+    _sweep(queue)
+    remote_repo.person_commit({"pending/broken.yaml": "args: {lr: [\n"})
+    serial = Reporter(queue, where="args.bs == 16").sweep()
+    monkeypatch.setattr(report, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(report, "READ_CHUNK", 2)
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    parallel = Reporter(queue, where="args.bs == 16").sweep()
+    assert [r.id for r in parallel.rows] == [r.id for r in serial.rows] and len(serial.rows) == 3
+    assert parallel.rows == serial.rows and parallel.runs == serial.runs
+    assert [p.path for p in parallel.problems] == ["pending/broken.yaml"] == [p.path for p in serial.problems]
