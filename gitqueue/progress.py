@@ -102,7 +102,7 @@ def status_line(info: Mapping[str, Any], *, now: float) -> str:
     counts = "  ".join(f"{state} {n}" for state, n in info["counts"].items())
     prog = Progress(**info["progress"])
     done = f"{prog.finished}/{prog.total} finished"
-    return f"{utc(now)[:19]}Z  {counts}  (total {info['total']})  {done}, {prog.describe()}"
+    return f"{utc(now)[:19].replace(' ', 'T')}Z  {counts}  (total {info['total']})  {done}, {prog.describe()}"
 
 
 def watch_lines(
@@ -110,7 +110,7 @@ def watch_lines(
     *,
     interval: float,
     emit: Callable[[str], None],
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     rounds: int | None = None,
 ) -> None:
     """``status --watch`` off a terminal: a line each time the counts, the running tasks or
@@ -119,7 +119,7 @@ def watch_lines(
     done = 0
     while rounds is None or done < rounds:
         if done:
-            sleep(interval)
+            (sleep or time.sleep)(interval)  # time.sleep as it is now, not as it was at import
         done += 1
         info = queue_status(queue)
         key = (tuple(info["counts"].items()), tuple(r["id"] for r in info["running"]), len(info["invalid"]))
