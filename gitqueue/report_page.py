@@ -14,6 +14,7 @@ import html
 import json
 import math
 import random
+import re
 from importlib import resources
 from typing import Any
 
@@ -110,7 +111,7 @@ def timeline(sweep: Sweep) -> Chart | None:
     """A lane per worker with a bar per run, coloured by how it ended; failures and reaps marked."""
     if not sweep.runs:
         return None
-    lanes = sorted({run.worker for run in sweep.runs})
+    lanes = sorted({run.worker for run in sweep.runs}, key=_natural)  # box2 before box10
     if len(sweep.runs) > TIMELINE_RUNS:
         chart = _busy_heatmap(sweep, lanes)
     else:
@@ -129,7 +130,12 @@ def timeline(sweep: Sweep) -> Chart | None:
                 go.Scatter(
                     mode="markers",
                     name=f"{outcome} (end)",
-                    marker={"symbol": symbol, "size": 10, "color": COLOURS[outcome], "line": {"width": 1}},
+                    marker={
+                        "symbol": symbol,
+                        "size": 10 if len(marks) <= 200 else 5,
+                        "color": COLOURS[outcome],
+                        "line": {"width": 1 if len(marks) <= 200 else 0},
+                    },
                     hoverinfo="text+x",
                 ),
                 x=[utc(r.end or 0) for r in chosen],
@@ -137,13 +143,17 @@ def timeline(sweep: Sweep) -> Chart | None:
                 text=[f"{r.task} attempt {r.attempt}: {outcome}" for r in chosen],
             )
     chart.fig.update_layout(
-        margin={**MARGIN, "l": 140},
+        margin={**MARGIN, "l": 140, "t": 30 if len(sweep.runs) <= TIMELINE_RUNS else 60},
         height=min(1400, 120 + 28 * len(lanes)),
         xaxis_title="time (UTC)",
         yaxis={"type": "category", "categoryorder": "array", "categoryarray": lanes[::-1]},
         legend={"orientation": "h", "y": -0.25},
     )
     return chart
+
+
+def _natural(name: str) -> list[tuple[int, int | str]]:
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part]
 
 
 def _bars(chart: Chart, name: str, runs: list[RunSpan], now: float, width: int) -> None:
