@@ -7,10 +7,12 @@ connection, and its net log is read for any URL that is not the file itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from browser import CHROMIUM, Dom, RefusingProxy, Request, drained_sweep, gitqueue, load
+from conftest import isolate
 
 from gitqueue import Queue
 from gitqueue.task import State
@@ -23,21 +25,25 @@ PLOTS = ("done-over-time", "timeline", "parallel", "per-arg")
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     folder = tmp_path_factory.mktemp("sweep")
-    url = drained_sweep(folder)
-    page = folder / "report.html"
-    made = gitqueue("report", "--queue", url, "-o", str(page), "--metric", "result.acc")
-    assert made.returncode == 0, made.stderr
-    assert "wrote" in made.stderr
-    return url, page
+    with pytest.MonkeyPatch.context() as env:
+        isolate(folder, env)  # module-scoped: the autouse isolation has not run yet
+        url = drained_sweep(folder)
+        page = folder / "report.html"
+        made = gitqueue("report", "--queue", url, "-o", str(page), "--metric", "result.acc")
+        assert made.returncode == 0, made.stderr
+        assert "wrote" in made.stderr
+        yield url, page
 
 
 @pytest.fixture(scope="module")
 def rendered(sweep: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Dom, list[Request], set[str]]:
     _, page = sweep
-    with RefusingProxy() as proxy:
-        dom, urls = load(page, profile=tmp_path_factory.mktemp("chromium") / "profile", proxy=proxy)
+    folder = tmp_path_factory.mktemp("chromium")
+    with pytest.MonkeyPatch.context() as env, RefusingProxy() as proxy:
+        isolate(folder, env)
+        dom, urls = load(page, profile=folder / "profile", proxy=proxy)
     return Dom(dom), urls, proxy.hosts()
 
 
