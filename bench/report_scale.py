@@ -32,7 +32,8 @@ def done_task(index: int, start: float, rng: random.Random) -> Task:
                          "started": now_iso(began - 30), "ended": now_iso(began - 10), "duration": 20.0,
                          "exit_code": 1, "error": "CUDA out of memory"})  # fmt: skip
     attempts.append({"attempt": len(attempts) + 1, "outcome": "done", "worker": f"box{index % 16}/0",
-                     "token": "a" * 16, "started": now_iso(began), "ended": now_iso(began + 8), "duration": 8.0})  # fmt: skip
+                     "token": "a" * 16, "started": now_iso(began), "ended": now_iso(began + 8),
+                     "duration": 8.0})  # fmt: skip
     acc = 0.9 - 0.05 * abs(lr * 1000 - 1) / 100 + depth / 100 + rng.gauss(0, 0.01)
     return Task(id=task_id, state=State.DONE, args={"lr": lr, "bs": bs, "depth": depth},
                 submitted={"at": now_iso(start - 60), "by": "bench"}, attempts=attempts,
@@ -72,7 +73,9 @@ def main() -> None:
         cold = time.monotonic() - t
         if proc.returncode:
             sys.exit(proc.stderr)
-        print(f"gitqueue report, cold cache: {cold:.1f}s, page {page.stat().st_size / 1e6:.1f} MB ({proc.stderr.strip()})")
+        print(
+            f"gitqueue report, cold cache: {cold:.1f}s, page {page.stat().st_size / 1e6:.1f} MB ({proc.stderr.strip()})"
+        )
         with Queue.open(str(remote)) as q:
             reporter = Reporter(q)
             t = time.monotonic()
