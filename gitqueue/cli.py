@@ -17,10 +17,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from gitqueue import __version__, config, hooks
+from gitqueue import __version__, config, hooks, progress
 from gitqueue import validate as validate_rules
 from gitqueue.config import SETTINGS_FILE, resolve_queue_url
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
@@ -305,7 +306,7 @@ def submit(
             raise typer.BadParameter("--id names one task; a grid or file makes several", param_hint="--id")
         specs[0]["id"] = task_id
     subject = plan.subject(len(specs)) if not plan.empty and len(specs) > 1 else None
-    with Queue.open(queue) as q:
+    with Queue.open(queue) as q, progress.on_terminal(q, err):
         ids = q.submit(specs, subject=subject)
     if fmt == "json":
         _print_json(ids)
@@ -625,19 +626,25 @@ def status(
     _check_format(fmt, ("table", "json"))
     with Queue.open(queue) as q:
         if fmt == "json":
-            _print_json(q.status())
+            _print_json(progress.queue_status(q))
             return
         _warn_head(q)
         if not watch:
-            out.print(_status_view(q.status()))
+            out.print(_status_view(progress.queue_status(q)))
+            return
+        if not out.is_terminal:  # a log or a pipe: a line each time something changed
+            try:
+                progress.watch_lines(q, interval=interval, emit=typer.echo)
+            except KeyboardInterrupt:
+                pass
             return
         from rich.live import Live
 
-        with Live(_status_view(q.status()), console=out, auto_refresh=False) as live:
+        with Live(_status_view(progress.queue_status(q)), console=out, auto_refresh=False) as live:
             try:
                 while True:
                     time.sleep(interval)
-                    live.update(_status_view(q.status()), refresh=True)
+                    live.update(_status_view(progress.queue_status(q)), refresh=True)
             except KeyboardInterrupt:
                 pass
 
@@ -653,6 +660,13 @@ def _status_view(info: dict[str, Any]) -> Table:
     counts = info["counts"]
     grid.add_row(f"[bold]{escape(info['queue'])}[/]")  # escape: what a queue holds is never markup
     grid.add_row("  ".join(f"{state} {n}" for state, n in counts.items()) + f"   (total {info['total']})")
+    prog = progress.Progress(**info["progress"])
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        ProgressBar(total=max(prog.total, 1), completed=prog.finished, width=40),
+        f"{prog.finished}/{prog.total} finished ({100 * prog.fraction:.0f}%)  {prog.describe()}",
+    )
+    grid.add_row(bar)
     if info["oldest_pending"]:
         oldest = info["oldest_pending"]
         when = f"submitted {oldest['submitted']}" if oldest["submitted"] else "written by hand: no submit time"
@@ -671,7 +685,7 @@ def _status_view(info: dict[str, Any]) -> Table:
         for column in ("TASK", "PHASE", "WORKER", "ATTEMPT", "FOR", "HEARTBEAT", "LEASE ENDS"):
             running.add_column(column)
         for row in info["running"]:
-            age = "" if row["age"] is None else _duration(row["age"])
+            age = "" if row["age"] is None else progress.format_duration(row["age"])
             beat, ends = row["heartbeat"] or "-", row["lease_ends"] or "-"
             running.add_row(row["id"], row["phase"], escape(str(row["worker"])), str(row["attempt"]), age, beat, ends)
         grid.add_row(running)
@@ -680,15 +694,6 @@ def _status_view(info: dict[str, Any]) -> Table:
     for problem in info["invalid"]:
         grid.add_row(f"[red]invalid[/] {escape(problem['problem'])}")
     return grid
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -812,7 +817,7 @@ def _lease_line(run: dict[str, Any]) -> str:
     ends = "lease end unknown"
     if run["lease_ends"]:
         left = run["seconds_left"]
-        when = f"in {_duration(left)}" if left >= 0 else f"{_duration(-left)} ago, plus --max-skew"
+        when = f"in {progress.format_duration(left)}" if left >= 0 else f"{progress.format_duration(-left)} ago, plus --max-skew"
         ends = f"lease runs out {run['lease_ends']} ({when})"
     return f"{run['id']} (worker {run['worker']}, attempt {run['attempt']}): {beat}; {ends}"
 
@@ -906,6 +911,51 @@ def _result_row(task: Task) -> dict[str, Any]:
     return row
 
 
+@app.command()
+def report(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
+    metric: Annotated[
+        str | None, typer.Option(help="Result field to plot, e.g. result.acc [default: the first numeric one].")
+    ] = None,
+    where: WhereOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Rewrite the file each time the queue changes.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between looks at the queue with --watch.")] = 5.0,
+    queue: QueueOpt = None,
+) -> None:
+    """Write one self-contained HTML page about the sweep: open it offline, mail it, publish it.
+
+    It shows the counts and the time left, tasks done over time, a timeline of runs per
+    worker (failures and reaps marked), parallel coordinates of the args against a result
+    metric and the metric against each arg, the results table (sort and filter it in the
+    page) and the queue's latest commits. Needs the `report` extra: pip install 'gitqueue[report]'.
+
+    \b
+    Examples:
+      gitqueue report -o sweep.html
+      gitqueue report --metric result.acc --where '"sweep-3" in tags'
+      gitqueue report --watch -o /var/www/sweep.html     # rewritten as the queue changes
+    """
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise GitqueueError("gitqueue report needs plotly: pip install 'gitqueue[report]'") from None
+    from gitqueue.report import Reporter
+
+    def said(sweep: Any) -> None:
+        prog = sweep.progress
+        err.print(f"wrote {output}: {prog.finished} of {prog.total} tasks finished, {prog.describe()}")
+
+    with Queue.open(queue) as q:
+        reporter = Reporter(q, metric=metric, where=where)
+        if watch:
+            try:
+                reporter.watch(output, interval=interval, on_write=said)
+            except KeyboardInterrupt:
+                pass
+        else:
+            said(reporter.write(output))
+
+
 # ---------------------------------------------------------------- people in the loop: validate, hooks, edit, set, log
 
 
@@ -954,9 +1004,10 @@ def validate(
     elif paths:
         problems = validate_rules.check_disk(top, paths)
     elif queue is None and top is not None and (top / SETTINGS_FILE).exists():
-        problems = validate_rules.check_disk(top)
+        with progress.counting(err, "checking files") as counted:
+            problems = validate_rules.check_disk(top, progress=counted)
     else:
-        with Queue.open(queue) as q:
+        with Queue.open(queue) as q, progress.on_terminal(q, err):
             _warn_head(q)
             problems = q.validate()
     if fmt == "json":

@@ -1070,6 +1070,13 @@ class GitStore:
             entries.append(self._log_entry(head.strip().decode(), tuple(changes)))
         return entries
 
+    def recent(self, tip: str, count: int) -> list[LogEntry]:
+        """The last ``count`` commits up to ``tip``, newest first, without their changes."""
+        proc = run_git(["rev-list", f"--max-count={count}", tip], cwd=self.path)
+        if proc.returncode:
+            raise GitqueueError(f"cannot read the history of {tip}: {proc.stderr.decode(errors='replace').strip()}")
+        return [self._log_entry(commit, ()) for commit in proc.stdout.decode().split()]
+
     def _log_entry(self, commit: str, changes: tuple[TreeChange, ...]) -> LogEntry:
         raw = self.read(commit)
         head, _, message = raw.partition(b"\n\n")

@@ -131,4 +131,38 @@ def _edit_detail(store: GitStore, change: TreeChange) -> str:
     return describe(old, new)
 
 
-__all__ = ["Event", "paths_of", "task_history"]
+@dataclass(frozen=True)
+class Commit:
+    """One commit of the queue branch, as a person reads it on a forge."""
+
+    commit: str
+    time: float
+    author: str
+    subject: str
+    actions: tuple[str, ...]  # what gitqueue did in it (Gitqueue-Action), empty for a person's own commit
+
+    @property
+    def by_hand(self) -> bool:
+        return not self.actions
+
+
+def recent_commits(store: GitStore, tip: str, limit: int) -> list[Commit]:
+    """The last ``limit`` commits of the queue branch up to ``tip``, newest first."""
+    return [
+        Commit(
+            commit=entry.commit,
+            time=entry.time,
+            author=entry.author,
+            subject=entry.subject,
+            actions=tuple((entry.trailer("Gitqueue-Action") or "").split()),
+        )
+        for entry in store.recent(tip, limit)
+    ]
+
+
+def ended_runs(commits: list[Commit]) -> list[float]:
+    """When runs ended (done, failed or reaped), one time per run, as the commits record it."""
+    return [c.time for c in commits for action in c.actions if action in ("done", "failed", "reaped")]
+
+
+__all__ = ["Commit", "Event", "ended_runs", "paths_of", "recent_commits", "task_history"]

@@ -82,6 +82,7 @@ STUCK_LIMIT = 8  # lost races in a row with the branch not moving: something els
 OPTIMISTIC_WINDOW = 2.0  # seconds after a push from our cache in which we build on it without fetching
 OPTIMISTIC_STREAK = 4  # then pause a try's length: a rival elsewhere, fetching each try, gets its chance
 _SEQ_RE = re.compile(r"^(\d+)-")
+PROGRESS_EVERY = 1000  # items between two reports to on_progress
 HEAL_TRIES = 3  # rebuilds of a damaged cache within one operation before it gives up
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -260,6 +261,8 @@ class Queue:
         self._identity: Identity | None = None
         self.notes: list[str] = []  # what init did that people should know
         self.checks = rules.WorkerChecks()  # broken files a worker skips, reported once each
+        # Long operations (a 100,000-task submit, validate) report (what, done, total or None) here.
+        self.on_progress: Callable[[str, int, int | None], None] | None = None
 
     # ------------------------------------------------------------ opening
 
@@ -516,12 +519,20 @@ class Queue:
         return random.uniform(0, min(slot * 2 ** min(lost, 8), cap))
 
     def _commit(self, snap: Snapshot, change: Change) -> str:
-        blobs = {path: None if data is None else self.store.write_blob(data) for path, data in change.files.items()}
+        blobs: dict[str, str | None] = {}
+        for index, (path, data) in enumerate(change.files.items()):
+            if index % PROGRESS_EVERY == 0 and len(change.files) > PROGRESS_EVERY:
+                self._progress("writing files", index, len(change.files))
+            blobs[path] = None if data is None else self.store.write_blob(data)
         tree = self.store.edit_tree(snap.root, blobs)
         trailers = {**change.trailers, "Gitqueue-Worker": self.worker, "Gitqueue-Nonce": secrets.token_hex(8)}
         return self.store.write_commit(
             tree=tree, parent=snap.tip, message=change.message(trailers), author=self.identity
         )
+
+    def _progress(self, what: str, done: int, total: int | None) -> None:
+        if self.on_progress is not None:
+            self.on_progress(what, done, total)
 
     @property
     def identity(self) -> Identity:
@@ -609,6 +620,7 @@ class Queue:
             "queue": self.url,
             "branch": self.branch,
             "warnings": [w for w in (self.head_warning(),) if w],
+            "tip": snap.tip,
             "counts": counts,
             "total": sum(counts.values()),
             "oldest_pending": None if oldest is None else {"id": oldest[3], "submitted": oldest[1] or None},
@@ -642,7 +654,9 @@ class Queue:
             files: dict[str, bytes | None] = {}
             ids: list[str] = []
             stamp = {"at": now_iso(self.clock()), "by": self.identity.name}
-            for task_id, task in prepared:
+            for index, (task_id, task) in enumerate(prepared):
+                if index % PROGRESS_EVERY == 0 and len(prepared) > PROGRESS_EVERY:
+                    self._progress("making task files", index, len(prepared))
                 if task_id is None:
                     task_id = f"{seq:0{SEQ_DIGITS}d}-{_slug(task.args)}"
                     seq += 1
@@ -1158,7 +1172,8 @@ class Queue:
     @_heals
     def validate(self) -> list[Problem]:
         """Every problem of the queue at the remote's tip (see :mod:`gitqueue.validate`)."""
-        return rules.check_tree(self.store, self.snapshot().root)
+        checked = None if self.on_progress is None else lambda n: self._progress("checking files", n, None)
+        return rules.check_tree(self.store, self.snapshot().root, progress=checked)
 
     def _task_file(self, snap: Snapshot, task_id: str) -> tuple[str, str, Task | None]:
         """A task's path, text and parsed task; for an invalid file, None for the task."""

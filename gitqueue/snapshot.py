@@ -49,6 +49,13 @@ def not_a_file(mode: bytes) -> str:
     return f"not a regular file (git mode {mode.decode()})"
 
 
+def parse_entry(entry: Entry, raw: bytes) -> Task:
+    """The task in file ``entry`` whose bytes are ``raw``; InvalidTask if it is none."""
+    if entry.mode not in FILE_MODES:
+        raise InvalidTask(entry.path, not_a_file(entry.mode))
+    return parse_task(raw, path=entry.path)
+
+
 @dataclass(frozen=True)
 class Problem:
     """A file in a state folder that is not a valid task."""
@@ -90,9 +97,7 @@ class TaskCache:
 
     @staticmethod
     def _parse(entry: Entry, raw: bytes) -> Task:
-        if entry.mode not in FILE_MODES:
-            raise InvalidTask(entry.path, not_a_file(entry.mode))
-        return parse_task(raw, path=entry.path)
+        return parse_entry(entry, raw)
 
     def prefetch(self, entries: list[Entry]) -> None:
         """Parse many tasks after one bulk read, instead of one object read each."""

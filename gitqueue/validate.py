@@ -269,24 +269,40 @@ def after_problems(
     return problems
 
 
-def check_tree(store: GitStore, root: str | None) -> list[Problem]:
-    """Every file of a queue at one commit's tree."""
+def check_tree(store: GitStore, root: str | None, *, progress: Callable[[int], None] | None = None) -> list[Problem]:
+    """Every file of a queue at one commit's tree (``progress`` hears how many, now and then)."""
     files = ((path, mode, _reader(store, sha)) for path, mode, sha in store.walk(root))
-    return check_files(files)
+    return check_files(_counted(files, progress))
+
+
+def _counted(files: Iterable[File], progress: Callable[[int], None] | None) -> Iterable[File]:
+    """``files``, telling ``progress`` every 500 how many went by."""
+    if progress is None:
+        return files
+
+    def counting() -> Iterator[File]:
+        for n, file in enumerate(files, 1):
+            if n % 500 == 0:
+                progress(n)
+            yield file
+
+    return counting()
 
 
 def _reader(store: GitStore, sha: str) -> Callable[[], bytes]:
     return lambda: store.read(sha)
 
 
-def check_disk(top: Path | None, paths: Iterable[Path] | None = None) -> list[Problem]:
+def check_disk(
+    top: Path | None, paths: Iterable[Path] | None = None, *, progress: Callable[[int], None] | None = None
+) -> list[Problem]:
     """Files on disk in a clone whose top folder is ``top``: all of them, or ``paths`` (files
     or folders). With no ``top`` (no clone), each file is checked as a pending task.
     Symbolic links are reported, never followed."""
     chosen = list(paths) if paths is not None else None
     if top is None and chosen is None:
         raise GitqueueError("name the files to check, or run this in a clone of the queue")
-    return check_files(_disk_files(top, chosen), whole=chosen is None)
+    return check_files(_counted(_disk_files(top, chosen), progress), whole=chosen is None)
 
 
 def _disk_files(top: Path | None, chosen: list[Path] | None) -> Iterator[File]:

@@ -43,6 +43,12 @@ def poll_until(check: Callable[[], T], *, what: str, timeout: float = 20.0) -> T
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No test sees the user's caches, queue config or git identity."""
+    return isolate(tmp_path, monkeypatch)
+
+
+def isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point HOME, the caches and git's config into ``tmp_path`` and work in tmp_path/work (also
+    for module-scoped fixtures, which run before ``isolated_env``); returns the new HOME."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
