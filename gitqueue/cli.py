@@ -817,7 +817,8 @@ def _lease_line(run: dict[str, Any]) -> str:
     ends = "lease end unknown"
     if run["lease_ends"]:
         left = run["seconds_left"]
-        when = f"in {progress.format_duration(left)}" if left >= 0 else f"{progress.format_duration(-left)} ago, plus --max-skew"
+        took = progress.format_duration(abs(left))
+        when = f"in {took}" if left >= 0 else f"{took} ago, plus --max-skew"
         ends = f"lease runs out {run['lease_ends']} ({when})"
     return f"{run['id']} (worker {run['worker']}, attempt {run['attempt']}): {beat}; {ends}"
 
