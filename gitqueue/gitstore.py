@@ -395,9 +395,7 @@ class GitStore:
     the cache's objects without fighting over refs.
     """
 
-    def __init__(
-        self, url: str, *, branch: str = "main", cache: Path | None = None, patience: float = 120.0
-    ) -> None:
+    def __init__(self, url: str, *, branch: str = "main", cache: Path | None = None, patience: float = 120.0) -> None:
         self.url = canonical_url(url)  # what git is given, secrets included (they are never printed)
         self.display = redact(self.url)  # what gitqueue prints and stores
         self.branch = branch
@@ -756,14 +754,19 @@ class GitStore:
         except FileNotFoundError:
             return {}
 
-    def heartbeat(self, token: str, *, parent: str | None, message: str, author: Identity) -> str | None:
-        """Push a heartbeat commit to the run's own lease ref; None if it could not be pushed.
+    def heartbeat(
+        self, token: str, *, parent: str | None, message: str, author: Identity, when: float | None = None
+    ) -> str | None:
+        """Push a heartbeat commit (made at ``when``, else now) to the run's own lease ref; None if
+        it could not be pushed.
 
         Heartbeats never touch the queue branch, so its history stays one commit per state
         change. Each heartbeat is a fast-forward of the previous one (never a forced push).
         """
         try:
-            commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
+            commit = self.write_commit(
+                tree=self.write_tree({}), parent=parent, message=message, author=author, when=when
+            )
             proc = run_git(
                 ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"],
                 cwd=self.path,

@@ -801,8 +801,11 @@ class Watch:
     def push_heartbeat(self) -> None:
         """Keep the lease alive; safe from a second thread (writes objects, runs git push)."""
         queue, run = self.worker.queue, self.run
-        message = f"heartbeat {run.id} by {queue.worker}\n\nGitqueue-Run: {run.token}\nGitqueue-Time: {now_iso()}\n"
-        pushed = queue.store.heartbeat(run.token, parent=self.heartbeat, message=message, author=queue.identity)
+        when = queue.clock()  # the clock every record of this queue is written by
+        message = f"heartbeat {run.id} by {queue.worker}\n\nGitqueue-Run: {run.token}\nGitqueue-Time: {now_iso(when)}\n"
+        pushed = queue.store.heartbeat(
+            run.token, parent=self.heartbeat, message=message, author=queue.identity, when=when
+        )
         if pushed is not None:
             self.heartbeat = pushed
 

@@ -68,8 +68,12 @@ def drained_sweep(folder: Path, *, lrs: str = "0.1,0.01,0.001", bss: str = "32,6
                          "--grid", "opt=adam,sgd", "--max-attempts", "2", "--tag", "sweep-1")  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     # A worker that claimed a task 15 s ago with a 5 s lease and died: reaped, then run again by the others.
+    # It started (one heartbeat, 15 s ago too), so its reap spends the attempt.
     with Queue.open(url, worker="old-box/0", clock=lambda: time.time() - 15) as dead:
-        assert dead.claim(lease=5) is not None
+        run = dead.claim(lease=5)
+        assert run is not None
+        beat = f"heartbeat {run.id} by old-box/0\n\nGitqueue-Run: {run.token}\n"
+        assert dead.store.heartbeat(run.token, parent=None, message=beat, author=dead.identity, when=dead.clock())
     reaped = gitqueue("reap", "--max-skew", "0", "--queue", url)
     assert reaped.returncode == 0 and "reaped 1" in reaped.stdout, reaped.stdout + reaped.stderr
     procs = [

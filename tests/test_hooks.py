@@ -345,4 +345,4 @@ def test_hooks_ci_prints_the_workflows_the_package_ships() -> None:
     install_help = runner.invoke(app, ["hooks", "install", "--help"]).stdout
     assert "examples/ci" not in install_help and "gitqueue hooks ci" in install_help
     pyproject = (package.parent / "pyproject.toml").read_text()
-    assert 'gitqueue = ["ci/*.yml"]' in pyproject, "shipped in the wheel as package data"
+    assert '"ci/*.yml"' in pyproject.split("[tool.setuptools.package-data]")[1], "shipped in the wheel as package data"

@@ -75,7 +75,7 @@ def test_an_exception_fails_the_task_with_its_traceback_tail(queue: Queue) -> No
         calls.append(step)
         raise FloatingPointError(f"loss is nan at step {step}")
 
-    assert diverge() == 6  # its task failed
+    assert diverge() == 7  # its task failed
     assert calls == [7, 7]
     task = queue.get("bad")
     assert task.state is State.FAILED and [a["outcome"] for a in task.attempts] == ["failed", "failed"]
@@ -114,7 +114,7 @@ def test_args_that_do_not_fit_the_parameters_fail_without_a_call(queue: Queue) -
     def train(lr: float, epochs: int) -> None:
         calls.append((lr, epochs))
 
-    assert train() == 6  # every task failed
+    assert train() == 7  # every task failed
     assert calls == []
     errors = {t.id: t.attempts[0]["error"] for t in queue.tasks(State.FAILED)}
     assert errors == {
