@@ -32,6 +32,7 @@ from gitqueue.task import MARKER, State, Task, fan, load_yaml, parse_task, split
 
 STATES = frozenset(state.value for state in State)
 
+
 class Transition(NamedTuple):
     verb: str  # what `gitqueue log` calls the move when a commit of gitqueue's does not say
     by: str  # who makes it, for the message about a move that no command makes

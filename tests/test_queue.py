@@ -157,6 +157,7 @@ def test_generated_ids_sort_in_submission_order(queue: Queue, remote_repo: Remot
     claimed = [run.id for run in iter(queue.claim, None)]
     assert claimed == submitted
 
+
 def test_generated_ids_keep_submission_order_past_999999(queue: Queue) -> None:
     """The sequence number outgrows its six digits: the millionth task still comes after the
     ones before it (as strings, "1000000-" would sort first), and so do numbered hand ids."""
@@ -168,7 +169,6 @@ def test_generated_ids_keep_submission_order_past_999999(queue: Queue) -> None:
     order = ["9-by-hand", "10-by-hand", "999999-six-digits", "1000000-n1", "exp-a"]
     assert [task.id for task in queue.tasks()] == order
     assert [run.id for run in iter(queue.claim, None)] == order
-
 
 
 def test_submitting_the_same_task_again_does_nothing(queue: Queue, remote_repo: RemoteRepo) -> None:
