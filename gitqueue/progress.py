@@ -44,7 +44,10 @@ class Progress:
 
     def describe(self) -> str:
         """``1.5 tasks/s, about 3m20s left`` (or what is known of it)."""
-        rate = "no run ended yet" if self.rate is None else f"{format_rate(self.rate)}"
+        if self.rate is not None:
+            rate = format_rate(self.rate)
+        else:  # runs may have ended within one second of each other: commits keep whole seconds
+            rate = "rate not known yet" if self.finished else "no run ended yet"
         if self.remaining == 0:
             return f"{rate}, nothing left to run"
         left = "time left unknown" if self.eta is None else f"about {format_duration(self.eta)} left"

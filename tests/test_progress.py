@@ -51,6 +51,8 @@ def test_estimate_uses_the_recent_pace_up_to_now() -> None:
     drained = estimate({"done": 11}, ended, now=500.0)
     assert drained.rate == 1.0 and drained.eta == 0.0 and drained.describe() == "1 tasks/s, nothing left to run"
     assert estimate({"pending": 3}, [], now=1.0).describe() == "no run ended yet, time left unknown"
+    # a quick drain: every run ended in the same second of the branch's history
+    assert estimate({"done": 6}, [100.0] * 6, now=100.0).describe() == "rate not known yet, nothing left to run"
     assert format_duration(3725) == "1h02m" and format_duration(59) == "59s"
 
 
