@@ -143,6 +143,7 @@ class _Server:
     """Shared port handling and context-manager protocol."""
 
     scheme = ""
+    _proc: subprocess.Popen[bytes] | None = None  # the server process, for those that run one
 
     def __init__(self, base_path: Path, port: int | None = None, log_path: Path | None = None) -> None:
         self.base_path = Path(base_path).resolve()
@@ -173,6 +174,42 @@ class _Server:
 
     def _open_log(self) -> BinaryIO | None:
         return None if self.log_path is None else open(self.log_path, "ab")
+
+    def _launch(self, cmd: list[str], what: str) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` in a session of its own (stop() signals its whole process group, the
+        per-connection children included), its output in the log; return once the port
+        accepts connections. RuntimeError if it exits first (e.g. the port is taken),
+        TimeoutError if it does not listen within START_TIMEOUT seconds."""
+        log = self._open_log()
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log or subprocess.DEVNULL,
+                stderr=log or subprocess.DEVNULL,
+                env=_server_env(),
+                start_new_session=True,
+            )
+        finally:
+            if log is not None:
+                log.close()  # the child holds its own descriptor
+        self._proc = proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                self._proc = None
+                raise RuntimeError(
+                    f"{what} exited with {proc.returncode} on port {self.port}"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            return _port_open(self.port)
+
+        try:
+            _wait_until(ready, START_TIMEOUT, f"{what} on port {self.port}")
+        except TimeoutError:
+            self.stop()
+            raise
+        return proc
 
 
 class GitDaemon(_Server):
@@ -212,37 +249,7 @@ class GitDaemon(_Server):
             "--enable=receive-pack", "--max-connections=0",
             f"--base-path={self.base_path}", f"--listen={HOST}", f"--port={self.port}",
         ]  # fmt: skip
-        log = self._open_log()
-        try:
-            # Own session: stop() signals the whole process group, which also
-            # reaches the per-connection children the daemon forks.
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log or subprocess.DEVNULL,
-                stderr=log or subprocess.DEVNULL,
-                env=_server_env(),
-                start_new_session=True,
-            )
-        finally:
-            if log is not None:
-                log.close()  # the child holds its own descriptor
-        proc = self._proc
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                self._proc = None
-                raise RuntimeError(
-                    f"git daemon exited with {proc.returncode} on port {self.port}"
-                    + (f"; see {self.log_path}" if self.log_path else "")
-                )
-            return _port_open(self.port)
-
-        try:
-            _wait_until(ready, START_TIMEOUT, f"git daemon on port {self.port}")
-        except TimeoutError:
-            self.stop()
-            raise
+        self._launch(cmd, "git daemon")
 
     def stop(self) -> None:
         """Kill the daemon and its children; return once they are gone and the port is closed.
@@ -617,32 +624,7 @@ class SSHServer(_Server):
         self._keys()
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation folder
-        log = self._open_log()
-        try:
-            self._proc = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(self.state / "sshd_config")],
-                stdin=subprocess.DEVNULL,
-                stdout=log or subprocess.DEVNULL,
-                stderr=log or subprocess.DEVNULL,
-                env=_server_env(),
-                start_new_session=True,
-            )
-        finally:
-            if log is not None:
-                log.close()
-        proc = self._proc
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                self._proc = None
-                raise RuntimeError(f"sshd exited with {proc.returncode} on port {self.port}")
-            return _port_open(self.port)
-
-        try:
-            _wait_until(ready, START_TIMEOUT, f"sshd on port {self.port}")
-        except TimeoutError:
-            self.stop()
-            raise
+        self._launch([sshd, "-D", "-e", "-f", str(self.state / "sshd_config")], "sshd")
 
     def stop(self) -> None:
         """Stop sshd and its sessions; return once the port is closed. Idempotent."""
