@@ -576,11 +576,18 @@ def ls(
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    """Columns aligned with plain text: fast for 100,000 rows, and clean when piped."""
-    cells = [headers, *(["" if v is None else str(v) for v in row] for row in rows)]
+    """Columns aligned with plain text: fast for 100,000 rows, and clean when piped. What a
+    queue holds (args, results, workers) is shown, never sent: a terminal escape is printed
+    as ``\x1b``, as validate prints file names."""
+    cells = [headers, *([_cell(v) for v in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text if text.isprintable() else validate_rules.display(text)
 
 
 @app.command()

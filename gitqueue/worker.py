@@ -38,6 +38,7 @@ from gitqueue import leftovers
 from gitqueue.errors import CacheDamaged, GitqueueError, InvalidTask, LostRace, NotHeld, TaskNotFound
 from gitqueue.queue import ERROR_TAIL, Queue, Report, Run
 from gitqueue.task import MAX_FILE_BYTES, State, Task, load_yaml, now_iso, result_problem
+from gitqueue.validate import display
 
 # Signals that stop a worker: its runs go back to pending without spending an attempt.
 # SIGUSR1 is the warning Slurm sends before a job's time limit (``--signal=B:USR1@120``).
@@ -456,6 +457,7 @@ class Worker:
     def _execute(self, run: Run) -> Report | None:
         args = " ".join(f"{k}={_as_argument(v)}" for k, v in run.args.items())
         args = args if len(args) <= SHOWN_ARGS else f"{args[:SHOWN_ARGS]}... ({len(args):,} characters)"
+        args = args if args.isprintable() else display(args)  # a task's terminal escapes are shown, not sent
         self.say(f"▶ {run.id} (attempt {run.attempt}) {args}")
         watch = Watch(self, run)
         started = time.monotonic()

@@ -519,3 +519,16 @@ def test_status_counts_a_task_in_two_folders_once_and_reports_it(cli_queue: str)
     remote.person_commit({"pending/000002-n2.yaml": None, "pending/000001-n1.yaml": None})
     table = gq("status").stdout
     assert "oldest pending: by-hand (written by hand: no submit time)" in table, table
+
+
+def test_terminal_escapes_in_a_tasks_args_are_shown_not_sent(cli_queue: str) -> None:
+    """Whoever can push a task must not drive the terminals of people who list it."""
+    hostile = "\x1b]0;owned\x07\x1b[2J"  # set the window title, clear the screen
+    gq("submit", f"note={hostile}", "--id", "odd")
+    listed = gq("ls").stdout
+    assert "\x1b" not in listed and "\x07" not in listed
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in listed  # shown, escaped, as validate shows file names
+    said = gq("work", "--", "true").stderr
+    assert "▶ odd (attempt 1) note=\\x1b]0;owned\\x07\\x1b[2J" in said and "\x1b" not in said
+    results = gq("results").stdout  # done now: its row has the args
+    assert "\x1b" not in results and "\\x1b[2J" in results
