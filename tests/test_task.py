@@ -63,6 +63,17 @@ def test_dates_and_times_stay_strings() -> None:
     assert task.args == {"day": "2024-01-31", "at": "2024-01-31T10:00:00Z"}
 
 
+def test_numbers_in_exponent_form_are_numbers_as_on_the_command_line() -> None:
+    """`--grid lr=1e-3` stores a float; so must `lr: 1e-3` written by hand (YAML 1.1 reads a
+    string there), or `--where 'args.lr < 0.01'` would miss hand-written tasks."""
+    raw = b"args: {a: 1e-3, b: 2E5, c: -1.5e+3, d: .5e1, e: '1e-3', f: 1.0e-3, g: 1e, h: 0x1F}\n"
+    args = parse_task(raw, path="pending/t.yaml").args
+    assert args == {"a": 0.001, "b": 200000.0, "c": -1500.0, "d": 5.0, "e": "1e-3", "f": 0.001, "g": "1e", "h": 31}
+    assert all(isinstance(args[k], float) for k in "abcdf")
+    long = b"args: {a: 1e-3, pad: '" + b"x" * 9000 + b"'}\n"  # the pure-Python loader reads it the same way
+    assert parse_task(long, path="pending/t.yaml").args["a"] == 0.001
+
+
 def test_task_in_a_fanned_out_folder() -> None:
     task = parse_task(b"args: {a: 1}\n", path=f"done/{fan('t-1')}/t-1.yaml")
     assert (task.id, task.state) == ("t-1", State.DONE)
