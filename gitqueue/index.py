@@ -82,6 +82,22 @@ def _db_key(path: str, blob: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") + "\0" + blob
 
 
+def connect(path: Path, table: str) -> sqlite3.Connection | None:
+    """The machine's shared cache file at ``path`` with a ``table`` of keys and data, or None if
+    it cannot be opened: it is a cache, not a source of truth, so work goes on without it."""
+    db = None
+    try:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
+    except sqlite3.Error:
+        if db is not None:
+            db.close()
+        return None
+    return db
+
+
 READ_CHUNK = 5000  # files read and parsed at a time
 # Named after the Summary's layout: a process that knows more fields (``after``) must not read
 # the summaries an older one made of the same blobs (it refused them as unknown fields).
@@ -101,15 +117,7 @@ class SummaryStore:
         self.read_blobs = read_blobs
         self.parse = parse
         self._memory: dict[tuple[str, str], Summary] = {}
-        self._db: sqlite3.Connection | None = None
-        if path is not None:
-            try:
-                self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=OFF")
-                self._db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
-            except sqlite3.Error:
-                self._db = None  # a cache, not a source of truth: work without it
+        self._db = None if path is None else connect(path, TABLE)
 
     def close(self) -> None:
         if self._db is not None:

@@ -4,7 +4,8 @@ Everything comes from the queue branch: each task's file (its args, result, stat
 record of every attempt: which worker ran it, when it started and ended, how it ended) and
 the branch's recent commits (who changed what). :class:`Reporter` reads a snapshot into a
 :class:`Sweep`; :mod:`gitqueue.report_page` draws it. A reporter keeps what it read by blob
-id, so ``--watch`` re-reads only the task files that changed since its last page.
+id, so ``--watch`` re-reads only the task files that changed since its last page, and
+:mod:`gitqueue.report_cache` keeps it on the machine, so the next report parses only new files.
 """
 
 from __future__ import annotations
@@ -213,6 +214,9 @@ class Reporter:
         filters.where(where)  # a bad filter is refused before anything is read
         self.clock = clock
         self._read: dict[tuple[str, str], tuple[Row, list[RunSpan]] | Problem | None] = {}
+        from gitqueue.report_cache import ReadCache  # it imports Row and RunSpan from here
+
+        self._cache = ReadCache(queue.store.path / "gitqueue-summaries.sqlite", where=where)
 
     def sweep(self, snap: Snapshot | None = None) -> Sweep:
         """The queue as it is now (or as ``snap`` shows it)."""
@@ -239,6 +243,10 @@ class Reporter:
         """Read the files not read yet: on every core when there are many (a first report
         of 100,000 tasks is mostly YAML parsing)."""
         missing = [e for e in entries if (e.path, e.blob) not in self._read]
+        cached = self._cache.get([e for e in missing if e.mode in FILE_MODES]) if missing else {}
+        for entry, found in cached.items():  # what another process read before
+            self._read[(entry.path, entry.blob)] = found
+        missing = [e for e in missing if e not in cached]
         cores = min(os.cpu_count() or 1, MAX_PROCESSES)
         chunks = [missing[i : i + READ_CHUNK] for i in range(0, len(missing), READ_CHUNK)]
         # Forked children only parse the bytes they are sent. Other ways of starting them run the
@@ -263,6 +271,7 @@ class Reporter:
     def _store(self, entries: list[Entry], found: list[Read]) -> None:
         for entry, item in zip(entries, found, strict=True):
             self._read[(entry.path, entry.blob)] = item
+        self._cache.put([(e, item) for e, item in zip(entries, found, strict=True) if e.mode in FILE_MODES])
 
     def write(self, path: Path, snap: Snapshot | None = None) -> Sweep:
         """Write the page for the queue as it is now to ``path``; a reader never sees half a file."""

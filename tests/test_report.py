@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,9 @@ import pytest
 from conftest import RemoteRepo, poll_until
 from typer.testing import CliRunner
 
-from gitqueue import Queue, report
+from gitqueue import Queue, report, report_cache
 from gitqueue.cli import app
-from gitqueue.report import Reporter
+from gitqueue.report import Reporter, read_files
 from gitqueue.report_page import table_data
 from gitqueue.task import MARKER
 
@@ -167,3 +168,81 @@ def test_many_files_are_parsed_in_processes_with_the_same_result(
     assert [r.id for r in parallel.rows] == [r.id for r in serial.rows] and len(serial.rows) == 3
     assert parallel.rows == serial.rows and parallel.runs == serial.runs
     assert [p.path for p in parallel.problems] == ["pending/broken.yaml"] == [p.path for p in serial.problems]
+
+
+def _page_data(page: Path) -> tuple[dict, dict, list[str]]:
+    """What a page shows of the tasks: its table, its plots (but the timeline, whose running bar
+    ends when the page was made), and its invalid files."""
+    text = page.read_text()
+    plots = _embedded(text, "PLOTS")
+    del plots["timeline"]
+    return _embedded(text, "TABLE"), plots, re.findall(r"<li>(.*?)</li>", text)
+
+
+def _odd_tasks(queue: Queue, remote_repo: RemoteRepo) -> None:
+    """The sweep, plus files whose reads JSON cannot hold exactly (a NaN, bytes, an int key) and an invalid one."""
+    _sweep(queue)
+    queue.submit([{"args": {"lr": float("nan"), "bs": 16}}])
+    inexact = "args: {b: !!binary aGk=, bs: 16, m: {3: x}}\n"
+    remote_repo.person_commit({"pending/inexact.yaml": inexact, "pending/broken.yaml": "args: {lr: [\n"})
+
+
+def test_a_new_process_reads_what_an_earlier_one_parsed(
+    queue: Queue, bare_remote: Path, remote_repo: RemoteRepo, tmp_path: Path
+) -> None:
+    """A second ``gitqueue report`` process shows what the first showed, with or without another --where."""
+    _odd_tasks(queue, remote_repo)
+
+    def report(name: str, *where: str) -> tuple[dict, dict, list[str]]:
+        page = tmp_path / name
+        command = [sys.executable, "-m", "gitqueue", "report", "--queue", str(bare_remote), "-o", str(page), *where]
+        subprocess.run(command, check=True, capture_output=True)
+        return _page_data(page)
+
+    cold = report("cold.html")
+    cached = sqlite3.connect(queue.store.path / "gitqueue-summaries.sqlite")
+    assert cached.execute(f"SELECT count(*) FROM {report_cache.TABLE}").fetchone()[0] == 7  # all but the two inexact
+    cached.close()
+    assert report("warm.html") == cold
+    assert len(cold[0]["rows"]) == 8 and any("broken.yaml" in item for item in cold[2])
+    filtered = report("bs16-cold.html", "--where", "args.bs == 16")
+    bs = cold[0]["columns"].index("args.bs")
+    assert [row[0] for row in filtered[0]["rows"]] == [row[0] for row in cold[0]["rows"] if row[bs] == 16]
+    assert len(filtered[0]["rows"]) == 5  # three of the sweep's, the NaN one, the inexact one
+    assert report("bs16-warm.html", "--where", "args.bs == 16") == filtered
+    assert report("warm-again.html") == cold
+
+
+def test_a_new_reporter_parses_only_what_no_one_has_read(
+    queue: Queue, remote_repo: RemoteRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _odd_tasks(queue, remote_repo)
+    first = Reporter(queue, where="args.bs == 16").sweep()
+    parsed: list[str] = []
+
+    def counting(where: str | None, files: list) -> list:
+        parsed.extend(entry.path for entry, _ in files)
+        return read_files(where, files)
+
+    monkeypatch.setattr(report, "read_files", counting)
+    again = Reporter(queue, where="args.bs == 16").sweep()
+    assert len(parsed) == 2 and "pending/inexact.yaml" in parsed  # and the NaN task's file: no others
+    assert again.rows == first.rows and again.runs == first.runs and again.problems == first.problems
+    assert [r.id for r in first.rows] == [r.id for r in Reporter(queue).sweep().rows if r.args.get("bs") == 16]
+
+
+def test_a_damaged_cache_file_is_worked_without(queue: Queue, bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    _odd_tasks(queue, remote_repo)
+    expected = Reporter(queue).sweep()
+    with sqlite3.connect(queue.store.path / "gitqueue-summaries.sqlite") as db:  # rows no reporter wrote
+        db.execute(f"UPDATE {report_cache.TABLE} SET data = 'not json' WHERE rowid % 2 = 0")
+        db.execute(f"UPDATE {report_cache.TABLE} SET data = '[\"row\", [1], []]' WHERE rowid % 2 = 1")
+    damaged = Reporter(queue).sweep()
+    assert damaged.rows == expected.rows and damaged.runs == expected.runs and damaged.problems == expected.problems
+    cache = queue.store.path / "gitqueue-summaries.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{cache}{suffix}").unlink(missing_ok=True)
+    cache.write_bytes(b"this is not a database\n" * 100)
+    result = runner.invoke(app, ["report", "--queue", str(bare_remote), "-o", "r.html"])
+    assert result.exit_code == 0, result.output
+    assert [row[0] for row in _embedded(Path("r.html").read_text(), "TABLE")["rows"]] == [r.id for r in expected.rows]
