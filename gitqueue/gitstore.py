@@ -114,6 +114,8 @@ DAMAGE_SIGNS = (
     "missing tree",
     "missing commit",
     "invalid object",
+    "Unable to read current working directory",  # the cache folder went away while git ran in it
+    "invalid index-pack output",  # our index-pack died writing into it
 )
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",

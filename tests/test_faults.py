@@ -19,6 +19,7 @@ from conftest import RemoteRepo, poll_until
 from test_worker import LEASE_REFS, Lab, make_lab  # noqa: F401  (a fixture)
 
 from gitqueue import Queue, QueueNotFound, RemoteUnavailable, State
+from gitqueue.gitstore import damage_in
 from gitqueue.testing import GitDaemon
 
 
@@ -339,3 +340,13 @@ def test_a_mistyped_local_path_is_no_queue_at_once(tmp_path: Path) -> None:
     with pytest.raises(QueueNotFound):
         Queue.open(str(tmp_path / "no-such-queue.git"), clock=clock, sleep=clock.sleep)
     assert clock.sleeps == 0
+
+
+def test_a_cache_folder_deleted_while_git_runs_in_it_is_damage_not_the_remote() -> None:
+    """git started in the cache, then the folder went: what git says is about our side."""
+    said = (
+        "fatal: Unable to read current working directory: No such file or directory\n"
+        "fatal: fetch-pack: invalid index-pack output\n"
+    )
+    assert damage_in(said) == "fatal: Unable to read current working directory: No such file or directory"
+    assert damage_in("remote: fatal: Unable to read current working directory") is None  # the remote's own
