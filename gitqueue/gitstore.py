@@ -44,6 +44,7 @@ from gitqueue.errors import (
 from gitqueue.urls import redact, scrub
 
 GIT_TIMEOUT = 60.0
+FETCH_HEALS = 3  # rebuilds of a cache that goes away (is deleted) again and again within one fetch
 MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
 LOOSE_PER_FOLDER = 27  # git gc --auto packs when objects/17 holds more than this
 MAINTAIN_PAUSE = 3600.0  # seconds between two gc runs in one cache
@@ -543,17 +544,21 @@ class GitStore:
         self.fetches += 1
         started = time.monotonic()
         try:
-            try:
-                return self._fetch(leases)
-            except CacheDamaged as exc:
-                self.heal(str(exc), fetch=False)
-            try:
-                return self._fetch(leases)
-            except CacheDamaged as exc:  # not our cache's fault, then: the remote's own repository?
-                raise RemoteUnavailable(
-                    f"cannot fetch from {self.display}, even into a rebuilt cache: "
-                    f"is the remote's repository damaged? {exc}"
-                ) from None
+            rebuilt = None  # the folder the last rebuild made
+            for _ in range(FETCH_HEALS):
+                try:
+                    return self._fetch(leases)
+                except CacheDamaged as exc:
+                    if rebuilt is not None and _folder_id(self.path) == rebuilt:
+                        # The cache we just rebuilt is still there, and damaged again: not our
+                        # cache's fault, then, but the remote's own repository?
+                        raise RemoteUnavailable(
+                            f"cannot fetch from {self.display}, even into a rebuilt cache: "
+                            f"is the remote's repository damaged? {exc}"
+                        ) from None
+                    self.heal(str(exc), fetch=False)  # first damage, or the folder went again
+                    rebuilt = _folder_id(self.path)
+            raise CacheDamaged(f"the local cache {self.path} keeps going away while it is rebuilt")
         finally:
             self.seconds["fetch"] += time.monotonic() - started
 
