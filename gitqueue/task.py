@@ -328,11 +328,6 @@ _RESOLVERS = {
     ch: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-# Numbers in exponent form are floats, as on gitqueue's command line and in YAML 1.2: YAML 1.1
-# wants a dot and a signed exponent (1.0e-3), so PyYAML reads `lr: 1e-3` as a string.
-_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
-for _first in "-+0123456789.":
-    _RESOLVERS.setdefault(_first, []).append(("tag:yaml.org,2002:float", _EXPONENT))
 for _loader in (_Loader, _FastLoader):
     if _loader is not None:
         _loader.yaml_implicit_resolvers = _RESOLVERS  # type: ignore[attr-defined]
