@@ -26,6 +26,7 @@ from pathlib import Path
 from bench.env import machine, sandbox, transport
 from bench.rawgit import run_cycles
 from bench.report import median, ms
+from bench.scale import claim_cycles
 
 
 @dataclass
@@ -60,27 +61,15 @@ def build(url: str, folder: Path, *, tasks: int, waiting: bool) -> None:
 
 def measure(url: str, folder: Path, *, tasks: int, layout: str, claims: int, budget: float) -> DepsResult:
     from gitqueue import Queue
-    from gitqueue.queue import Report
+    from gitqueue.queue import Run
+
+    def not_waiting(run: Run) -> None:
+        if layout != "plain":
+            assert "after" not in run.task.text, f"claimed {run.id}, which waits on the gate"
 
     with Queue(url, worker="bench-deps", cache=folder / "cache") as q:
         run = q.claim()  # first claim: the fresh cache reads every summary once
-        claim_times: list[float] = []
-        cycle_times: list[float] = []
-        deadline = time.monotonic() + budget
-        for _ in range(claims):
-            t0 = time.perf_counter()
-            other = q.claim()
-            claim_times.append(time.perf_counter() - t0)
-            if other is None or run is None:
-                break
-            if layout != "plain":
-                assert "after" not in other.task.text, f"claimed {other.id}, which waits on the gate"
-            t0 = time.perf_counter()
-            run = q.finish(Report(run.id, run.token, "done"), then_claim={}).next
-            cycle_times.append(time.perf_counter() - t0)
-            q.finish(Report(other.id, other.token, "done"))
-            if time.monotonic() > deadline:
-                break
+        claim_times, cycle_times = claim_cycles(q, run, claims=claims, budget=budget, check=not_waiting)
         choose, scanning = choosing(q)
     raw = run_cycles(url, folder / "raw.git", how="mktree", cycles=10, budget=budget / 2)
     return DepsResult(

@@ -15,12 +15,18 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.env import Transport, git, gitqueue_command, repo_bytes, seed_queue
 from bench.rawgit import run_cycles
 from bench.report import median
+
+if TYPE_CHECKING:
+    from gitqueue import Queue
+    from gitqueue.queue import Run
 
 
 @dataclass
@@ -135,7 +141,6 @@ def worker_memory(url: str, folder: Path, *, tasks: int, budget: float) -> tuple
 
 def measure(t: Transport, root: Path, *, tasks: int, claims: int, budget: float) -> ScaleResult:
     from gitqueue import Queue
-    from gitqueue.queue import Report
 
     res = ScaleResult(t.kind, tasks)
     remote = t.new_remote(f"scale-{tasks}")
@@ -157,21 +162,7 @@ def measure(t: Transport, root: Path, *, tasks: int, claims: int, budget: float)
         res.first_fetch = time.perf_counter() - start
         run = q.claim()
         res.first_ready = time.perf_counter() - start
-        deadline = time.monotonic() + budget / 2
-        claim_times: list[float] = []
-        cycle_times: list[float] = []
-        for _ in range(claims):  # warm worker: claim alone, then finish+claim in one commit
-            t0 = time.perf_counter()
-            other = q.claim()
-            claim_times.append(time.perf_counter() - t0)
-            if other is None or run is None:
-                break
-            t0 = time.perf_counter()
-            run = q.finish(Report(run.id, run.token, "done"), then_claim={}).next
-            cycle_times.append(time.perf_counter() - t0)
-            q.finish(Report(other.id, other.token, "done"))
-            if time.monotonic() > deadline:
-                break
+        claim_times, cycle_times = claim_cycles(q, run, claims=claims, budget=budget / 2)
     res.claim = median(claim_times)
     res.finish_claim = median(cycle_times)
     res.claims = len(claim_times)
@@ -253,3 +244,31 @@ def grid(t: Transport, root: Path, *, side: int, budget: float) -> GridResult:
     raw_seconds = time.perf_counter() - t0
     shutil.rmtree(folder, ignore_errors=True)
     return GridResult(tasks=side * side, cli=seconds, raw=raw_seconds, commits=commits)
+
+
+def claim_cycles(
+    q: Queue, run: Run | None, *, claims: int, budget: float, check: Callable[[Run], None] | None = None
+) -> tuple[list[float], list[float]]:
+    """A warm worker's two figures, ``claims`` times (at most ``budget`` s): a claim alone, then
+    a finish and the next claim in one commit. ``run`` is one it holds already; ``check`` looks
+    at each run claimed alone. Returns (claim times, finish+claim times), in seconds."""
+    from gitqueue.queue import Report
+
+    deadline = time.monotonic() + budget
+    claim_times: list[float] = []
+    cycle_times: list[float] = []
+    for _ in range(claims):
+        t0 = time.perf_counter()
+        other = q.claim()
+        claim_times.append(time.perf_counter() - t0)
+        if other is None or run is None:
+            break
+        if check is not None:
+            check(other)
+        t0 = time.perf_counter()
+        run = q.finish(Report(run.id, run.token, "done"), then_claim={}).next
+        cycle_times.append(time.perf_counter() - t0)
+        q.finish(Report(other.id, other.token, "done"))
+        if time.monotonic() > deadline:
+            break
+    return claim_times, cycle_times
