@@ -1,0 +1,174 @@
+"""What a worker has in hand, and the one push that reports and claims.
+
+:class:`Hand` owns the runs claimed and not started (a batch), the runs that ended and are not
+reported yet, the runs held back as suspects (their task lacks a placeholder of the command), the
+run under way, and the note of all of them in this machine's runs folder (see
+:mod:`gitqueue.leftovers`). ``flush`` reports every ended run and claims the next ones in one
+commit and one push, through the :class:`~gitqueue.queue.Queue`'s public methods; :class:`Pace`
+sizes the batch. It calls nothing of the worker's loop: it is given the queue, the options, the
+summary to tally losses in and a ``say`` callable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gitqueue import leftovers
+from gitqueue.errors import InvalidTask, LostRace, NotHeld
+from gitqueue.queue import Queue, Report, Run
+from gitqueue.task import State, Task
+from gitqueue.worker.command import MissingArg
+from gitqueue.worker.options import Options, Summary
+from gitqueue.worker.pace import Pace
+
+
+class Hand:
+    """The runs one worker holds, reported and claimed one push at a time.
+
+    ``runs_everything``: the worker's runner runs any task (a ``@loop`` function), so every
+    task is eligible; else a task needs our command, or its own with ``allow_task_cmd``.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        options: Options,
+        *,
+        summary: Summary,
+        seconds: defaultdict[str, float],
+        say: Callable[[str], None],
+        runs_everything: bool,
+    ) -> None:
+        self.queue, self.options, self.summary, self.seconds, self.say = queue, options, summary, seconds, say
+        self.runs_everything = runs_everything
+        self.pace = Pace(options)
+        self.held: deque[Run] = deque()  # claimed in a batch, not started yet
+        self.held_since: dict[str, float] = {}  # run token -> when it was claimed (monotonic)
+        self.reports: list[Report] = []  # runs that ended, not reported yet
+        # Runs whose task lacks a placeholder of our command, held back while no task has had them
+        # all: the command may be wrong, not the tasks (see suspect).
+        self.suspects: list[tuple[Run, MissingArg]] = []
+        self.command_fits = False  # our command's placeholders were filled for some task
+        self.current: Run | None = None  # the run under way
+        self.stopping: str | None = None  # the token of the run whose command we are stopping
+        self.runs_folder = queue.runs_folder  # what our commands are, and what we hold (see leftovers)
+        self._holdings = leftovers.Holdings(self.runs_folder, queue=queue.here, worker=queue.worker)
+
+    def note(self) -> None:
+        """Note what we hold in the cache, so that if this process dies a worker (or `gitqueue
+        reap`) on this machine returns it at once, spending an attempt only for what started."""
+        held = {run.token: (run.id, False) for run in self.held}
+        held.update({report.token or "": (report.task_id, True) for report in self.reports})
+        if self.current is not None:
+            held[self.current.token] = (self.current.id, True)
+        else:
+            self.stopping = None
+        self._holdings.note(held, stopping=self.stopping)
+
+    def mark_stopping(self, token: str) -> None:
+        """The command of this run is being stopped: the note says so while it stops."""
+        self.stopping = token
+        self.note()
+
+    def claim_next(self) -> None:
+        """Report what ended and claim the next batch. With runs still in hand, one try: if another
+        worker wins the push, run the next task and try again after it, instead of waiting idle."""
+        s = self.summary
+        asked = self.pace.size(ran=s.done + s.failed) - len(self.held)
+        claimed = self.flush(claim=asked, patient=not self.held)
+        self.held_since.update({run.token: time.monotonic() for run in claimed})
+        self.held.extend(claimed)
+        self.note()
+        if not self.pace.lost_tries:  # it landed: the queue gave what it had
+            self.pace.batch = len(self.held)
+            self.pace.drained = len(claimed) < asked  # nothing more to claim for now: report at the end
+
+    def give_back(self) -> None:
+        """Report what ended and return the runs not started, if there are any."""
+        if self.held or self.reports:
+            self.flush(claim=0, release=True)
+
+    def flush(self, *, claim: int, release: bool = False, patient: bool = True) -> list[Run]:
+        """Report every ended run, give back the held runs not started if ``release``, and
+        claim up to ``claim`` new runs: one commit, one push. Not ``patient``: one try, and
+        nothing changes if another writer wins it."""
+        lost_before = self.queue.store.rejected_pushes
+        started = time.monotonic()
+        try:
+            claimed = self._report_and_claim(max(claim, 0), release, patient)
+        except LostRace:
+            self.pace.lost_tries += 1
+            self.pace.retry_at = time.monotonic() + self.queue._backoff(self.pace.lost_tries)
+            claimed = []
+        else:
+            self.pace.lost_tries, self.pace.retry_at = 0, 0.0
+        finally:
+            self.seconds["flush"] += time.monotonic() - started
+        self.pace.adapt(self.queue.store.rejected_pushes - lost_before)
+        self.note()
+        return claimed
+
+    def _report_and_claim(self, claim: int, release: bool, patient: bool) -> list[Run]:
+        reports = list(self.reports)
+        if release:
+            unstarted = [*self.held, *(run for run, _ in self.suspects)]
+            reports += [Report(run.id, run.token, "released") for run in unstarted]
+        if not reports:
+            return self.queue.claim_batch(claim, **self._claim_options(), patient=patient) if claim else []
+        then_claim = {**self._claim_options(), "count": claim} if claim else None
+        finished = self.queue.finish(reports, then_claim=then_claim, patient=patient)
+        self.reports = []  # landed: reported, and the held runs given back
+        if release:
+            self.held.clear()
+            self.suspects.clear()
+        self._tell(finished.losses, finished.tasks)
+        returned = any(task.state is State.PENDING for task in finished.tasks)  # the claim could not see these
+        if claim and returned and not finished.claimed and not self.held:
+            return self.queue.claim_batch(claim, **self._claim_options())
+        return finished.claimed
+
+    def _tell(self, losses: list[NotHeld | InvalidTask], tasks: list[Task]) -> None:
+        """Say which reports did not land, and which failed tasks go back to pending."""
+        for lost in losses:  # the task was taken away, or a person broke its file
+            self.summary.lost += 1
+            if isinstance(lost, NotHeld):
+                self.say(f"{lost.task_id}: {lost}")
+            else:  # InvalidTask: its path names the task's file
+                self.say(f"{Path(lost.path).stem}: cannot record how the run ended: {lost}")
+        for task in tasks:
+            if task.state is not State.DONE and task.attempts and task.attempts[-1].get("outcome") == "failed":
+                retry = "will retry" if task.state is State.PENDING else "out of attempts"
+                self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
+
+    def _claim_options(self) -> dict[str, Any]:
+        return {"labels": self.options.labels, "eligible": self._eligible}
+
+    def _eligible(self, task: Task) -> bool:
+        if self.runs_everything:  # e.g. a @loop function: it runs every task
+            return True
+        if task.cmd is not None and self.options.allow_task_cmd:
+            return True
+        return bool(self.options.command)
+
+    def suspect(self, run: Run, missing: MissingArg) -> Report | None:
+        """A task lacks a placeholder of our command. Once the command has run some task, the
+        task is at fault and fails at once (a retry cannot mend it); before that it is held
+        back, as SUSPECTS tasks in a row lacking one mean the command is wrong (a typo)."""
+        if self.command_fits:
+            self.say(f"{run.id}: {missing}; not run")
+            return Report(run.id, run.token, "failed", error=str(missing), final=True)
+        self.suspects.append((run, missing))
+        self.say(f"{run.id}: {missing}; held back, not run: is it the task or the command?")
+        return None
+
+    def command_ran(self) -> None:
+        """Our command's placeholders were all filled: tasks held back for lacking one are at fault."""
+        self.command_fits = True
+        for run, missing in self.suspects:
+            self.say(f"{run.id}: {missing}; not run")
+            self.reports.append(Report(run.id, run.token, "failed", error=str(missing), final=True))
+        self.suspects.clear()
