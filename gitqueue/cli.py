@@ -224,18 +224,63 @@ def init(
         typer.echo(f"queue ready: {queue.url} on branch {queue.branch} (remembered in {Path.cwd() / '.gitqueue'})")
 
 
+GridOpt = Annotated[
+    list[str] | None, typer.Option("--grid", "-g", metavar="KEY=V1,V2,...", help="Sweep over these values.")
+]
+SampleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="KEY=DIST", help="KEY=loguniform:A:B, uniform:A:B, int:A:B or choice:V1,V2: sample the values."
+    ),
+]
+RequireOpt = Annotated[
+    list[str] | None, typer.Option(metavar="KEY=VALUE", help="A label a worker must have (repeatable).")
+]
+AfterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--after", metavar="ID", help="ID of a task that must be done first (repeatable)."),
+]
+
+
+def _common_fields(
+    fields: dict[str, int | None], *, tag: list[str] | None, require: list[str] | None, after: list[str] | None
+) -> dict[str, Any]:
+    """The fields `submit`'s options give every task it makes (``fields``: those given as they are)."""
+    common: dict[str, Any] = {key: value for key, value in fields.items() if value is not None}
+    if tag:
+        common["tags"] = list(tag)
+    if require:
+        common["requires"] = parse_pairs(require, "--require")
+    if after:
+        common["after"] = list(after)
+    return common
+
+
+def _submit_specs(
+    plan: Sweep, common: dict[str, Any], *, pairs: list[str] | None, source: str | None, task_id: str | None
+) -> list[dict[str, Any]]:
+    """The task specs `submit` makes: --from's tasks, then the sweep's (or the one task of KEY=VALUE pairs)."""
+    specs: list[dict[str, Any]] = []
+    if source and (plan.sample or plan.repeat):
+        raise typer.BadParameter("--sample and --repeat make tasks of their own: they do not apply to --from's tasks")
+    if source:
+        specs = [{**common, **spec} if isinstance(spec, dict) else spec for spec in read_specs(source)]
+    if not plan.empty:
+        specs += [{**common, "args": args} for args in plan.args()]
+    elif pairs or task_id is not None:
+        specs.append({**common, "args": dict(plan.fixed)})
+    elif not source:
+        raise typer.BadParameter(
+            "nothing to submit: give KEY=VALUE pairs, --grid, --sample or --from (or --id for a task without args)"
+        )
+    return specs
+
+
 @app.command()
 def submit(
     pairs: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Arguments of one task.")] = None,
-    grid: Annotated[
-        list[str] | None, typer.Option("--grid", "-g", metavar="KEY=V1,V2,...", help="Sweep over these values.")
-    ] = None,
-    sample: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="KEY=DIST", help="KEY=loguniform:A:B, uniform:A:B, int:A:B or choice:V1,V2: sample the values."
-        ),
-    ] = None,
+    grid: GridOpt = None,
+    sample: SampleOpt = None,
     samples: Annotated[int | None, typer.Option(help="How many samples (each grid point gets them all).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the samples: the same seed makes the same tasks.")] = None,
     repeat: Annotated[int | None, typer.Option(help="Repeat each task N times with seed: 0..N-1.")] = None,
@@ -243,15 +288,10 @@ def submit(
     source: Annotated[str | None, typer.Option("--from", help="YAML or JSONL file of tasks, - for stdin.")] = None,
     priority: Annotated[int | None, typer.Option(help="Higher runs first [default: 0].")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")] = None,
-    require: Annotated[
-        list[str] | None, typer.Option(metavar="KEY=VALUE", help="A label a worker must have (repeatable).")
-    ] = None,
+    require: RequireOpt = None,
     max_attempts: Annotated[int | None, typer.Option(help="Runs before the task fails for good.")] = None,
     lease: Annotated[int | None, typer.Option(help="Seconds a run holds the task without a heartbeat.")] = None,
-    after: Annotated[
-        list[str] | None,
-        typer.Option("--after", metavar="ID", help="ID of a task that must be done first (repeatable)."),
-    ] = None,
+    after: AfterOpt = None,
     task_id: Annotated[str | None, typer.Option("--id", help="Id of the task (one task only).")] = None,
     queue: QueueOpt = None,
     fmt: FormatOpt = "ids",
@@ -278,29 +318,9 @@ def submit(
         repeat=repeat,
         repeat_key=repeat_key,
     )
-    common: dict[str, Any] = {}
-    for key, value in (("priority", priority), ("max_attempts", max_attempts), ("lease", lease)):
-        if value is not None:
-            common[key] = value
-    if tag:
-        common["tags"] = list(tag)
-    if require:
-        common["requires"] = parse_pairs(require, "--require")
-    if after:
-        common["after"] = list(after)
-    specs: list[dict[str, Any]] = []
-    if source and (plan.sample or plan.repeat):
-        raise typer.BadParameter("--sample and --repeat make tasks of their own: they do not apply to --from's tasks")
-    if source:
-        specs = [{**common, **spec} if isinstance(spec, dict) else spec for spec in read_specs(source)]
-    if not plan.empty:
-        specs += [{**common, "args": args} for args in plan.args()]
-    elif pairs or task_id is not None:
-        specs.append({**common, "args": dict(plan.fixed)})
-    elif not source:
-        raise typer.BadParameter(
-            "nothing to submit: give KEY=VALUE pairs, --grid, --sample or --from (or --id for a task without args)"
-        )
+    fields = {"priority": priority, "max_attempts": max_attempts, "lease": lease}
+    common = _common_fields(fields, tag=tag, require=require, after=after)
+    specs = _submit_specs(plan, common, pairs=pairs, source=source, task_id=task_id)
     if task_id is not None:
         if len(specs) != 1:
             raise typer.BadParameter("--id names one task; a grid or file makes several", param_hint="--id")
@@ -703,39 +723,47 @@ def _status_view(info: dict[str, Any]) -> Table:
     return grid
 
 
+# `work`'s options that take more than a line
+LabelOpt = Annotated[
+    list[str] | None,
+    typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label of this worker (repeatable)."),
+]
+MaxFailuresOpt = Annotated[int, typer.Option(min=0, help="Stop (exit 1) after this many failures in a row; 0: never.")]
+AllowTaskCmdOpt = Annotated[
+    bool, typer.Option("--allow-task-cmd", help="Run a task's own cmd: anyone who can push gains code execution.")
+]
+MaxBatchOpt = Annotated[
+    int, typer.Option(min=1, help="Short tasks: hold up to N claims and report them in one push (1: one by one).")
+]
+ReapEveryOpt = Annotated[
+    float,
+    typer.Option(help="Seconds between looks for dead runs (lease run out, or their worker here gone)."),
+]
+MaxSkewOpt = Annotated[
+    float, typer.Option(help="Seconds of clock difference to allow when judging another machine's lease.")
+]
+TaskTimeoutOpt = Annotated[
+    float | None, typer.Option(min=0.001, help="Stop a run after this many seconds (a task's timeout wins).")
+]
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def work(
     command: Annotated[list[str] | None, typer.Argument(metavar="-- CMD [ARG]", help="Command run per task.")] = None,
     worker: WorkerOpt = None,
-    label: Annotated[
-        list[str] | None,
-        typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label of this worker (repeatable)."),
-    ] = None,
+    label: LabelOpt = None,
     max_tasks: Annotated[int | None, typer.Option(help="Stop after this many tasks.")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="Poll an empty queue this many seconds.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Poll an empty queue for ever (with backoff).")] = False,
-    max_failures: Annotated[
-        int, typer.Option(min=0, help="Stop (exit 1) after this many failures in a row; 0: never.")
-    ] = 5,
-    allow_task_cmd: Annotated[
-        bool, typer.Option("--allow-task-cmd", help="Run a task's own cmd: anyone who can push gains code execution.")
-    ] = False,
+    max_failures: MaxFailuresOpt = 5,
+    allow_task_cmd: AllowTaskCmdOpt = False,
     log_dir: Annotated[Path, typer.Option(help="Where each run's output is logged.")] = Path("gitqueue-logs"),
     grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL when stopping a run.")] = 10.0,
-    max_batch: Annotated[
-        int, typer.Option(min=1, help="Short tasks: hold up to N claims and report them in one push (1: one by one).")
-    ] = 64,
+    max_batch: MaxBatchOpt = 64,
     batch_seconds: Annotated[float, typer.Option(hidden=True, help="Size batches to about this much work.")] = 1.0,
-    reap_every: Annotated[
-        float,
-        typer.Option(help="Seconds between looks for dead runs (lease run out, or their worker here gone)."),
-    ] = 30.0,
-    max_skew: Annotated[
-        float, typer.Option(help="Seconds of clock difference to allow when judging another machine's lease.")
-    ] = 30.0,
-    task_timeout: Annotated[
-        float | None, typer.Option(min=0.001, help="Stop a run after this many seconds (a task's timeout wins).")
-    ] = None,
+    reap_every: ReapEveryOpt = 30.0,
+    max_skew: MaxSkewOpt = 30.0,
+    task_timeout: TaskTimeoutOpt = None,
     queue: QueueOpt = None,
 ) -> None:
     """Work through the queue: claim a task, run CMD with its args, report, repeat.
