@@ -49,6 +49,8 @@ def _ids(text: str, *, source: str) -> tuple[str, ...]:
         raise GpuError(f"{source}: an empty GPU id; write ids separated by commas, e.g. --gpus 0,1,2,3")
     seen: set[str] = set()
     for item in ids:
+        if any(c.isspace() for c in item):
+            raise GpuError(f"{source}: GPU id {item!r} holds a space; separate ids with commas, e.g. --gpus 0,1")
         if item in seen:
             raise GpuError(f"{source}: GPU {item} is named twice; each GPU goes to one slot at a time")
         seen.add(item)
@@ -59,23 +61,22 @@ def all_gpus(*, environ: Mapping[str, str]) -> tuple[str, ...]:
     """What ``--gpus all`` means here (see :func:`parse_gpus`)."""
     visible = environ.get(GPU_ENV)
     if visible is not None:
-        if visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        if visible.strip() in ("", "-1", "NoDevFiles"):  # what CUDA and Slurm write for "no GPU"
             raise GpuError(f"--gpus all: {GPU_ENV}={visible!r} leaves this process no GPU; {_BY_HAND}")
         return _ids(visible.strip(), source=f"--gpus all ({GPU_ENV}={visible!r})")
     return nvidia_smi_gpus(path=environ.get("PATH"))
 
 
-def nvidia_smi_gpus(*, path: str | None = None) -> tuple[str, ...]:
-    """The GPUs ``nvidia-smi -L`` lists, found on ``path`` (a PATH value; None: this process's)."""
+def nvidia_smi_gpus(*, path: str | None = None, timeout: float = NVIDIA_SMI_TIMEOUT) -> tuple[str, ...]:
+    """The GPUs ``nvidia-smi -L`` lists, found on ``path`` (a PATH value; None: this process's);
+    an nvidia-smi that gives no answer in ``timeout`` seconds is stopped and reported."""
     program = shutil.which("nvidia-smi", path=path)
     if program is None:
         raise GpuError(f"--gpus all: nvidia-smi is not on PATH, so the GPUs cannot be listed; {_BY_HAND}")
     try:
-        done = subprocess.run(
-            [program, "-L"], capture_output=True, text=True, errors="replace", timeout=NVIDIA_SMI_TIMEOUT
-        )
+        done = subprocess.run([program, "-L"], capture_output=True, text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise GpuError(f"--gpus all: nvidia-smi -L gave no answer in {NVIDIA_SMI_TIMEOUT:.0f}s; {_BY_HAND}") from None
+        raise GpuError(f"--gpus all: nvidia-smi -L gave no answer in {timeout:g}s; {_BY_HAND}") from None
     except OSError as exc:
         raise GpuError(f"--gpus all: nvidia-smi could not be started ({exc.strerror}); {_BY_HAND}") from None
     said = (done.stderr.strip() or done.stdout.strip()).splitlines()

@@ -18,7 +18,7 @@ from conftest import RemoteRepo
 
 from gitqueue import Queue
 from gitqueue.errors import GitqueueError, GpuError, InvalidTask
-from gitqueue.gpus import GPU_ENV, GpuPool, env_for, gpus_wanted, misfit, parse_gpus, slot_count
+from gitqueue.gpus import GPU_ENV, GpuPool, env_for, gpus_wanted, misfit, nvidia_smi_gpus, parse_gpus, slot_count
 from gitqueue.task import MAX_TASK_GPUS, Task, parse_task
 
 # What `nvidia-smi -L` prints on a machine with two whole GPUs and one split into MIG instances.
@@ -79,6 +79,11 @@ def test_an_empty_gpu_id_is_refused(value: str) -> None:
     assert "empty GPU id" in message and "--gpus 0,1,2,3" in message
 
 
+def test_gpu_ids_separated_by_spaces_are_refused() -> None:
+    message = gpu_error("0 1")
+    assert "GPU id '0 1' holds a space" in message and "separate ids with commas" in message
+
+
 def test_a_gpu_named_twice_is_refused() -> None:
     message = gpu_error("0,1, 1")
     assert "GPU 1 is named twice" in message and "'0,1, 1'" in message
@@ -122,6 +127,17 @@ def test_all_when_nvidia_smi_lists_no_gpu(tmp_path: Path, stdout: str, status: i
     message = gpu_error("all", fake_nvidia_smi(tmp_path / "bin", stdout=stdout, status=status))
     assert ("lists no GPU" in message) if status == 0 else ("exit status 6" in message and stdout.strip() in message)
     assert "--gpus 0,1,2,3" in message
+
+
+def test_a_hung_nvidia_smi_is_stopped_and_reported(tmp_path: Path) -> None:
+    """nvidia-smi hangs on a GPU that fell off the bus: a worker must not hang with it."""
+    folder = tmp_path / "bin"
+    environ = fake_nvidia_smi(folder, stdout=LISTING)
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\nexec sleep 600\n")
+    with pytest.raises(GpuError) as caught:
+        nvidia_smi_gpus(path=environ["PATH"], timeout=0.5)
+    assert "nvidia-smi -L gave no answer in 0.5s" in str(caught.value) and "--gpus 0,1,2,3" in str(caught.value)
 
 
 def test_all_inside_an_allocation_is_the_allocations_gpus(tmp_path: Path) -> None:
