@@ -343,3 +343,16 @@ def test_a_worker_claims_only_what_its_gpus_can_run(queue: Queue, remote_repo: R
                         for w in told)  # fmt: skip
     problems = [(p.path, p.message) for p in queue.validate()]
     assert len(problems) == 1 and problems[0][0] == "pending/b-broken.yaml" and "field 'gpus'" in problems[0][1]
+
+
+def test_gpus_goes_through_submit_and_edit(queue: Queue, remote_repo: RemoteRepo) -> None:
+    [task_id] = queue.submit([{"args": {"lr": 0.1}, "gpus": 2}])
+    path = f"pending/{task_id}.yaml"
+    assert "gpus: 2" in remote_repo.read(path).splitlines()
+    with pytest.raises(InvalidTask, match=r"task #1: field 'gpus' must be between 1 and"):
+        queue.submit([{"args": {"lr": 0.2}, "gpus": 0}])
+    edited = queue.edit(task_id, lambda text: text.replace("gpus: 2", "gpus: 4"))
+    assert edited is not None and edited.gpus == 4
+    assert "gpus 2 -> 4" in remote_repo.log()[-1]
+    assert parse_task(remote_repo.read(path).encode(), path=path).gpus == 4
+    assert list(remote_repo.states()) == [task_id], "the refused submit wrote nothing"
