@@ -44,17 +44,21 @@ def parse_gpus(value: str, *, environ: Mapping[str, str] | None = None) -> tuple
 
 
 def _ids(text: str, *, source: str) -> tuple[str, ...]:
-    ids = tuple(item.strip() for item in text.split(","))
-    if not text or any(not item for item in ids):
+    return _checked([item.strip() for item in text.split(",")], source=source)
+
+
+def _checked(ids: Sequence[str], *, source: str) -> tuple[str, ...]:
+    """``ids`` if each is one usable GPU id, named once; else a :class:`GpuError` from ``source``."""
+    if any(not item for item in ids):
         raise GpuError(f"{source}: an empty GPU id; write ids separated by commas, e.g. --gpus 0,1,2,3")
     seen: set[str] = set()
     for item in ids:
-        if any(c.isspace() for c in item):
-            raise GpuError(f"{source}: GPU id {item!r} holds a space; separate ids with commas, e.g. --gpus 0,1")
+        if any(c.isspace() or c == "," for c in item):
+            raise GpuError(f"{source}: GPU id {item!r} holds a space or comma; write ids like --gpus 0,1")
         if item in seen:
             raise GpuError(f"{source}: GPU {item} is named twice; each GPU goes to one slot at a time")
         seen.add(item)
-    return ids
+    return tuple(ids)
 
 
 def all_gpus(*, environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -150,7 +154,9 @@ class GpuPool:
     gives the same GPUs."""
 
     def __init__(self, ids: Iterable[str]) -> None:
-        self.owned: tuple[str, ...] = _ids(",".join(ids), source="GPU pool")
+        self.owned: tuple[str, ...] = _checked(list(ids), source="GPU pool")
+        if not self.owned:
+            raise GpuError("GPU pool: a pool needs at least one GPU (a worker without GPUs has no pool)")
         self._free = set(self.owned)
         self._lock = threading.Lock()
 

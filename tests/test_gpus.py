@@ -81,7 +81,7 @@ def test_an_empty_gpu_id_is_refused(value: str) -> None:
 
 def test_gpu_ids_separated_by_spaces_are_refused() -> None:
     message = gpu_error("0 1")
-    assert "GPU id '0 1' holds a space" in message and "separate ids with commas" in message
+    assert "GPU id '0 1' holds a space or comma" in message and "--gpus 0,1" in message
 
 
 def test_a_gpu_named_twice_is_refused() -> None:
@@ -200,9 +200,13 @@ def test_fits_says_whether_a_task_could_ever_run_here() -> None:
     assert not pool.fits(3)
 
 
-def test_a_pool_refuses_a_gpu_named_twice() -> None:
+def test_a_pool_refuses_what_parse_gpus_refuses() -> None:
     with pytest.raises(GpuError, match="named twice"):
         GpuPool(["0", "1", "0"])
+    with pytest.raises(GpuError, match="holds a space or comma"):
+        GpuPool(["0,1"])
+    with pytest.raises(GpuError, match="at least one GPU"):
+        GpuPool([])
 
 
 @pytest.fixture
