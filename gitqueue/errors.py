@@ -121,3 +121,10 @@ class EditConflict(GitqueueError):
 
 class SchedulerError(GitqueueError):
     """A cluster scheduler (Slurm's sbatch) is missing or refused a job."""
+
+
+class GpuError(GitqueueError):
+    """A ``--gpus`` or ``--slots`` value a worker cannot use: an empty or repeated GPU id, more
+    slots than GPUs, or ``--gpus all`` on a machine where ``nvidia-smi -L`` lists no GPU."""
+
+    exit_code = 2

@@ -1,8 +1,8 @@
 """Tasks: the YAML file format, its validation, and how gitqueue writes into a file.
 
 A task file has two parts. Above the marker line is what a person wrote (or what
-``submit`` wrote for them): ``args``, ``priority``, ``tags``, ``requires``,
-``max_attempts``, ``lease``, ``timeout``, ``cmd``, ``after``. Below it is what gitqueue records: ``submitted``,
+``submit`` wrote for them): ``args``, ``priority``, ``tags``, ``requires``, ``max_attempts``,
+``lease``, ``timeout``, ``cmd``, ``after``, ``gpus``. Below it is what gitqueue records: ``submitted``,
 ``run``, ``attempts``, ``result``. gitqueue only ever rewrites the part below the marker,
 so a person's lines, comments and key order survive every move.
 """
@@ -30,10 +30,11 @@ MAX_DEPTH = 32
 MAX_ALIASES = 64
 MAX_ALIAS_VALUES = 100_000  # values all aliases together may repeat
 MAX_FIELD_INT = 2**63 - 1  # integer fields (priority, lease, ...) fit in 64 bits
+MAX_TASK_GPUS = 256  # a task asking more GPUs than any one machine holds is a typo
 MAX_INT_BITS = 13_300  # about 4,000 digits: every integer read can be printed again (Python stops at 4,300)
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "timeout", "cmd", "after")
+PERSON_FIELDS = ("args", "priority", "tags", "requires", "max_attempts", "lease", "timeout", "cmd", "after", "gpus")
 GITQUEUE_FIELDS = ("submitted", "run", "attempts", "requeued", "result")
 # Outcomes of an attempt that use up one of the task's max_attempts.
 SPENT_OUTCOMES = frozenset({"failed", "reaped", "timeout"})
@@ -107,6 +108,7 @@ class Task:
     timeout: float | None = None  # wall-clock seconds a run may take before it is stopped
     cmd: list[str] | None = None
     after: list[str] = field(default_factory=list)  # ids that must be done before this task is claimed
+    gpus: int | None = None  # GPUs one run takes on a worker started with --gpus (None: 1 there)
     submitted: dict[str, Any] | None = None
     run: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -158,6 +160,8 @@ class Task:
                 out[key] = getattr(self, key)
         if self.after:
             out["after"] = self.after
+        if self.gpus is not None:
+            out["gpus"] = self.gpus
         return out
 
     def gitqueue_fields(self) -> dict[str, Any]:
@@ -405,6 +409,7 @@ _PERSON_CHECKS: list[tuple[str, type | tuple[type, ...], str]] = [
     ("timeout", (int, float), "a number (seconds)"),
     ("cmd", list, "a list of strings (an argv)"),
     ("after", list, "a list of task ids"),
+    ("gpus", int, "an integer (how many GPUs a run takes)"),
     ("submitted", dict, "a mapping"),
     ("run", dict, "a mapping"),
     ("attempts", list, "a list"),
@@ -422,6 +427,8 @@ def _check_person_fields(data: dict[str, Any], path: str) -> None:
         raise _wrong(path, "field 'lease' must be at least 1 second", "lease")
     if data.get("timeout") is not None and (isinstance(data["timeout"], bool) or not 0 < data["timeout"] < math.inf):
         raise _wrong(path, "field 'timeout' must be a positive number of seconds", "timeout")
+    if data.get("gpus") is not None and not 1 <= data["gpus"] <= MAX_TASK_GPUS:
+        raise _wrong(path, f"field 'gpus' must be between 1 and {MAX_TASK_GPUS} (GPUs a run takes)", "gpus")
     if data.get("cmd") is not None and (not data["cmd"] or not all(isinstance(a, str) for a in data["cmd"])):
         raise _wrong(path, "field 'cmd' must be a non-empty list of strings (an argv)", "cmd")
     tags = data.get("tags") or []
@@ -509,6 +516,7 @@ def task_from_mapping(data: Any, *, task_id: str, state: State, path: str, text:
         timeout=data.get("timeout"),
         cmd=data.get("cmd"),
         after=after,
+        gpus=data.get("gpus"),
         submitted=data.get("submitted"),
         run=data.get("run") if state is State.RUNNING else None,
         attempts=data.get("attempts") or [],
