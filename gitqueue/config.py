@@ -40,7 +40,7 @@ class PushBudget:
         return self.pushes / self.seconds
 
     def __str__(self) -> str:
-        unit = next(name for name, seconds in _UNITS.items() if seconds == self.seconds)
+        unit = next((name for name, seconds in _UNITS.items() if seconds == self.seconds), f"{self.seconds:g}s")
         return f"{self.pushes}/{unit}"
 
     @classmethod

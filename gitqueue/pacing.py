@@ -15,7 +15,7 @@ How a worker uses it (the clock is passed in; nothing here sleeps or speaks to g
     # after each fetch with leases:
     times = [entry.time for entry in store.recent(tip, 200)]
     fleet = read_fleet(store, tip, me=Member(worker, slots, now), now=now, within=lease)
-    pacer.observe(fleet=fleet, branch_rate=landed_rate(times), task_seconds=mean_seconds)
+    pacer.observe(fleet=fleet, branch_rate=landed_rate(times), push_seconds=cycle, task_seconds=mean_seconds)
     if pacer.wait(now) == 0:                      # else: run what is held, step again later
         count = pacer.batch(free=free, held=len(held), pending=pending, wanted=todays_batch)
         ...report ended runs and claim ``count`` in one push...
@@ -113,8 +113,8 @@ class Pacer:
     """One worker's share of the branch's pushes, from what it has learned (:meth:`observe`).
 
     Branch pushes: with a budget the fleet's branch pushes get what its heartbeats leave of
-    it; with more than one worker they also stay within ``HEADROOM`` of the most the branch
-    has been seen to land. Each worker takes its part by slots, so its pushes are
+    it; with more than one worker they also stay within ``HEADROOM`` of what the branch
+    takes (:attr:`branch_takes`). Each worker takes its part by slots, so its pushes are
     ``interval`` seconds apart, and each push claims enough to keep its slots fed until the
     next, never more than its share by slots of what is pending.
 
@@ -129,13 +129,23 @@ class Pacer:
         self.lease = lease
         self.fleet = Fleet(1, self.slots)
         self.branch_rate: float | None = None  # the most the branch has been seen to land
+        self.push_seconds: float | None = None  # one fetch-build-push cycle of this worker's
         self.task_seconds: float | None = None
         self._last_push: float | None = None
 
     def observe(
-        self, *, fleet: Fleet | None = None, branch_rate: float | None = None, task_seconds: float | None = None
+        self,
+        *,
+        fleet: Fleet | None = None,
+        branch_rate: float | None = None,
+        push_seconds: float | None = None,
+        task_seconds: float | None = None,
     ) -> None:
-        """What the last fetch taught: the fleet, the branch's landed rate, how long tasks take."""
+        """What the last fetch taught: the fleet, the branch's landed rate (:func:`landed_rate`),
+        how long this worker's last claim cycle took (fetch, build, push: a moving average is
+        best), how long tasks take."""
+        if push_seconds is not None and push_seconds > 0:
+            self.push_seconds = push_seconds
         if fleet is not None:
             self.fleet = Fleet(max(1, fleet.workers), max(self.slots, fleet.slots))
         if branch_rate is not None and branch_rate > 0:
@@ -165,9 +175,20 @@ class Pacer:
         limits = []
         if self.budget is not None:
             limits.append(self.budget.rate - self.fleet.workers / self.heartbeat_every(self.lease_for(self.lease)))
-        if self.branch_rate is not None and self.fleet.workers > 1:
-            limits.append(HEADROOM * self.branch_rate)
+        takes = self.branch_takes
+        if takes is not None and self.fleet.workers > 1:
+            limits.append(HEADROOM * takes)
         return min(limits) if limits else None
+
+    @property
+    def branch_takes(self) -> float | None:
+        """Pushes per second the branch can take (None: not known yet): one per claim cycle of
+        ours (one compare-and-swap at a time, each a fetch and a push), or the most it has been
+        seen to land if that is more. A landed rate alone is no limit: a quiet branch lands
+        little, and pacing a fleet to it would keep it quiet."""
+        if self.push_seconds is None:
+            return None
+        return max(1 / self.push_seconds, self.branch_rate or 0.0)
 
     def batch(self, *, free: int, held: int, pending: int, wanted: int) -> int:
         """How many tasks the next push claims: what the worker ``wanted``, or more if its

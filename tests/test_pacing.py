@@ -143,13 +143,25 @@ def test_the_fleet_and_the_landed_rate_from_a_real_queue(queue: Queue, bare_remo
 
 def test_alone_without_a_budget_a_worker_is_never_slowed_down() -> None:
     pacer = Pacer(slots=4, budget=None, lease=600)
-    pacer.observe(fleet=Fleet(1, 4), branch_rate=50.0, task_seconds=0.01)
+    pacer.observe(fleet=Fleet(1, 4), branch_rate=50.0, push_seconds=0.05, task_seconds=0.01)
     for now in (0.0, 0.001, 0.002):
         assert pacer.wait(now) == 0
         pacer.pushed(now)
     assert pacer.batch(free=4, held=0, pending=1000, wanted=64) == 64
     assert pacer.batch(free=4, held=0, pending=3, wanted=64) == 3
     assert pacer.heartbeat_every(600) == 200 and pacer.lease_for(600) == 600 and pacer.problem is None
+
+
+def test_a_quiet_branch_does_not_hold_a_fleet_to_its_quiet_rate() -> None:
+    pacer = Pacer(slots=4, budget=None, lease=600)
+    pacer.observe(fleet=Fleet(3, 12), branch_rate=0.05)  # one commit in 20 s: long tasks so far
+    assert pacer.branch_takes is None and pacer.interval == 0
+    pacer.observe(push_seconds=0.4)  # our claim cycle: the branch takes about 2.5 pushes/s
+    assert pacer.branch_takes == pytest.approx(2.5)
+    assert pacer.fleet_branch_rate == pytest.approx(2.0)
+    assert pacer.interval == pytest.approx(12 / 4 / 2.0)  # our share by slots
+    pacer.observe(branch_rate=5.0)  # others land faster than we can: the branch takes that much
+    assert pacer.branch_takes == pytest.approx(5.0)
 
 
 def test_no_worker_holds_more_than_its_share_by_slots_of_what_is_pending() -> None:
@@ -215,14 +227,22 @@ class SimWorker:
 
 
 def simulate(
-    *, workers: int, slots: int, budget: PushBudget | None, lease: float, mean: float, branch_rate: float | None = None
+    *,
+    workers: int,
+    slots: int,
+    budget: PushBudget | None,
+    lease: float,
+    mean: float,
+    branch_rate: float | None = None,
+    push_seconds: float | None = None,
 ) -> tuple[list[SimWorker], int]:
     """M workers over 3 simulated minutes, ticks of 0.1 s; returns them and what is left pending."""
     fleet = [
         SimWorker(Pacer(slots=slots, budget=budget, lease=lease), slots, random.Random(n), mean) for n in range(workers)
     ]
     for w in fleet:
-        w.pacer.observe(fleet=Fleet(workers, workers * slots), branch_rate=branch_rate, task_seconds=mean)
+        fleet_seen = Fleet(workers, workers * slots)
+        w.pacer.observe(fleet=fleet_seen, branch_rate=branch_rate, push_seconds=push_seconds, task_seconds=mean)
     pending, tick = 1_000_000, 0.1
     for step in range(1800):
         now = step * tick
@@ -254,9 +274,10 @@ def test_a_fleet_following_its_pacers_stays_within_budget_and_keeps_its_slots_fe
 
 
 def test_a_fleet_without_a_budget_fits_what_the_branch_lands_and_keeps_its_slots_fed() -> None:
-    fleet, _ = simulate(workers=8, slots=4, budget=None, lease=600, mean=0.2, branch_rate=2.0)
+    # a branch seen to land 2 pushes/s, and a claim cycle of ours of 1 s: it takes 2/s
+    fleet, _ = simulate(workers=8, slots=4, budget=None, lease=600, mean=0.2, branch_rate=2.0, push_seconds=1.0)
     branch = sum(len(w.branch_pushes) for w in fleet)
     assert branch <= 0.8 * 2.0 * 180 + 8
     assert all(w.idle == 0 for w in fleet), [round(w.idle, 1) for w in fleet]
-    alone, _ = simulate(workers=1, slots=4, budget=None, lease=600, mean=0.2, branch_rate=2.0)
+    alone, _ = simulate(workers=1, slots=4, budget=None, lease=600, mean=0.2, branch_rate=2.0, push_seconds=1.0)
     assert len(alone[0].branch_pushes) > 2.0 * 180  # alone, it pushes as often as its slots free up
