@@ -204,8 +204,11 @@ class Pacer:
         return max(0, min(need, pending, max(share, 1 if free > held else 0)))
 
     def heartbeat_every(self, lease: float) -> float:
-        """Seconds between this worker's heartbeat pushes, for runs of ``lease`` seconds."""
-        return max(1.0, lease / HEARTBEATS_PER_LEASE)
+        """Seconds between this worker's heartbeat pushes, for runs of ``lease`` seconds: as
+        today's worker (a third of the lease, at most 30 s) without a budget; with one, a
+        third of the lease (never more often than needed, since each heartbeat is a push)."""
+        every = max(1.0, lease / HEARTBEATS_PER_LEASE)
+        return every if self.budget is not None else min(30.0, every)
 
     def lease_for(self, lease: float) -> int:
         """The lease to claim with: ``lease``, or, with a budget whose heartbeat share cannot

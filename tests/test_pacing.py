@@ -149,7 +149,7 @@ def test_alone_without_a_budget_a_worker_is_never_slowed_down() -> None:
         pacer.pushed(now)
     assert pacer.batch(free=4, held=0, pending=1000, wanted=64) == 64
     assert pacer.batch(free=4, held=0, pending=3, wanted=64) == 3
-    assert pacer.heartbeat_every(600) == 200 and pacer.lease_for(600) == 600 and pacer.problem is None
+    assert pacer.heartbeat_every(600) == 30 and pacer.lease_for(600) == 600 and pacer.problem is None
 
 
 def test_a_quiet_branch_does_not_hold_a_fleet_to_its_quiet_rate() -> None:
