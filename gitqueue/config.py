@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,52 @@ FORMAT_VERSION = 1
 DEFAULT_BRANCH = "main"  # a new queue's branch where the remote's HEAD names none
 
 
+_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+_BUDGET = re.compile(r"\s*(\d+)\s*/\s*(s|min|h)\s*")
+
+
+@dataclass(frozen=True)
+class PushBudget:
+    """``push_budget: 6/min``: at most ``pushes`` pushes per ``seconds`` for the whole fleet,
+    branch pushes and lease heartbeats together (forges cap pushes per repository)."""
+
+    pushes: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Pushes per second."""
+        return self.pushes / self.seconds
+
+    def __str__(self) -> str:
+        unit = next((name for name, seconds in _UNITS.items() if seconds == self.seconds), f"{self.seconds:g}s")
+        return f"{self.pushes}/{unit}"
+
+    @classmethod
+    def parse(cls, value: object) -> PushBudget:
+        """``N/s``, ``N/min`` or ``N/h`` with N a whole number of pushes, at least 1."""
+        found = _BUDGET.fullmatch(value) if isinstance(value, str) else None
+        if found is None:
+            raise InvalidTask(SETTINGS_FILE, f"push_budget must look like 6/min (N/s, N/min or N/h), not {value!r}")
+        pushes = int(found.group(1))
+        if not 1 <= pushes <= MAX_FIELD_INT:
+            raise InvalidTask(SETTINGS_FILE, f"push_budget must allow at least 1 push, not {value!r}")
+        return cls(pushes, _UNITS[found.group(2)])
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The queue's ``gitqueue.yaml``: defaults that a task's own fields override."""
+    """The queue's ``gitqueue.yaml``: defaults that a task's own fields override, and the
+    fleet's ``push_budget`` (None: no budget).
+
+    A bad ``push_budget`` does not make the settings unreadable (the queue keeps working,
+    without a budget): it is kept in ``problem`` for ``gitqueue validate`` and workers to say."""
 
     priority: int = 0
     max_attempts: int = 3
     lease: int = 600
+    push_budget: PushBudget | None = None
+    problem: str | None = None
 
     @classmethod
     def parse(cls, raw: bytes) -> Settings:
@@ -47,6 +87,11 @@ class Settings:
                 if not low <= value <= MAX_FIELD_INT:
                     raise InvalidTask(SETTINGS_FILE, f"defaults.{key} must be between {low:,} and {MAX_FIELD_INT:,}")
                 values[key] = value
+        if data.get("push_budget") is not None:
+            try:
+                values["push_budget"] = PushBudget.parse(data["push_budget"])
+            except InvalidTask as exc:
+                values["problem"] = str(exc)
         return cls(**values)
 
     def render(self) -> bytes:
@@ -55,6 +100,8 @@ class Settings:
             "format": FORMAT_VERSION,
             "defaults": {"priority": self.priority, "max_attempts": self.max_attempts, "lease": self.lease},
         }
+        if self.push_budget is not None:
+            body["push_budget"] = str(self.push_budget)
         return (head + yaml.safe_dump(body, sort_keys=False)).encode()
 
 

@@ -98,6 +98,13 @@ def _compact(args: dict[str, object]) -> str:
     return " ".join(f"{k}={v}" for k, v in args.items())[:200]
 
 
+def settings_problems(raw: bytes) -> list[Problem]:
+    """What is wrong with a ``gitqueue.yaml``: raises for a file no command can read; a bad
+    setting the queue works without (``push_budget``) comes back as a problem."""
+    found = Settings.parse(raw).problem
+    return [_problem(SETTINGS_FILE, found)] if found else []
+
+
 def person_part(text: str) -> str:
     """The lines a person wrote: everything above gitqueue's marker."""
     return text.partition(MARKER)[0]
@@ -222,7 +229,7 @@ def check_files(files: Iterable[File], *, whole: bool = True) -> list[Problem]:
         try:
             if where.kind == "settings":
                 settings = True
-                Settings.parse(load())
+                problems += settings_problems(load())
             elif where.kind == "task":
                 if (found := _task_id(path)) is not None:
                     homes.setdefault(found[1], []).append(path)
@@ -369,7 +376,7 @@ def check_change(
                 if new is None:
                     problems.append(Problem(path, f"{path}: deleting it would unmake the queue"))
                 else:
-                    Settings.parse(store.read(new[1]))
+                    problems += settings_problems(store.read(new[1]))
             elif where.kind == "stray" and new is not None:
                 problems.append(_problem(path, f"{path}: {where.problem}"))
             elif where.kind == "outside" and new is not None and new[0] in FILE_MODES:
