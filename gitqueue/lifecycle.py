@@ -1,0 +1,432 @@
+"""The task lifecycle: claiming tasks and recording how their runs ended.
+
+Owns :class:`Run` (a claimed task), :class:`Report` (how a run ended), :class:`Finished` (what
+reports did), the choice of the next pending task (:func:`pending_in_order`), a worker's fair
+share of a batch, and the changes that claim and finish tasks (:class:`Lifecycle`). Reaping dead
+runs, built on these, is :mod:`gitqueue.reaping`. It may call :mod:`gitqueue.protocol` (every
+change lands through its transaction) and what lies below it (snapshot, gitstore, task); never
+the queue facade above it: a :class:`Run` reports through the owner it was given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import secrets
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from typing import Protocol as Interface
+
+from gitqueue import history
+from gitqueue import validate as rules
+from gitqueue.errors import GitqueueError, InvalidTask, InvalidTransition, NotHeld
+from gitqueue.gitstore import LEASE_REFS
+from gitqueue.protocol import Change, Protocol
+from gitqueue.snapshot import Snapshot
+from gitqueue.task import SPENT_OUTCOMES, State, Task, now_iso, parse_time, render, result_problem, same_args
+
+ERROR_TAIL = 2000
+
+
+class RunOwner(Interface):
+    """Where a :class:`Run` reports (the queue that claimed it)."""
+
+    def done(self, task_id: str, *, token: str | None = None, result: Any = None, args: Any = None) -> Task: ...
+
+    def fail(
+        self,
+        task_id: str,
+        *,
+        token: str | None = None,
+        error: str | None = None,
+        exit_code: int | None = None,
+        args: Any = None,
+    ) -> Task: ...
+
+
+@dataclass(frozen=True)
+class Report:
+    """How a run ended: ``done``, ``failed``, ``timeout`` (stopped at its wall-clock limit),
+    ``interrupted`` (not counted), ``reaped``, ``released`` (claimed in a batch and given back
+    before it started) or ``abandoned`` (reaped, but it never started: its worker died holding
+    the claim; not counted)."""
+
+    task_id: str
+    token: str | None
+    outcome: str
+    result: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+    lease_ref: bool = False  # the run pushed heartbeats: delete its lease ref with the report
+    final: bool = False  # a failure no retry can mend (e.g. the task lacks an arg): straight to failed/
+    args: dict[str, Any] | None = None  # the args the run used, if known: recorded when the file's differ
+
+
+@dataclass
+class Finished:
+    """What reports did: the tasks as they now stand, why nothing changed for runs that no
+    longer held their task, and the runs claimed in the same commit."""
+
+    tasks: list[Task] = field(default_factory=list)
+    losses: list[NotHeld | InvalidTask] = field(default_factory=list)
+    claimed: list[Run] = field(default_factory=list)
+
+    @property
+    def task(self) -> Task | None:
+        return self.tasks[0] if self.tasks else None
+
+    @property
+    def lost(self) -> NotHeld | InvalidTask | None:
+        return self.losses[0] if self.losses else None
+
+    @property
+    def next(self) -> Run | None:
+        return self.claimed[0] if self.claimed else None
+
+    def raise_lost(self) -> Task:
+        if self.losses:
+            raise self.losses[0]
+        assert self.tasks
+        return self.tasks[0]
+
+
+@dataclass
+class Run:
+    """A claimed task, held by this run until it reports. ``with run:`` fails it on an exception."""
+
+    queue: RunOwner
+    task: Task
+    record: dict[str, Any]
+    finished: Task | None = None
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.task.args
+
+    @property
+    def token(self) -> str:
+        return str(self.record["token"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.record["attempt"])
+
+    @property
+    def lease(self) -> int:
+        return int(self.record["lease"])
+
+    def done(self, result: Any = None) -> Task:
+        self.finished = self.queue.done(self.id, token=self.token, result=result, args=self.args)
+        return self.finished
+
+    def fail(self, error: str | None = None, *, exit_code: int | None = None) -> Task:
+        self.finished = self.queue.fail(self.id, token=self.token, error=error, exit_code=exit_code, args=self.args)
+        return self.finished
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "args": self.args,
+            "token": self.token,
+            "attempt": self.attempt,
+            "worker": self.record["worker"],
+            "lease": self.lease,
+            "task": self.task.to_dict(),
+        }
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self.finished is not None:
+            return
+        if exc is None:
+            self.done()
+        else:
+            self.fail("".join(traceback.format_exception(exc_type, exc, tb))[-ERROR_TAIL:])
+
+
+class Lifecycle:
+    """Claims and finishes of one queue's tasks, by this worker, through ``protocol``.
+
+    ``owner`` is what the runs it claims report to; ``checks`` the broken files a worker skips.
+    """
+
+    def __init__(self, protocol: Protocol, *, owner: RunOwner, checks: rules.WorkerChecks) -> None:
+        self.protocol, self.owner, self.checks = protocol, owner, checks
+        self.store, self.cache = protocol.store, protocol.cache
+        self.worker, self.clock = protocol.worker, protocol.clock
+
+    def claim_batch(
+        self,
+        count: int,
+        *,
+        labels: Mapping[str, str] | None = None,
+        lease: int | None = None,
+        eligible: Callable[[Task], bool] | None = None,
+        patient: bool = True,
+    ) -> list[Run]:
+        """Claim up to ``count`` tasks in one commit (the best ones, in order).
+
+        Not ``patient``: one try on the fetched tip, LostRace if another writer won it.
+        """
+        build = lambda snap: self.claim_change(snap, labels, lease, eligible, count)  # noqa: E731
+        return self.protocol.transact(build, patient=patient) or []
+
+    def finish(
+        self,
+        reports: Report | Sequence[Report],
+        *,
+        then_claim: Mapping[str, Any] | None = None,
+        patient: bool = True,
+    ) -> Finished:
+        """Record how runs ended and, with ``then_claim`` (``claim_batch``'s options, ``count``
+        included), claim the next tasks: all in one commit and one push.
+
+        A report from a run that no longer holds its task changes nothing: ``losses`` say why.
+        """
+        batch = [reports] if isinstance(reports, Report) else list(reports)
+        batch = [self._with_claimed_args(report) for report in batch]
+
+        def build(snap: Snapshot) -> Change | None:
+            change = Change(subject="", value=Finished())
+            for report in batch:
+                try:
+                    step = self.finish_change(snap, report)
+                except (NotHeld, InvalidTask) as exc:  # taken away, or its file broken by hand
+                    change.value.losses.append(exc)
+                    continue
+                change = change.then(step)
+                change.value.tasks.append(step.value)
+            if then_claim is not None:
+                finished = change.value.tasks
+                done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
+                claim = self.claim_change(snap, **then_claim, finishing=len(finished), done=done)
+                if claim is not None:
+                    change = change.then(claim)
+                    change.value.claimed = claim.value
+            return change
+
+        return self.protocol.transact(build, patient=patient)
+
+    def _with_claimed_args(self, report: Report) -> Report:
+        """A report from a process that does not know the args its run used (``gitqueue done``
+        from a script): take them from the claim commit, so that a change to the file's args
+        since then is recorded. Workers pass their args and pay nothing for this."""
+        if report.args is not None or report.token is None or report.outcome not in ("done", *SPENT_OUTCOMES):
+            return report
+        snap = self.protocol.snapshot()
+        try:
+            task = snap.get(report.task_id)
+        except GitqueueError:
+            return report  # finishing says why
+        if task.token != report.token or snap.tip is None:
+            return report
+        claims = [e for e in history.task_history(self.store, snap.tip, task.id) if e.action == "claim"]
+        if not claims:
+            return report
+        try:
+            claimed = Snapshot(self.store, self.cache, claims[-1].commit).get(task.id)
+        except GitqueueError:
+            return report
+        return dataclasses.replace(report, args=claimed.args) if claimed.token == report.token else report
+
+    def claim_change(
+        self,
+        snap: Snapshot,
+        labels: Mapping[str, str] | None = None,
+        lease: int | None = None,
+        eligible: Callable[[Task], bool] | None = None,
+        count: int = 1,
+        finishing: int = 0,
+        done: Iterable[str] = (),
+    ) -> Change | None:
+        """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
+
+        A batch keeps this worker's runs within a fair share of the work not done yet (what is
+        pending and what is running, split among the workers seen running), so that one worker
+        does not hold tasks that idle workers could run. ``finishing`` runs of ours are being
+        reported in the same commit: they no longer count.
+        """
+        if count > 1:
+            pending = sum(len(group) for group in snap.pending_groups())
+            holders = Counter(summary.worker for _, summary in snap.summaries(State.RUNNING))
+            holders[self.worker] -= finishing
+            workers = {worker for worker, held in holders.items() if held > 0} | {self.worker}
+            self.protocol.contenders = len(workers)
+            outstanding = pending + sum(max(0, held) for held in holders.values())
+            share = -(-outstanding // len(workers))  # ceil: the tail goes in pairs, not ones
+            count = max(1, min(count, share - max(0, holders[self.worker])))
+        change: Change | None = None
+        runs: list[Run] = []
+        for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible), done=done):
+            record = {
+                "token": secrets.token_hex(8),
+                "worker": self.worker,
+                "claimed_at": now_iso(self.clock()),
+                "lease": lease or task.lease or snap.settings.lease,
+                "attempt": task.next_attempt,
+            }
+            claimed = task.evolve(state=State.RUNNING, run=record)
+            step = Change(
+                subject=f"claim {task.id} by {self.worker} (attempt {record['attempt']})",
+                files=move(snap, task, claimed),
+                trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": str(record["token"])},
+            )
+            change = step if change is None else change.then(step)
+            runs.append(Run(queue=self.owner, task=claimed, record=record))
+            if len(runs) >= count:
+                break
+        if change is not None:
+            change.value = runs
+        return change
+
+    def finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
+        """The commit that records ``report``; NotHeld if its run no longer holds the task."""
+        task = held_task(snap, report.task_id, report.token)
+        record = attempt_record(
+            task, report.outcome, self.clock(), error=report.error, exit_code=report.exit_code, ran_with=report.args
+        )
+        after = task.evolve(run=None, attempts=[*task.attempts, record])
+        if report.outcome == "done":
+            after.state, after.result = State.DONE, report.result
+            if (problem := result_problem(after)) is not None:  # keep the file valid: the report must land
+                after.result = None
+                after.attempts[-1]["error"] = f"result not kept: {problem}"
+        elif report.outcome in SPENT_OUTCOMES:
+            spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
+            after.state = State.FAILED if spent_all or report.final else State.PENDING
+        elif report.outcome in ("released", "abandoned"):  # never started: no attempt at all
+            after = task.evolve(state=State.PENDING, run=None)
+        else:  # interrupted: the attempt does not count
+            after.state = State.PENDING
+        verb = {
+            "done": "done",
+            "failed": "fail",
+            "timeout": "timeout",
+            "reaped": "reap",
+            "interrupted": "return",
+            "released": "release",
+            "abandoned": "reap",
+        }
+        subject = f"{verb[report.outcome]} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
+        if report.outcome in SPENT_OUTCOMES:
+            subject += ": out of attempts" if after.state is State.FAILED else ": will retry"
+        elif report.outcome == "released":
+            subject += ": not started"
+        elif report.outcome == "abandoned":
+            subject += ": never started, no attempt spent"
+        if "ran_with" in record:
+            subject += " (its args changed while it ran)"
+        also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
+        return Change(
+            subject=subject,
+            files=move(snap, task, after),
+            trailers={"Gitqueue-Action": report.outcome, "Gitqueue-Task": task.id, "Gitqueue-Run": str(task.token)},
+            value=after,
+            also=also,
+        )
+
+
+def best_pending(
+    snap: Snapshot, labels: Mapping[str, str], eligible: Callable[[Task], bool] | None = None
+) -> Task | None:
+    """Highest priority first, then lowest id, among valid pending tasks this worker may take."""
+    return next(pending_in_order(snap, labels, eligible), None)
+
+
+def pending_in_order(
+    snap: Snapshot,
+    labels: Mapping[str, str],
+    eligible: Callable[[Task], bool] | None = None,
+    *,
+    done: Iterable[str] = (),
+) -> Iterator[Task]:
+    """Valid pending tasks this worker may take, best first (invalid files are never claimed),
+    leaving out those whose ``after`` names a task not done yet (``done``: ids this very
+    commit finishes as done).
+
+    Each group of pending files is sorted once per tree id and the groups are merged
+    lazily, so taking the first few reads only the first few of each group.
+    """
+    summaries = snap.cache.summaries
+    for _rank, _order, entry in heapq.merge(*snap.ready_groups(snap.states(done)), key=lambda c: (c[0], c[1])):
+        summary = summaries.get(entry)
+        if summary.error is not None or not summary.matches(labels):
+            continue
+        try:
+            task = snap.cache.task(entry)
+        except GitqueueError:
+            continue
+        if eligible is None or eligible(task):
+            yield task
+
+
+def held_task(snap: Snapshot, task_id: str, token: str | None) -> Task:
+    """The running task ``task_id``; NotHeld if ``token`` is given and no longer holds it."""
+    task = snap.get(task_id)
+    if task.state is not State.RUNNING:
+        if token:
+            raise NotHeld(
+                f"run {token} no longer holds task {task.id}: it is {task.state.value} now; nothing changed",
+                task_id=task.id,
+            )
+        raise InvalidTransition(f"task {task.id} is {task.state.value}, not running; nothing to finish")
+    if token and task.token != token:
+        raise NotHeld(
+            f"run {token} no longer holds task {task.id}: run {task.token} of {task.run and task.run.get('worker')} "
+            "holds it now; nothing changed",
+            task_id=task.id,
+        )
+    return task
+
+
+def time_or_none(value: Any) -> float | None:
+    """A time gitqueue wrote, or None if it is missing or was broken by hand."""
+    try:
+        return parse_time(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def attempt_record(
+    task: Task,
+    outcome: str,
+    now: float,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+    ran_with: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    run = task.run or {}
+    record: dict[str, Any] = {
+        "attempt": run.get("attempt", task.next_attempt),
+        "outcome": outcome,
+        "worker": run.get("worker"),
+        "token": run.get("token"),
+        "started": run.get("claimed_at"),
+        "ended": now_iso(now),
+    }
+    if run.get("claimed_at"):
+        record["duration"] = round(now - parse_time(run["claimed_at"]), 3)
+    if ran_with is not None and not same_args(ran_with, task.args):
+        record["ran_with"] = ran_with  # its file's args changed while it ran: what the run used
+    if exit_code is not None:
+        record["exit_code"] = exit_code
+    if error:
+        record["error"] = error[-ERROR_TAIL:]
+    return record
+
+
+def move(snap: Snapshot, before: Task, after: Task) -> dict[str, bytes | None]:
+    """The file changes that turn ``before`` (read from ``snap``) into ``after``."""
+    if after.state is before.state:
+        return {before.path: render(after)}
+    return {before.path: None, snap.path_for(after.state, after.id): render(after)}
