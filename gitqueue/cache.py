@@ -43,7 +43,7 @@ LANDED_FILE = "gitqueue-landed"  # in the cache: the last commit pushed from it 
 
 
 class CacheBusy(Exception):
-    """Another process sharing the cache has its turn (see GitStore.turn)."""
+    """Another process sharing the cache has its turn (see Cache.turn)."""
 
 
 def cache_path(url: str, branch: str = "main", cache: Path | None = None) -> Path:
