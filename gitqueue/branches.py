@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from gitqueue.config import DEFAULT_BRANCH
 from gitqueue.errors import QueueNotFound
-from gitqueue.gitstore import RemoteRefs, local_git_dir
+from gitqueue.git import RemoteRefs, local_git_dir
 
 SIDE_BRANCH = "gitqueue"  # the branch the messages suggest for a queue beside other work
 

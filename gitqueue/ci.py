@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitqueue.errors import GitqueueError
-from gitqueue.gitstore import LocalRepo
+from gitqueue.localrepo import LocalRepo
 from gitqueue.snapshot import Problem
 from gitqueue.validate import check_commits, check_disk
 

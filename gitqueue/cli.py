@@ -25,7 +25,7 @@ from gitqueue import __version__, config, hooks, progress
 from gitqueue import validate as validate_rules
 from gitqueue.config import SETTINGS_FILE, resolve_queue_url
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
-from gitqueue.gitstore import LocalRepo
+from gitqueue.localrepo import LocalRepo
 from gitqueue.queue import Queue, default_worker
 from gitqueue.snapshot import Problem
 from gitqueue.sweep import Sweep, parse_value

@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gitqueue import config
+from gitqueue.cache import cache_path, seen_tip
 from gitqueue.errors import GitqueueError
-from gitqueue.gitstore import TREE_MODE, LocalRepo, cache_path, canonical_url, seen_tip
+from gitqueue.git import canonical_url
+from gitqueue.localrepo import LocalRepo
+from gitqueue.objects import TREE_MODE
 from gitqueue.task import State
 
 # The states whose tasks each command acts on (the rest would only be refused).

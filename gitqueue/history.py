@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
+from gitqueue.commits import LogEntry
 from gitqueue.edits import describe
 from gitqueue.errors import GitqueueError
-from gitqueue.gitstore import GitStore, LogEntry, TreeChange
+from gitqueue.gitstore import GitStore
+from gitqueue.objects import TreeChange
 from gitqueue.snapshot import FILE_MODES
 from gitqueue.task import MARKER, State, fan, parse_task, split_task_path
 from gitqueue.validate import TRANSITIONS

@@ -23,7 +23,10 @@ from pathlib import Path
 
 from gitqueue.branches import init_branch
 from gitqueue.errors import GitqueueError
-from gitqueue.gitstore import ZERO_SHA, GitStore, LocalRepo, remote_refs
+from gitqueue.git import remote_refs
+from gitqueue.gitstore import GitStore
+from gitqueue.localrepo import LocalRepo
+from gitqueue.objects import ZERO_SHA
 from gitqueue.validate import check_commits, check_staged
 
 MARK = "installed by gitqueue"

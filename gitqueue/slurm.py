@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gitqueue.config import resolve_queue_url
 from gitqueue.errors import GitqueueError, SchedulerError
-from gitqueue.gitstore import is_local_path
+from gitqueue.git import is_local_path
 
 WARN_SIGNAL = "USR1"  # the worker stops on it as on SIGTERM (gitqueue.worker.STOP_SIGNALS)
 NODE_CACHE = "${TMPDIR:-/tmp}/gitqueue-cache-$(id -u)"  # node-local disk, unless GITQUEUE_CACHE says otherwise

@@ -14,8 +14,9 @@ from functools import partial
 from gitqueue import deps
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
-from gitqueue.gitstore import BLOB_MODE, LINK_MODE, TREE_MODE, GitStore
+from gitqueue.gitstore import GitStore
 from gitqueue.index import Candidate, CandidateOrder, Summary, SummaryStore
+from gitqueue.objects import BLOB_MODE, LINK_MODE, TREE_MODE
 from gitqueue.task import State, Task, check_id, fan, id_order, parse_task
 
 # A state folder holds at most this many task files directly; more go to fan-out subfolders

@@ -26,7 +26,9 @@ from typing import NamedTuple
 from gitqueue import deps
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask
-from gitqueue.gitstore import LINK_MODE, TREE_MODE, GitStore, LocalRepo
+from gitqueue.gitstore import GitStore
+from gitqueue.localrepo import LocalRepo
+from gitqueue.objects import LINK_MODE, TREE_MODE
 from gitqueue.snapshot import FILE_MODES, Entry, Problem, Snapshot, not_a_file
 from gitqueue.task import MARKER, State, Task, fan, load_yaml, parse_task, split_task_path
 

@@ -19,7 +19,7 @@ from conftest import RemoteRepo, poll_until
 from test_worker import LEASE_REFS, Lab, make_lab  # noqa: F401  (a fixture)
 
 from gitqueue import Queue, QueueNotFound, RemoteUnavailable, State
-from gitqueue.gitstore import damage_in
+from gitqueue.git import damage_in
 from gitqueue.testing import GitDaemon
 
 

@@ -16,7 +16,8 @@ from test_cli import gq
 
 from gitqueue import Queue, config
 from gitqueue.errors import AuthenticationFailed, QueueNotFound, RemoteUnavailable
-from gitqueue.gitstore import GitStore, remote_error, ssh_socket
+from gitqueue.git import remote_error, ssh_socket
+from gitqueue.gitstore import GitStore
 from gitqueue.testing import SmartHTTPServer, SSHServer, free_port, make_bare_repo
 
 USER, PASSWORD = "alice", "s3cret"

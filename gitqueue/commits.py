@@ -1,0 +1,150 @@
+"""Commits and their history in one git folder: who makes them, what they hold, how they follow.
+
+Owns a commit's header (``commit_info``, ``commit_time``), the person's identity by git's
+rules, ancestry (``is_ancestor``, ``rev_parse``, ``new_commits``) and the history walks that
+hooks, ``validate``, ``log`` and the report read (``history``, ``recent``, ``LogEntry``).
+
+Built on :class:`gitqueue.objects.Objects` (it reads commits as objects) and may call
+:mod:`gitqueue.git`; knows nothing of caches or remotes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from gitqueue.errors import GitqueueError
+from gitqueue.git import Identity, run_git
+from gitqueue.objects import Objects, TreeChange
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A commit that touched a task's file."""
+
+    commit: str
+    parents: tuple[str, ...]
+    author: str
+    email: str
+    time: float
+    message: str
+    changes: tuple[TreeChange, ...]
+
+    @property
+    def subject(self) -> str:
+        return self.message.split("\n", 1)[0]
+
+    def trailer(self, key: str) -> str | None:
+        for line in reversed(self.message.splitlines()):
+            name, sep, value = line.partition(": ")
+            if sep and name == key:
+                return value.strip()
+        return None
+
+
+class Commits(Objects):
+    """The commits of one git folder, read through its objects."""
+
+    def identity(self, fallback: str) -> Identity:
+        """The person's identity by git's own rules, else ``gitqueue <fallback>``.
+
+        As for ``git commit``: ``GIT_AUTHOR_NAME`` and ``GIT_AUTHOR_EMAIL`` first, then
+        ``author.name``/``author.email``, then ``user.name``/``user.email``, then ``$EMAIL``.
+        """
+        proc = run_git(["config", "--get-regexp", r"^(author|user)\.(name|email)$"], cwd=self.path)
+        found: dict[str, str] = {}
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            key, _, value = line.partition(" ")
+            found[key.lower()] = value.strip()
+        name = os.environ.get("GIT_AUTHOR_NAME") or found.get("author.name") or found.get("user.name") or ""
+        email = os.environ.get("GIT_AUTHOR_EMAIL") or found.get("author.email") or found.get("user.email") or ""
+        email = email or os.environ.get("EMAIL", "")
+        return Identity(name.strip() or "gitqueue", email.strip() or fallback)
+
+    def commit_info(self, commit: str) -> tuple[str, tuple[str, ...]]:
+        """A commit's root tree and its parents."""
+        tree, parents = "", []
+        for line in self.read(commit).split(b"\n"):
+            if not line:
+                break
+            if line.startswith(b"tree "):
+                tree = line[5:].decode()
+            elif line.startswith(b"parent "):
+                parents.append(line[7:].decode())
+        return tree, tuple(parents)
+
+    def new_commits(self, old: str | None, new: str) -> list[str]:
+        """Commits reachable from ``new`` but not from ``old`` (with no ``old``: from no ref
+        at all), oldest first. One spawn-free look at ``new`` covers the usual one-commit push."""
+        if old is not None:
+            _, parents = self.commit_info(new)
+            if parents == (old,):
+                return [new]
+        exclude = [f"^{old}"] if old is not None else ["--not", "--all"]
+        proc = run_git(["rev-list", "--reverse", "--topo-order", new, *exclude], cwd=self.path)
+        if proc.returncode:
+            raise GitqueueError(f"cannot list the commits of {new}: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout.decode().split()
+
+    def history(self, tip: str, paths: list[str]) -> list[LogEntry]:
+        """Commits up to ``tip`` that touched any of ``paths``, oldest first, with their changes."""
+        proc = run_git(
+            ["log", "--reverse", "--no-renames", "--raw", "--no-abbrev", "-z", "--format=%x1e%H", tip, "--", *paths],
+            cwd=self.path,
+        )
+        if proc.returncode:
+            raise GitqueueError(f"cannot read the history of {tip}: {proc.stderr.decode(errors='replace').strip()}")
+        entries = []
+        for record in proc.stdout.split(b"\x1e")[1:]:
+            head, _, raw = record.partition(b"\0")
+            fields = raw.lstrip(b"\n").split(b"\0")
+            changes = []
+            for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+                if not meta.startswith(b":"):
+                    continue
+                old_mode, new_mode, old_sha, new_sha, _status = meta[1:].split(b" ")
+                name = path.decode("utf-8", "surrogateescape")
+                old = None if set(old_sha) == {ord("0")} else (old_mode, old_sha.decode())
+                new = None if set(new_sha) == {ord("0")} else (new_mode, new_sha.decode())
+                changes.append(TreeChange(name, old, new))
+            entries.append(self._log_entry(head.strip().decode(), tuple(changes)))
+        return entries
+
+    def recent(self, tip: str, count: int) -> list[LogEntry]:
+        """The last ``count`` commits up to ``tip``, newest first, without their changes."""
+        proc = run_git(["rev-list", f"--max-count={count}", tip], cwd=self.path)
+        if proc.returncode:
+            raise GitqueueError(f"cannot read the history of {tip}: {proc.stderr.decode(errors='replace').strip()}")
+        return [self._log_entry(commit, ()) for commit in proc.stdout.decode().split()]
+
+    def _log_entry(self, commit: str, changes: tuple[TreeChange, ...]) -> LogEntry:
+        raw = self.read(commit)
+        head, _, message = raw.partition(b"\n\n")
+        parents, author, email, when = [], "", "", 0.0
+        for line in head.split(b"\n"):
+            if line.startswith(b"parent "):
+                parents.append(line[7:].decode())
+            elif line.startswith(b"author "):
+                who, _, stamp = line[7:].decode("utf-8", "replace").rpartition("> ")
+                author, _, email = who.partition(" <")
+                when = float(stamp.split(" ")[0] or 0)
+        return LogEntry(commit, tuple(parents), author, email, when, message.decode("utf-8", "replace"), changes)
+
+    def rev_parse(self, rev: str) -> str | None:
+        proc = run_git(["rev-parse", "-q", "--verify", f"{rev}^{{commit}}"], cwd=self.path)
+        return proc.stdout.decode().strip() or None
+
+    def commit_time(self, commit: str) -> float:
+        """The committer time of ``commit`` (as the committing machine's clock had it)."""
+        for line in self.read(commit).split(b"\n"):
+            if line.startswith(b"committer "):
+                return float(line.rsplit(b" ", 2)[1])
+            if not line:
+                break
+        raise GitqueueError(f"commit {commit} has no committer line")
+
+    def is_ancestor(self, commit: str, tip: str) -> bool:
+        if commit == tip:
+            return True
+        proc = run_git(["merge-base", "--is-ancestor", commit, tip], cwd=self.path)
+        return proc.returncode == 0
