@@ -20,16 +20,8 @@ from typing import Any, Self
 from gitqueue import branches, config
 from gitqueue import validate as rules
 from gitqueue.errors import GitqueueError, RemoteUnavailable
-from gitqueue.gitstore import (
-    GitStore,
-    Identity,
-    RemoteRefs,
-    init_bare,
-    is_local_path,
-    local_git_dir,
-    remote_refs,
-    set_local_head,
-)
+from gitqueue.git import Identity, RemoteRefs, init_bare, is_local_path, local_git_dir, remote_refs, set_local_head
+from gitqueue.gitstore import GitStore
 from gitqueue.protocol import Change, Protocol, wait_for_remote
 from gitqueue.snapshot import Snapshot, TaskCache
 from gitqueue.task import State

@@ -27,44 +27,21 @@ import time
 from enum import Enum
 from pathlib import Path
 
-from gitqueue.cache import Cache, CacheBusy, folder_id
+from gitqueue.cache import Cache, folder_id
 from gitqueue.errors import CacheDamaged, GitqueueError, PushRefused, RemoteUnavailable
 from gitqueue.git import (
     AUTH_SIGNS,
     LOST_RACE_SIGNS,
     Identity,
-    RemoteRefs,
     damage_in,
-    init_bare,
     is_local_path,
-    local_git_dir,
     remote_error,
-    remote_refs,
     remote_says,
     run_git,
-    set_local_head,
     ssh_env,
     tell_retrying,
 )
-from gitqueue.objects import BLOB_MODE
 from gitqueue.urls import scrub
-
-__all__ = [
-    "BLOB_MODE",
-    "LEASE_REFS",
-    "CacheBusy",
-    "GitStore",
-    "Identity",
-    "PushOutcome",
-    "RemoteRefs",
-    "init_bare",
-    "is_local_path",
-    "local_git_dir",
-    "remote_refs",
-    "run_git",
-    "set_local_head",
-    "tell_retrying",
-]
 
 FETCH_HEALS = 3  # rebuilds of a cache that goes away (is deleted) again and again within one fetch
 MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects

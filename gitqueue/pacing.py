@@ -34,8 +34,9 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gitqueue.commits import LogEntry
 from gitqueue.config import PushBudget
-from gitqueue.gitstore import GitStore, LogEntry
+from gitqueue.gitstore import GitStore
 
 SLOTS_TRAILER = "Gitqueue-Slots"  # on a worker's lease heartbeats: how many slots it runs
 WORKER_TRAILER = "Gitqueue-Worker"  # on every gitqueue commit: which worker made it

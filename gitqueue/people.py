@@ -17,8 +17,9 @@ from typing import Any
 from gitqueue import edits, filters
 from gitqueue import validate as rules
 from gitqueue.errors import EditConflict, InvalidTask, InvalidTransition, TaskExists
-from gitqueue.gitstore import BLOB_MODE, LEASE_REFS
+from gitqueue.gitstore import LEASE_REFS
 from gitqueue.lifecycle import attempt_record, move
+from gitqueue.objects import BLOB_MODE
 from gitqueue.protocol import PROGRESS_EVERY, Change, Protocol
 from gitqueue.snapshot import FLAT_LIMIT, Snapshot
 from gitqueue.task import PERSON_FIELDS, SEQ_DIGITS, State, Task, check_id, fan, now_iso, render, task_from_mapping

@@ -33,8 +33,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+from gitqueue.cache import CacheBusy
 from gitqueue.errors import CacheDamaged, GitqueueError, LostRace, RemoteUnavailable
-from gitqueue.gitstore import CacheBusy, GitStore, Identity, PushOutcome, tell_retrying
+from gitqueue.git import Identity, tell_retrying
+from gitqueue.gitstore import GitStore, PushOutcome
 from gitqueue.snapshot import Snapshot, TaskCache
 
 FIRST_RETRY = 0.1  # seconds before asking an unreachable remote again, doubling up to 5 s

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from gitqueue import Queue
 from gitqueue.cli import app
+from gitqueue.commits import LogEntry
 from gitqueue.config import PushBudget, Settings
-from gitqueue.gitstore import LogEntry
 from gitqueue.pacing import (
     Fleet,
     Member,
