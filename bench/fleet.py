@@ -285,7 +285,8 @@ def row(r: FleetResult) -> list[object]:
     total = f"{r.per_min(p.total):.1f}" + (f" (budget {s.push_budget})" if s.push_budget else "")
     once = r.check.summary() + (f"; {r.ran_twice} tasks' commands ran twice" if r.ran_twice else "")
     return [
-        f"`{s.name}`: {s.describe}", r.mode, headline(r), busy, r.per_min(p.branch), r.per_min(p.gitqueue), total,
+        f"`{s.name}`: {s.describe}", r.mode, headline(r), busy, f"{r.per_min(p.branch):.1f}",
+        f"{r.per_min(p.gitqueue):.1f}", total,
         r.rejected / s.tasks, r.attempts / s.tasks, r.spread, once, f"{r.wall:.1f}s{done}",
     ]  # fmt: skip
 
