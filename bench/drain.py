@@ -70,12 +70,24 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def run_workers(
-    url: str, folder: Path, *, workers: int, budget: float, shared_cache: bool = False, command: list[str] | None = None
+    url: str,
+    folder: Path,
+    *,
+    workers: int,
+    budget: float,
+    shared_cache: bool = False,
+    command: list[str] | None = None,
+    layout: list[tuple[str, str]] | None = None,
+    options: list[str] | None = None,
 ) -> tuple[float, bool, list[dict[str, float]]]:
     """Start ``workers`` ``gitqueue work`` processes and wait (at most ``budget`` s).
 
+    ``layout`` names each worker and its cache folder (worker i: ``bench-i`` and a cache of its
+    own, or one shared cache, by default); ``options`` go to every ``gitqueue work`` before ``--``.
     Returns (wall seconds, all exited in time, the workers' stats).
     """
+    if layout is None:
+        layout = [(f"bench-{i}", "cache" if shared_cache else f"cache-{i}") for i in range(workers)]
     folder.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     stats_paths = [folder / f"stats-{i}.json" for i in range(workers)]
@@ -85,10 +97,10 @@ def run_workers(
             env = {
                 **os.environ,
                 "GITQUEUE_STATS_FILE": str(stats_paths[i]),
-                "GITQUEUE_CACHE": str(folder / ("cache" if shared_cache else f"cache-{i}")),
+                "GITQUEUE_CACHE": str(folder / layout[i][1]),
             }
             log = open(folder / f"worker-{i}.log", "wb")  # noqa: SIM115 - closed below
-            argv = [*gitqueue_command(), "work", "--queue", url, "--worker", f"bench-{i}"]
+            argv = [*gitqueue_command(), "work", "--queue", url, "--worker", layout[i][0], *(options or [])]
             argv += ["--log-dir", str(folder / "logs"), "--", *(command or ["true"])]
             try:
                 procs.append(

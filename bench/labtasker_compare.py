@@ -23,6 +23,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.proxy import LatencyProxy
+from gitqueue.testing import free_port
+
+if TYPE_CHECKING:
+    from bench.fleet import FleetResult, Scenario
 
 VERSION = "2.8.0"
 
@@ -97,17 +104,51 @@ def _killpg(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-def drain_labtasker(bin_dir: Path, folder: Path, *, tasks: int, workers: int, budget: float) -> LabtaskerResult:
+def drain_labtasker(
+    bin_dir: Path,
+    folder: Path,
+    *,
+    tasks: int,
+    workers: int,
+    budget: float,
+    command: list[str] | None = None,
+    delay: float | None = None,
+) -> LabtaskerResult:
+    """Drain ``tasks`` tasks with ``workers`` ``labtasker loop -- COMMAND`` processes.
+
+    With ``delay`` the server listens on HTTP (127.0.0.1) and every client reaches it through
+    bench/proxy.py's LatencyProxy (``delay`` each way); else over its Unix socket.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     sock = folder / "server.sock"
-    env = {
-        **os.environ,
-        "LABTASKER_ROOT": str(folder / "root"),
-        "LABTASKER_SOCKET": str(sock),
-        "LABTASKER_QUEUE": "default",
-    }
-    env.pop("LABTASKER_URL", None)
-    env.pop("LABTASKER_TOKEN", None)
+    env = {**os.environ, "LABTASKER_ROOT": str(folder / "root"), "LABTASKER_QUEUE": "default"}
+    for name in ("LABTASKER_URL", "LABTASKER_TOKEN", "LABTASKER_SOCKET"):
+        env.pop(name, None)
+    with contextlib.ExitStack() as stack:
+        if delay is None:
+            env["LABTASKER_SOCKET"] = str(sock)
+            server_cmd = ["--connection", "socket", "--socket", str(sock)]
+        else:
+            port = free_port()
+            proxy = stack.enter_context(LatencyProxy(port, delay=delay))
+            env["LABTASKER_URL"] = f"http://127.0.0.1:{proxy.port}"
+            server_cmd = ["--connection", "http", "--host", "127.0.0.1", "--port", str(port)]
+        server_cmd = [str(bin_dir / "labtasker-server"), "serve", *server_cmd, "--database", str(folder / "server.db")]
+        return _drain(bin_dir, folder, env, server_cmd, tasks=tasks, workers=workers, budget=budget,
+                      command=command or ["true"])  # fmt: skip
+
+
+def _drain(
+    bin_dir: Path,
+    folder: Path,
+    env: dict[str, str],
+    server_cmd: list[str],
+    *,
+    tasks: int,
+    workers: int,
+    budget: float,
+    command: list[str],
+) -> LabtaskerResult:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(argv: list[str], log: str) -> subprocess.Popen[bytes]:
@@ -125,8 +166,6 @@ def drain_labtasker(bin_dir: Path, folder: Path, *, tasks: int, workers: int, bu
             raise RuntimeError(f"{argv[0]} failed: {proc.stderr.decode(errors='replace')[-500:]}")
         return proc.stdout.decode()
 
-    server_cmd = [str(bin_dir / "labtasker-server"), "serve", "--connection", "socket"]
-    server_cmd += ["--socket", str(sock), "--database", str(folder / "server.db")]
     try:
         server = start(server_cmd, "server.log")
         deadline = time.monotonic() + 60
@@ -141,7 +180,7 @@ def drain_labtasker(bin_dir: Path, folder: Path, *, tasks: int, workers: int, bu
         run([str(bin_dir / "python"), "-c", _SUBMIT, str(tasks)])
         t0 = time.monotonic()
         loops = [
-            start([str(bin_dir / "labtasker"), "loop", "--idle-timeout", "0", "--", "true"], f"loop-{i}.log")
+            start([str(bin_dir / "labtasker"), "loop", "--idle-timeout", "0", "--", *command], f"loop-{i}.log")
             for i in range(workers)
         ]
         deadline = t0 + budget
@@ -163,6 +202,30 @@ def drain_labtasker(bin_dir: Path, folder: Path, *, tasks: int, workers: int, bu
         attempts={str(k): v for k, v in check["attempts"].items()},
         finished=finished,
     )
+
+
+def fleet_row(venv: Path, root: Path, s: Scenario, *, delay: float, budget: float) -> LabtaskerResult:
+    """Scenario ``s`` of bench/fleet.py with Labtasker: as many loops as slots, behind the same proxy."""
+    bin_dir = ensure_venv(venv)
+    command = ["sleep", f"{s.seconds:g}"] if s.seconds else ["true"]
+    return drain_labtasker(bin_dir, root / f"labtasker-{s.name}", tasks=s.tasks, workers=s.machines * s.slots,
+                           budget=budget, command=command, delay=delay if s.proxy else None)  # fmt: skip
+
+
+def fleet_cells(lab: LabtaskerResult, ours: FleetResult) -> list[object]:
+    """A row of bench/fleet.py's table for Labtasker, with gitqueue's ratio to it in the efficiency column."""
+    s = ours.scenario
+    eff = (s.tasks * s.seconds / (s.machines * s.slots)) / lab.wall if lab.wall > 0 else float("nan")
+    if s.seconds:
+        versus = f"{eff:.2f}; gitqueue/Labtasker {ours.efficiency / eff:.2f}x" if eff else "-"
+    else:
+        ratio = ours.check.done / ours.wall / lab.tasks_per_s if lab.tasks_per_s else float("nan")
+        versus = f"{lab.tasks_per_s:.1f} tasks/s (wall); gitqueue/Labtasker {ratio:.2f}x (wall)"
+    once = "ok" if lab.exactly_once else f"FAILED: {lab.succeeded}/{lab.tasks} succeeded, attempts {lab.attempts}"
+    link = "Unix socket" if not s.proxy else "HTTP behind the proxy"
+    done = "" if lab.finished else " (timed out)"
+    return [f"Labtasker {VERSION}, same tasks ({link})", f"{lab.workers} `labtasker loop`", versus,
+            "-", "-", "-", "-", "-", "-", "-", once, f"{lab.wall:.1f}s{done}"]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,10 +39,13 @@ class LatencyProxy:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+            for _ in range(10):  # cancelling a connection's task may leave its pipes' tasks: again
+                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                if not others:
+                    break
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
@@ -104,6 +107,7 @@ class LatencyProxy:
             await sender
         except (OSError, asyncio.CancelledError):
             sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)  # let it end before the loop stops
             raise
 
 
