@@ -96,6 +96,7 @@ DAMAGE_SIGNS = (
     "invalid object",
     "Unable to read current working directory",  # the cache folder went away while git ran in it
     "invalid index-pack output",  # our index-pack died writing into it
+    "unresolved deltas",  # a thin pack's bases are damaged in the cache (a truncated object)
 )
 GIT_ENV = {  # every git gitqueue spawns runs with these
     "GIT_TERMINAL_PROMPT": "0",

@@ -350,3 +350,16 @@ def test_a_cache_folder_deleted_while_git_runs_in_it_is_damage_not_the_remote() 
     )
     assert damage_in(said) == "fatal: Unable to read current working directory: No such file or directory"
     assert damage_in("remote: fatal: Unable to read current working directory") is None  # the remote's own
+
+
+def test_a_fetch_that_cannot_resolve_deltas_against_a_truncated_cache_is_damage() -> None:
+    """A thin pack's deltas need base objects the cache holds; when the cache's copy is
+    truncated, index-pack cannot resolve them: the cache's damage, not the remote being away
+    (seen under load in the truncate-then-delete drain, reported as "cannot fetch")."""
+    said = (
+        "fatal: Could not read 0123456789abcdef0123456789abcdef01234567\n"
+        "fatal: pack has 3 unresolved deltas\n"
+        "error: unresolved deltas left after unpacking\n"
+    )
+    assert damage_in(said) == "fatal: pack has 3 unresolved deltas"
+    assert damage_in("fatal: Could not read from remote repository.") is None  # that one is the remote, away
