@@ -58,14 +58,16 @@ def test_gitqueue_reap_returns_a_sigkilled_workers_batch_at_once(lab: Lab) -> No
     assert set(reaped) == set(batch) and report["running"] == []
     assert reaped["b-holds"]["spent"] is True and reaped["b-holds"]["worker"] == "w1"
     assert reaped["b-holds"]["reason"] == "worker w1 is gone: its process on this machine ended"
-    assert [reaped[f"c-{i}"]["spent"] for i in range(4)] == [False] * 4
+    never_started = batch[1:]  # how many claims the batch took depends on the warm-up's time
+    assert [reaped[task_id]["spent"] for task_id in never_started] == [False] * len(never_started)
 
     # The started run spent its attempt; the claims never started spent none.
     assert attempt_summary(lab.task("b-holds")) == [(1, "reaped", "w1")]
     for i in range(4):
         task = lab.task(f"c-{i}")
         assert task.state is State.PENDING and task.attempts == [] and task.next_attempt == 1
-        assert f"reap c-{i} by w1 (attempt 1): never started, no attempt spent" in lab.remote.log("%B")[-1]
+        if f"c-{i}" in never_started:
+            assert f"reap c-{i} by w1 (attempt 1): never started, no attempt spent" in lab.remote.log("%B")[-1]
     assert lab.lease_refs() == []
     assert list((lab.tmp / "cache" / "runs" / "workers").glob("*.json")) == [], "the dead worker's note is dropped"
 
