@@ -28,19 +28,19 @@ from bench.report import median
 
 # Functions whose cumulative time explains a gitqueue cycle (module suffix, function name).
 PROFILE_POINTS = [
-    ("gitqueue/queue.py", "_transact", "whole cycle (Queue._transact)"),
+    ("gitqueue/protocol.py", "transact", "whole cycle (Protocol.transact)"),
     ("gitqueue/gitstore.py", "fetch", "GitStore.fetch (git fetch spawn)"),
     ("gitqueue/gitstore.py", "push", "GitStore.push (git push spawn)"),
     ("gitqueue/snapshot.py", "__init__", "Snapshot() (read the tip's commit)"),
-    ("gitqueue/queue.py", "best_pending", "best_pending (list + parse pending)"),
-    ("gitqueue/queue.py", "_finish_change", "_finish_change"),
-    ("gitqueue/queue.py", "_claim_change", "_claim_change"),
+    ("gitqueue/lifecycle.py", "best_pending", "best_pending (list + parse pending)"),
+    ("gitqueue/lifecycle.py", "finish_change", "Lifecycle.finish_change"),
+    ("gitqueue/lifecycle.py", "claim_change", "Lifecycle.claim_change"),
     ("gitqueue/task.py", "render", "task.render (YAML out)"),
     ("gitqueue/task.py", "parse_task", "task.parse_task (YAML in)"),
-    ("gitqueue/queue.py", "_commit", "Queue._commit (blobs, trees, commit)"),
-    ("gitqueue/gitstore.py", "edit_tree", "GitStore.edit_tree"),
-    ("gitqueue/gitstore.py", "_store", "GitStore._store (zlib + file per object)"),
-    ("gitqueue/gitstore.py", "read", "GitStore.read (cat-file --batch)"),
+    ("gitqueue/protocol.py", "commit", "Protocol.commit (blobs, trees, commit)"),
+    ("gitqueue/objects.py", "edit_tree", "Objects.edit_tree"),
+    ("gitqueue/objects.py", "_store", "Objects._store (zlib + file per object)"),
+    ("gitqueue/objects.py", "read", "Objects.read (cat-file --batch)"),
     ("subprocess.py", "run", "subprocess.run (all git spawns)"),
 ]
 
@@ -205,17 +205,17 @@ def measure(t: Transport, root: Path, *, tasks: int, cycles: int, budget: float,
 
 # Functions that explain the time of `gitqueue work`'s loop beyond the API cycle.
 WORKER_POINTS = [
-    ("gitqueue/worker.py", "_loop", "Worker._loop (everything)"),
-    ("gitqueue/worker.py", "_execute", "Worker._execute (run the command)"),
+    ("gitqueue/worker/worker.py", "_loop", "Worker._loop (everything)"),
+    ("gitqueue/worker/worker.py", "_execute", "Worker._execute (run the command)"),
     ("subprocess.py", "__init__", "subprocess.Popen() (start `true`, start git)"),
     ("threading.py", "join", "Thread.join (output pumps)"),
     ("subprocess.py", "wait", "Popen.wait"),
-    ("gitqueue/worker.py", "_finish", "Worker._finish (finish + next claim)"),
+    ("gitqueue/worker/hand.py", "flush", "Hand.flush (finish + next claim)"),
     ("gitqueue/queue.py", "claim", "Queue.claim"),
-    ("gitqueue/worker.py", "_maybe_reap", "Worker._maybe_reap"),
+    ("gitqueue/worker/worker.py", "_maybe_reap", "Worker._maybe_reap"),
     ("gitqueue/gitstore.py", "fetch", "GitStore.fetch"),
     ("gitqueue/gitstore.py", "push", "GitStore.push"),
-    ("gitqueue/worker.py", "say", "Worker.say (log lines)"),
+    ("gitqueue/worker/worker.py", "say", "Worker.say (log lines)"),
 ]
 
 

@@ -2,7 +2,7 @@
 
 A worker starts each command in a process group of its own. If the worker dies without
 stopping it (SIGKILL, the OOM killer), Linux sends the command itself SIGTERM (see
-``worker._die_with``), but not what the command started: the ``python train.py`` that a
+``worker.child._die_with``), but not what the command started: the ``python train.py`` that a
 shell script runs, say, keeps its GPU while the task runs again elsewhere.
 
 So while a command runs, its worker keeps a record of it in ``<cache>/runs/<group>.json``.
