@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gitqueue.index import _db_key, connect
-from gitqueue.report import Read, Row, RunSpan
+from gitqueue.report_data import Read, Row, RunSpan
 from gitqueue.snapshot import Entry, Problem
 
 # Named after what a stored read holds: change Row, RunSpan, row_of or runs_of, and the version.

@@ -23,7 +23,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from gitqueue.progress import format_duration, utc
-from gitqueue.report import Row, RunSpan, Sweep, is_number
+from gitqueue.report_data import Row, RunSpan, Sweep, is_number
 
 PLOT_POINTS = 5000  # tasks drawn in the parallel-coordinates and per-arg plots
 TIMELINE_RUNS = 3000  # runs drawn as bars; more become a heat map of busy workers
