@@ -222,7 +222,7 @@ class Worker:
         return Watch(
             self.queue,
             run,
-            every=self.options.heartbeat or min(30.0, max(1.0, run.lease / 3)),
+            every=self.options.heartbeat or self.hand.pace.heartbeat_every(run.lease),  # pacer: heartbeat period
             look_every=self.options.look_every,
             signals=self.signals,
             batched=lambda: bool(self.hand.held),
