@@ -78,6 +78,7 @@ class Hand:
         """Report what ended and claim the next batch. With runs still in hand, one try: if another
         worker wins the push, run the next task and try again after it, instead of waiting idle."""
         s = self.summary
+        self.pace.start(self.queue, say=self.say)  # pacer: learn the budget and fleet before the first push
         asked = self.pace.size(ran=s.done + s.failed, held=len(self.held)) - len(self.held)  # pacer: held
         self.pace.turn(held=len(self.held))  # pacer: under a push_budget, wait for this worker's turn
         claimed = self.flush(claim=asked, patient=not self.held)

@@ -39,6 +39,7 @@ class Pace:
         self.pacer = Pacer(slots=self.slots, budget=None, lease=600)
         self.pending = 0  # tasks pending at the last look
         self.learnt = float("-inf")  # when (monotonic) the last look was
+        self.started = False  # looked before the first push (see start)
         self._said: str | None = None  # the pacer's problem, once told
 
     def size(self, *, ran: int, held: int = 0, free: int = 1) -> int:
@@ -98,11 +99,24 @@ class Pace:
             return None
         return self.pacer.lease_for(self.pacer.lease)
 
-    def learn(self, queue: Queue, *, say: Callable[[str], None] | None = None) -> None:
-        """After a landed push: read from the cache what the branch shows (the fleet and its
-        slots, the landed rate, the queue's settings and what is pending) and tell the pacer
-        and the fair share; ``say`` the pacer's problem once. Never raises: pacing is advice."""
-        tip = queue.protocol.last_landed
+    def start(self, queue: Queue, *, say: Callable[[str], None] | None = None) -> None:
+        """Before this worker's first push: fetch once (with the lease refs) and :meth:`learn`,
+        so that the first claims already know the budget and the fleet seen so far. Once."""
+        if self.started:
+            return
+        self.started = True
+        try:
+            tip = queue.store.fetch(leases=True)
+        except GitqueueError:
+            tip = None
+        self.learn(queue, say=say, tip=tip)
+
+    def learn(self, queue: Queue, *, say: Callable[[str], None] | None = None, tip: str | None = None) -> None:
+        """After a landed push (or at ``tip``): read from the cache what the branch shows (the
+        fleet and its slots, the landed rate, the queue's settings and what is pending) and
+        tell the pacer and the fair share; ``say`` the pacer's problem once. Never raises:
+        pacing is advice."""
+        tip = tip or queue.protocol.last_landed
         if tip is None or time.monotonic() - self.learnt < LEARN_EVERY:
             return
         self.learnt, now = time.monotonic(), queue.clock()
