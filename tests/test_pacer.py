@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import shlex
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
-from conftest import RemoteRepo
+from conftest import RemoteRepo, poll_until
 
 from gitqueue import Queue
 from gitqueue.pacing import SLOTS_TRAILER
@@ -173,3 +176,30 @@ def test_without_the_slots_learnt_the_share_splits_by_workers(queue: Queue, bare
     with Queue(str(bare_remote), worker="box-a") as a, Queue(str(bare_remote), worker="box-b") as b:
         assert len(a.claim_batch(1)) == 1
         assert len(b.claim_batch(100)) == 20  # half of 40: each counts one slot
+
+
+def test_a_worker_waiting_for_its_turn_stops_at_once_on_a_signal(queue: Queue, bare_remote: Path) -> None:
+    RemoteRepo(bare_remote).person_commit({"gitqueue.yaml": f"{SETTINGS}push_budget: 6/min\n"})
+    ids = queue.submit([{"args": {"n": n}} for n in range(3)])
+    log = io.StringIO()
+
+    def stop_when_the_first_ended() -> None:
+        poll_until(lambda: "✓" in log.getvalue(), what="the first run to end")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with Queue(str(bare_remote), worker="patient") as q:
+        worker = Worker(q, Options(max_batch=1), runner=instant, log=log)
+        stopper = threading.Thread(target=stop_when_the_first_ended)
+        stopper.start()
+        code = worker.run()
+        stopper.join()
+    assert code == 128 + signal.SIGTERM, log.getvalue()
+    # Its next push had to wait ~10 s for its turn: the signal ended the wait, and the worker
+    # reported what ran and claimed nothing more.
+    assert queue.get(ids[0]).state is State.DONE
+    assert [queue.get(i).state for i in ids[1:]] == [State.PENDING, State.PENDING]
+    assert all(not queue.get(i).attempts for i in ids[1:])
+    subjects = subprocess.run(
+        ["git", "log", "--format=%s", "-2", "main"], cwd=bare_remote, capture_output=True, check=True, text=True
+    ).stdout.splitlines()
+    assert [s.split(" ")[0] for s in subjects] == ["done", "claim"]

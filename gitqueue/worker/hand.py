@@ -80,7 +80,6 @@ class Hand:
         s = self.summary
         self.pace.start(self.queue, say=self.say)  # pacer: learn the budget and fleet before the first push
         asked = self.pace.size(ran=s.done + s.failed, held=len(self.held)) - len(self.held)  # pacer: held
-        self.pace.turn(held=len(self.held))  # pacer: under a push_budget, wait for this worker's turn
         claimed = self.flush(claim=asked, patient=not self.held)
         self.held_since.update({run.token: time.monotonic() for run in claimed})
         self.held.extend(claimed)

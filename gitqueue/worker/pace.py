@@ -78,13 +78,12 @@ class Pace:
         """Seconds until this worker's next branch push may go (0: now)."""
         return self.pacer.wait(now) if self.paced else 0.0
 
-    def turn(self, *, held: int, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Before a push with nothing else to do (nothing ``held``): under a budget, wait for
-        this worker's turn. Without one a worker with nothing to run never waits."""
-        if not held and self.pacer.budget is not None:
-            pause = self.wait(time.monotonic())
-            if pause > 0:
-                sleep(pause)
+    def turn(self, *, held: int) -> float:
+        """Seconds to wait before a push with nothing else to do (nothing ``held``): under a
+        budget, until this worker's turn. Without one a worker with nothing to run never waits."""
+        if held or self.pacer.budget is None:
+            return 0.0
+        return self.wait(time.monotonic())
 
     def heartbeat_every(self, lease: float) -> float:
         """Seconds between this worker's heartbeat pushes for runs of ``lease`` seconds (what
