@@ -109,6 +109,7 @@ class Pace:
         except GitqueueError:
             tip = None
         self.learn(queue, say=say, tip=tip)
+        self.learnt = float("-inf")  # the first landed push learns again: the fleet will have shown up by then
 
     def learn(self, queue: Queue, *, say: Callable[[str], None] | None = None, tip: str | None = None) -> None:
         """After a landed push (or at ``tip``): read from the cache what the branch shows (the
