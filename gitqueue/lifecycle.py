@@ -24,6 +24,7 @@ from gitqueue import history
 from gitqueue import validate as rules
 from gitqueue.errors import GitqueueError, InvalidTask, InvalidTransition, NotHeld
 from gitqueue.gitstore import LEASE_REFS
+from gitqueue.pacing import SLOTS_TRAILER
 from gitqueue.protocol import Change, Protocol
 from gitqueue.snapshot import Snapshot
 from gitqueue.task import SPENT_OUTCOMES, State, Task, now_iso, parse_time, render, result_problem, same_args
@@ -163,6 +164,10 @@ class Lifecycle:
         self.protocol, self.owner, self.checks = protocol, owner, checks
         self.store, self.cache = protocol.store, protocol.cache
         self.worker, self.clock = protocol.worker, protocol.clock
+        # Fair share by slots: this worker's slots (written on its claim commits), and those of
+        # the workers it has seen on the branch (a worker's pace learns them; unknown counts 1).
+        self.slots = 1
+        self.fleet: Mapping[str, int] = {}
 
     def claim_batch(
         self,
@@ -251,19 +256,12 @@ class Lifecycle:
         """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
 
         A batch keeps this worker's runs within a fair share of the work not done yet (what is
-        pending and what is running, split among the workers seen running), so that one worker
-        does not hold tasks that idle workers could run. ``finishing`` runs of ours are being
-        reported in the same commit: they no longer count.
+        pending and what is running, split among the workers seen running and those in
+        ``fleet``, by slots), so that one worker does not hold tasks that idle workers could run.
+        ``finishing`` runs of ours are being reported in the same commit: they no longer count.
         """
         if count > 1:
-            pending = sum(len(group) for group in snap.pending_groups())
-            holders = Counter(summary.worker for _, summary in snap.summaries(State.RUNNING))
-            holders[self.worker] -= finishing
-            workers = {worker for worker, held in holders.items() if held > 0} | {self.worker}
-            self.protocol.contenders = len(workers)
-            outstanding = pending + sum(max(0, held) for held in holders.values())
-            share = -(-outstanding // len(workers))  # ceil: the tail goes in pairs, not ones
-            count = max(1, min(count, share - max(0, holders[self.worker])))
+            count = max(1, min(count, self.share(snap, finishing)))
         change: Change | None = None
         runs: list[Run] = []
         for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible), done=done):
@@ -286,7 +284,24 @@ class Lifecycle:
                 break
         if change is not None:
             change.value = runs
+            if self.slots > 1:  # the fleet learns our slots from the branch (one trailer per commit)
+                change.trailers = {**change.trailers, SLOTS_TRAILER: str(self.slots)}
         return change
+
+    def share(self, snap: Snapshot, finishing: int = 0) -> int:
+        """How many more runs this worker may hold: its share by slots of what is pending and
+        running (ceil: the tail goes in pairs, not ones), less what it holds. The workers are
+        those holding runs in ``snap`` and those in ``fleet``; a worker's slots are what
+        ``fleet`` says (1 if it says nothing), ours are ``slots``."""
+        pending = sum(len(group) for group in snap.pending_groups())
+        holders = Counter(summary.worker for _, summary in snap.summaries(State.RUNNING))
+        holders[self.worker] -= finishing
+        running = {worker for worker, held in holders.items() if held > 0 and worker} | {self.worker}
+        self.protocol.contenders = len(running)
+        slots = {worker: max(1, self.fleet.get(worker, 1)) for worker in running | set(self.fleet)}
+        slots[self.worker] = max(1, self.slots)
+        outstanding = pending + sum(max(0, held) for held in holders.values())
+        return -(-outstanding * slots[self.worker] // sum(slots.values())) - max(0, holders[self.worker])
 
     def finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
         """The commit that records ``report``; NotHeld if its run no longer holds the task."""

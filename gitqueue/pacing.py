@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gitqueue.commits import LogEntry
 from gitqueue.config import PushBudget
@@ -40,6 +40,9 @@ from gitqueue.gitstore import GitStore
 
 SLOTS_TRAILER = "Gitqueue-Slots"  # on a worker's lease heartbeats: how many slots it runs
 WORKER_TRAILER = "Gitqueue-Worker"  # on every gitqueue commit: which worker made it
+ACTION_TRAILER = "Gitqueue-Action"  # what a branch commit did (claim, done, submit, ...)
+RUN_TRAILER = "Gitqueue-Run"  # the run a commit is about: a heartbeat carries it and no action
+WORKER_ACTIONS = frozenset({"claim", "done", "failed", "timeout", "interrupted", "released"})  # only workers do these
 HEARTBEATS_PER_LEASE = 3  # a lease outlives this many heartbeat periods: two may be lost
 HEARTBEAT_SHARE = 0.5  # with a budget, heartbeats may take at most this part of it
 HEADROOM = 0.8  # a fleet aims at this part of what the branch has been seen to take
@@ -61,6 +64,7 @@ class Fleet:
 
     workers: int = 1
     slots: int = 1
+    members: dict[str, int] = field(default_factory=dict, compare=False)  # worker -> its slots
 
 
 def lease_trailers(*, worker: str, slots: int) -> str:
@@ -71,11 +75,17 @@ def lease_trailers(*, worker: str, slots: int) -> str:
 
 def member_of(entry: LogEntry) -> Member | None:
     """The worker a commit names (slots from its ``Gitqueue-Slots`` trailer, else 1);
-    None for a commit no worker made. Never raises on what a commit says."""
+    None for a commit no worker made: a person's edit, or a command's (``submit``, ``cancel``:
+    they name the machine's worker too, but no worker runs tasks there). Never raises on what a
+    commit says."""
     worker = entry.trailer(WORKER_TRAILER)
     if not worker:
         return None
     text = entry.trailer(SLOTS_TRAILER) or ""
+    actions = (entry.trailer(ACTION_TRAILER) or "").split()
+    heartbeat = not actions and entry.trailer(RUN_TRAILER)
+    if not (text or heartbeat or WORKER_ACTIONS.intersection(actions)):
+        return None
     slots = int(text) if text.isascii() and text.isdigit() and 0 < len(text) < 6 else 0
     return Member(worker, max(1, slots), entry.time)
 
@@ -87,7 +97,7 @@ def fleet_of(members: Iterable[Member], *, me: Member, now: float, within: float
     for member in members:
         if now - within <= member.time and member.worker != me.worker:
             slots[member.worker] = max(slots.get(member.worker, 1), member.slots)
-    return Fleet(workers=len(slots), slots=sum(slots.values()))
+    return Fleet(workers=len(slots), slots=sum(slots.values()), members=slots)
 
 
 def landed_rate(times: Sequence[float], *, run: int = RATE_RUN) -> float | None:
@@ -148,7 +158,7 @@ class Pacer:
         if push_seconds is not None and push_seconds > 0:
             self.push_seconds = push_seconds
         if fleet is not None:
-            self.fleet = Fleet(max(1, fleet.workers), max(self.slots, fleet.slots))
+            self.fleet = Fleet(max(1, fleet.workers), max(self.slots, fleet.slots), fleet.members)
         if branch_rate is not None and branch_rate > 0:
             self.branch_rate = max(self.branch_rate or 0.0, branch_rate)
         if task_seconds is not None and task_seconds > 0:

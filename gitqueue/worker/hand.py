@@ -78,7 +78,8 @@ class Hand:
         """Report what ended and claim the next batch. With runs still in hand, one try: if another
         worker wins the push, run the next task and try again after it, instead of waiting idle."""
         s = self.summary
-        asked = self.pace.size(ran=s.done + s.failed) - len(self.held)
+        self.pace.start(self.queue, say=self.say)  # pacer: learn the budget and fleet before the first push
+        asked = self.pace.size(ran=s.done + s.failed, held=len(self.held)) - len(self.held)  # pacer: held
         claimed = self.flush(claim=asked, patient=not self.held)
         self.held_since.update({run.token: time.monotonic() for run in claimed})
         self.held.extend(claimed)
@@ -97,6 +98,7 @@ class Hand:
         claim up to ``claim`` new runs: one commit, one push. Not ``patient``: one try, and
         nothing changes if another writer wins it."""
         lost_before = self.queue.store.rejected_pushes
+        landed_before = self.queue.protocol.last_landed  # pacer: learn after a landed push
         started = time.monotonic()
         try:
             claimed = self._report_and_claim(max(claim, 0), release, patient)
@@ -109,6 +111,9 @@ class Hand:
         finally:
             self.seconds["flush"] += time.monotonic() - started
         self.pace.adapt(self.queue.store.rejected_pushes - lost_before)
+        if self.queue.protocol.last_landed != landed_before:  # pacer: our push landed
+            self.pace.pushed(time.monotonic())
+            self.pace.learn(self.queue, say=self.say)
         self.note()
         return claimed
 
@@ -145,7 +150,7 @@ class Hand:
                 self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
 
     def _claim_options(self) -> dict[str, Any]:
-        return {"labels": self.options.labels, "eligible": self._eligible}
+        return {"labels": self.options.labels, "eligible": self._eligible, "lease": self.pace.lease()}  # pacer: lease
 
     def _eligible(self, task: Task) -> bool:
         if self.runs_everything:  # e.g. a @loop function: it runs every task

@@ -2,43 +2,145 @@
 
 Short tasks are claimed in batches of about ``batch_seconds`` of work, reported and claimed again
 in one push; while pushes lose races to other workers, batches grow. :class:`Pace` is plain
-arithmetic on what it is told (task times, lost races): it calls nothing.
+arithmetic on what it is told (task times, lost races, what :meth:`Pace.learn` read from the
+branch): only ``learn`` reads git, and only the cache. With other workers on the branch, or a
+``push_budget`` in ``gitqueue.yaml``, its :class:`~gitqueue.pacing.Pacer` sizes the batches so
+the fleet's pushes fit what the branch takes, spaces this worker's branch pushes (:meth:`Pace.wait`),
+and gives the heartbeat period (:meth:`Pace.heartbeat_every`) and the lease to claim with
+(:meth:`Pace.lease`). Alone on the branch and without a budget a worker batches exactly as it
+always did.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+from gitqueue.errors import GitqueueError
+from gitqueue.pacing import Member, Pacer, landed_rate, read_fleet
+from gitqueue.queue import Queue
+from gitqueue.snapshot import Snapshot
 from gitqueue.worker.options import Options
+
+HISTORY = 100  # branch commits read for the fleet and the landed rate, after a landed push
+LEARN_EVERY = 2.0  # seconds: a worker pushing faster than this learns at most this often
 
 
 class Pace:
     """The batch a worker claims next, from the moving average of its tasks' times."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, *, slots: int = 1) -> None:
         self.options = options
+        self.slots = max(1, slots)
         self.seconds_per_task: float | None = None  # moving average: sizes the next batch
         self.batch_seconds = options.batch_seconds  # grows while our pushes lose races
         self.lost_tries, self.retry_at = 0, 0.0  # one-try flushes lost in a row; next try not before
         self.batch, self.drained = 0, False  # runs in hand after the last claim; it got fewer than asked
+        self.pacer = Pacer(slots=self.slots, budget=None, lease=600)
+        self.pending = 0  # tasks pending at the last look
+        self.learnt = float("-inf")  # when (monotonic) the last look was
+        self.started = False  # looked before the first push (see start)
+        self._said: str | None = None  # the pacer's problem, once told
 
-    def size(self, *, ran: int) -> int:
-        """How many claims to take next (``ran`` tasks so far): about ``batch_seconds`` of work, 1 for long tasks."""
+    def size(self, *, ran: int, held: int = 0, free: int = 1) -> int:
+        """How many claims to hold after the next push (``ran`` tasks so far, ``held`` in hand,
+        ``free`` slots): about ``batch_seconds`` of work, 1 for long tasks; paced (other workers
+        on the branch, or a budget): enough to keep the slots fed until the next push, within
+        this worker's share by slots of what is pending."""
         limit = self.options.max_batch
         if self.options.max_tasks is not None:
             limit = min(limit, self.options.max_tasks - ran)
-        if self.seconds_per_task is None:
-            return 1
-        return max(1, min(limit, int(self.batch_seconds / max(self.seconds_per_task, 1e-3))))
+        wanted = 1 if self.seconds_per_task is None else int(self.batch_seconds / max(self.seconds_per_task, 1e-3))
+        wanted = max(1, min(limit, wanted))
+        if not self.paced:
+            return wanted
+        more = self.pacer.batch(free=free, held=held, pending=max(self.pending, 1), wanted=max(0, wanted - held))
+        return max(1, min(limit, held + more))
+
+    @property
+    def paced(self) -> bool:
+        """Whether the pacer has a say: other workers share the branch, or there is a budget."""
+        return self.pacer.interval > 0
 
     def due(self, *, held: int, reported: bool) -> bool:
         """Time to report and claim: nothing left in hand, or half a batch run with more to
-        claim, so the next claims land while the rest of this batch still runs."""
+        claim, so the next claims land while the rest of this batch still runs. Paced, not
+        before this worker's turn (:meth:`wait`) while it holds runs to go on with."""
         if not held:
             return True
         if self.drained or time.monotonic() < self.retry_at:  # lost the last try: give others a moment
             return False
+        if self.wait(time.monotonic()) > 0:
+            return False
         return reported and held * 2 <= self.batch
+
+    def wait(self, now: float) -> float:
+        """Seconds until this worker's next branch push may go (0: now)."""
+        return self.pacer.wait(now) if self.paced else 0.0
+
+    def turn(self, *, held: int) -> float:
+        """Seconds to wait before a push with nothing else to do (nothing ``held``): under a
+        budget, until this worker's turn. Without one a worker with nothing to run never waits."""
+        if held or self.pacer.budget is None:
+            return 0.0
+        return self.wait(time.monotonic())
+
+    def heartbeat_every(self, lease: float) -> float:
+        """Seconds between this worker's heartbeat pushes for runs of ``lease`` seconds (what
+        the lease watch beats by): a third of the lease, at most 30 s, as always; under a
+        budget never more often than the budget's heartbeat share allows the whole fleet."""
+        return self.pacer.heartbeat_every(self.pacer.lease_for(lease) if self.pacer.budget else lease)
+
+    def lease(self) -> int | None:
+        """The lease to claim runs with: None (the task's or the queue's) unless the budget
+        cannot keep the fleet's leases that short (then the shortest it can)."""
+        if self.pacer.problem is None:
+            return None
+        return self.pacer.lease_for(self.pacer.lease)
+
+    def start(self, queue: Queue, *, say: Callable[[str], None] | None = None) -> None:
+        """Before this worker's first push: fetch once (with the lease refs) and :meth:`learn`,
+        so that the first claims already know the budget and the fleet seen so far. Once."""
+        if self.started:
+            return
+        self.started = True
+        try:
+            tip = queue.store.fetch(leases=True)
+        except GitqueueError:
+            tip = None
+        self.learn(queue, say=say, tip=tip)
+        self.learnt = float("-inf")  # the first landed push learns again: the fleet will have shown up by then
+
+    def learn(self, queue: Queue, *, say: Callable[[str], None] | None = None, tip: str | None = None) -> None:
+        """After a landed push (or at ``tip``): read from the cache what the branch shows (the
+        fleet and its slots, the landed rate, the queue's settings and what is pending) and
+        tell the pacer and the fair share; ``say`` the pacer's problem once. Never raises:
+        pacing is advice."""
+        tip = tip or queue.protocol.last_landed
+        if tip is None or time.monotonic() - self.learnt < LEARN_EVERY:
+            return
+        self.learnt, now = time.monotonic(), queue.clock()
+        try:
+            snap = Snapshot(queue.store, queue.cache, tip)
+            settings = snap.settings
+            self.pending = sum(len(group) for group in snap.pending_groups())
+            times = [entry.time for entry in queue.store.recent(tip, HISTORY)]
+            me = Member(queue.worker, self.slots, now)
+            fleet = read_fleet(queue.store, tip, me=me, now=now, within=float(settings.lease), depth=HISTORY)
+        except GitqueueError:
+            return
+        self.pacer.budget, self.pacer.lease = settings.push_budget, settings.lease
+        self.pacer.observe(fleet=fleet, branch_rate=landed_rate(times), push_seconds=queue.protocol.attempt_seconds)
+        self.pacer.observe(task_seconds=self.seconds_per_task)
+        queue.lifecycle.slots, queue.lifecycle.fleet = self.slots, fleet.members
+        problem = self.pacer.problem
+        if problem is not None and problem != self._said and say is not None:
+            say(f"warning: {problem}")
+        self._said = problem
+
+    def pushed(self, now: float) -> None:
+        """A report-and-claim push of this worker's landed at ``now`` (monotonic)."""
+        self.pacer.pushed(now)
 
     def adapt(self, lost_races: int) -> None:
         """Many workers on one branch: when our pushes lose races, push less often (bigger

@@ -110,6 +110,9 @@ class Worker:
                 return 128 + self.signal
             claiming = hand.pace.due(held=len(hand.held), reported=bool(hand.reports))
             self._maybe_reap(notes=claiming)  # busy workers too: a finish usually hands them their next run
+            if claiming and (turn := hand.pace.turn(held=len(hand.held))) > 0:  # pacer: push_budget's turn
+                self._pause(turn)  # nothing to run meanwhile; a signal ends the wait (see the loop's top)
+                continue
             if claiming:
                 hand.claim_next()
             if not hand.held and hand.suspects:  # nothing more to try: every task tried lacks the arg
@@ -222,7 +225,7 @@ class Worker:
         return Watch(
             self.queue,
             run,
-            every=self.options.heartbeat or min(30.0, max(1.0, run.lease / 3)),
+            every=self.options.heartbeat or self.hand.pace.heartbeat_every(run.lease),  # pacer: heartbeat period
             look_every=self.options.look_every,
             signals=self.signals,
             batched=lambda: bool(self.hand.held),
