@@ -47,6 +47,8 @@ FETCH_HEALS = 3  # rebuilds of a cache that goes away (is deleted) again and aga
 MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
+# Where workers that need work ask for it: one ref per worker (see gitqueue.requests).
+REQUEST_REFS = "refs/gitqueue/requests"
 
 
 class PushOutcome(Enum):
@@ -84,10 +86,11 @@ class GitStore(Cache):
 
     # ------------------------------------------------------------ remote
 
-    def fetch(self, *, leases: bool = False) -> str | None:
+    def fetch(self, *, leases: bool = False, requests: bool = False) -> str | None:
         """Bring the remote branch into the cache; return its tip, or None if it has none.
 
-        With ``leases``, also mirror the remote's lease refs (see :meth:`leases`).
+        With ``leases``, also mirror the remote's lease refs (see :meth:`leases`); with
+        ``requests``, its request refs (see :meth:`requests`).
         """
         self.fetches += 1
         started = time.monotonic()
@@ -95,7 +98,7 @@ class GitStore(Cache):
             rebuilt = None  # the folder the last rebuild made
             for _ in range(FETCH_HEALS):
                 try:
-                    return self._fetch(leases)
+                    return self._fetch(leases, requests)
                 except CacheDamaged as exc:
                     if rebuilt is not None and folder_id(self.path) == rebuilt:
                         # The cache we just rebuilt is still there, and damaged again: not our
@@ -110,10 +113,12 @@ class GitStore(Cache):
         finally:
             self.seconds["fetch"] += time.monotonic() - started
 
-    def _fetch(self, leases: bool) -> str | None:
+    def _fetch(self, leases: bool, requests: bool = False) -> str | None:
         refspecs = [f"+refs/heads/{self.branch}:{self.ref}"]
         if leases:
             refspecs.append(f"+{LEASE_REFS}/*:{self.namespace}/leases/*")
+        if requests:
+            refspecs.append(f"+{REQUEST_REFS}/*:{self.namespace}/requests/*")
         proc = run_git(
             [
                 "-c",
@@ -123,7 +128,7 @@ class GitStore(Cache):
                 "--no-tags",
                 "--no-write-fetch-head",
                 "--no-auto-maintenance",
-                *(["--prune"] if leases else []),
+                *(["--prune"] if leases or requests else []),
                 self.url,
                 *refspecs,
             ],
@@ -183,6 +188,7 @@ class GitStore(Cache):
         if proc.returncode == 0:
             self._note_landing(new)
             self._seen = new
+            self._forget_requests(also or [])
             return PushOutcome.LANDED
         self._note_landing(None)
         output = scrub((proc.stdout + proc.stderr).decode(errors="replace"), self.url)
@@ -229,6 +235,43 @@ class GitStore(Cache):
             return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
         except FileNotFoundError:
             return {}
+
+    def requests(self) -> dict[str, str]:
+        """Request refs seen by the last ``fetch(requests=True)``: ref name -> request commit."""
+        folder = self.path / self.namespace / "requests"
+        try:
+            return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
+        except FileNotFoundError:
+            return {}
+
+    def _forget_requests(self, refspecs: list[str]) -> None:
+        """Request refs a landed push deleted are gone from our mirror too (an optimistic try,
+        which does not fetch, must not serve them again)."""
+        for spec in refspecs:
+            if spec.startswith(f":{REQUEST_REFS}/"):
+                name = spec.removeprefix(f":{REQUEST_REFS}/")
+                with contextlib.suppress(OSError):
+                    (self.path / self.namespace / "requests" / name).unlink()
+
+    def push_request(self, name: str, *, message: str, author: Identity, parent: str | None) -> str | None:
+        """Push a request commit (empty tree, on ``parent``: our last request, if any) to the
+        request ref ``name``; return it, or None if it could not be pushed.
+
+        Only its worker writes that ref, and the workers that serve it only delete it, so the
+        push is a fast-forward or a creation: it never races anyone (never a forced push).
+        """
+        if parent is not None and not self.has(parent):
+            parent = None
+        try:
+            commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
+            proc = run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{REQUEST_REFS}/{name}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        return commit if proc.returncode == 0 else None
 
     def heartbeat(
         self, token: str, *, parent: str | None, message: str, author: Identity, when: float | None = None

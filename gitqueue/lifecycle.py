@@ -21,10 +21,12 @@ from typing import Any
 from typing import Protocol as Interface
 
 from gitqueue import history
+from gitqueue import requests as asking
 from gitqueue import validate as rules
 from gitqueue.errors import GitqueueError, InvalidTask, InvalidTransition, NotHeld
-from gitqueue.gitstore import LEASE_REFS
+from gitqueue.gitstore import LEASE_REFS, REQUEST_REFS
 from gitqueue.protocol import Change, Protocol
+from gitqueue.requests import Ask, Request
 from gitqueue.snapshot import Snapshot
 from gitqueue.task import SPENT_OUTCOMES, State, Task, now_iso, parse_time, render, result_problem, same_args
 
@@ -163,6 +165,9 @@ class Lifecycle:
         self.protocol, self.owner, self.checks = protocol, owner, checks
         self.store, self.cache = protocol.store, protocol.cache
         self.worker, self.clock = protocol.worker, protocol.clock
+        self.asked: set[str] = set()  # our request commits, not yet found served (see gitqueue.requests)
+        self._last_request: str | None = None
+        self._asked_at = float("-inf")
 
     def claim_batch(
         self,
@@ -172,13 +177,65 @@ class Lifecycle:
         lease: int | None = None,
         eligible: Callable[[Task], bool] | None = None,
         patient: bool = True,
+        ask: Ask | None = None,
     ) -> list[Run]:
         """Claim up to ``count`` tasks in one commit (the best ones, in order).
 
-        Not ``patient``: one try on the fetched tip, LostRace if another writer won it.
+        Not ``patient``: one try on the fetched tip, LostRace if another writer won it. With
+        ``ask``, a race lost to another machine pushes a request for work (see :meth:`ask`),
+        and runs another worker claimed for us meanwhile are returned instead of claiming.
         """
-        build = lambda snap: self.claim_change(snap, labels, lease, eligible, count)  # noqa: E731
-        return self.protocol.transact(build, patient=patient) or []
+
+        def build(snap: Snapshot) -> Change | None:
+            served = self.served(snap)
+            if served:  # nothing to commit: another worker's push claimed them for us
+                return Change(subject="", value=served)
+            return self.claim_change(snap, labels, lease, eligible, count)
+
+        on_lost = None if ask is None else lambda: self.ask(count, ask)
+        runs = self.protocol.transact(build, patient=patient, requests=True, on_lost=on_lost) or []
+        self._adopted(runs)
+        return runs
+
+    def ask(self, count: int, ask: Ask) -> bool:
+        """Ask for ``count`` tasks on this worker's request ref (a push that races nobody), so
+        that whoever lands on the branch next claims them for us. At most once per half
+        REQUEST_TTL while a request is out. True if a request is out."""
+        if self.asked and self.clock() - self._asked_at < asking.REQUEST_TTL / 2:
+            return True
+        text = asking.message(self.worker, max(1, count), ask, now=self.clock(), nonce=secrets.token_hex(8))
+        name = asking.ref_name(self.worker)
+        commit = self.store.push_request(name, message=text, author=self.protocol.identity, parent=self._last_request)
+        if commit is None:
+            return bool(self.asked)
+        self.asked.add(commit)
+        self._last_request, self._asked_at = commit, self.clock()
+        return True
+
+    def served(self, snap: Snapshot) -> list[Run]:
+        """The runs ``snap`` holds that other workers claimed in our name for our requests."""
+        if not self.asked:
+            return []
+        found = []
+        for task in snap.tasks(State.RUNNING):
+            run = task.run or {}
+            if run.get("worker") == self.worker and run.get("request") in self.asked:
+                found.append(Run(queue=self.owner, task=task, record=dict(run)))
+        return found
+
+    def adopt(self) -> list[Run]:
+        """Fetch, and return the runs claimed for our requests that we hold now (each once)."""
+        if not self.asked:
+            return []
+        runs = self.served(self.protocol.snapshot())
+        self._adopted(runs)
+        return runs
+
+    def _adopted(self, runs: list[Run]) -> None:
+        """A claim landed or served runs were found: our request is answered (or deleted by our
+        own claim's push); the branch holds the runs either way."""
+        if runs:
+            self.asked.clear()
 
     def finish(
         self,
@@ -194,6 +251,8 @@ class Lifecycle:
         """
         batch = [reports] if isinstance(reports, Report) else list(reports)
         batch = [self._with_claimed_args(report) for report in batch]
+        claim_options = None if then_claim is None else dict(then_claim)
+        ask: Ask | None = None if claim_options is None else claim_options.pop("ask", None)
 
         def build(snap: Snapshot) -> Change | None:
             change = Change(subject="", value=Finished())
@@ -205,16 +264,24 @@ class Lifecycle:
                     continue
                 change = change.then(step)
                 change.value.tasks.append(step.value)
-            if then_claim is not None:
-                finished = change.value.tasks
-                done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
-                claim = self.claim_change(snap, **then_claim, finishing=len(finished), done=done)
-                if claim is not None:
-                    change = change.then(claim)
-                    change.value.claimed = claim.value
+            finished = change.value.tasks
+            done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
+            served = self.served(snap) if claim_options is not None else []  # claimed for us by another worker
+            options = {**(claim_options or {}), "count": max(0, (claim_options or {}).get("count", 1) - len(served))}
+            change.value.claimed = served
+            if claim_options is None:  # a report only: it still serves the requests it sees
+                options["count"] = 0
+            claim = self.claim_change(snap, **options, finishing=len(finished), done=done)
+            if claim is not None:
+                change = change.then(claim)
+                change.value.claimed = [*served, *claim.value]
             return change
 
-        return self.protocol.transact(build, patient=patient)
+        count = 1 if claim_options is None else claim_options.get("count", 1)
+        on_lost = None if ask is None else lambda: self.ask(count, ask)
+        finished: Finished = self.protocol.transact(build, patient=patient, requests=True, on_lost=on_lost)
+        self._adopted(finished.claimed)
+        return finished
 
     def _with_claimed_args(self, report: Report) -> Report:
         """A report from a process that does not know the args its run used (``gitqueue done``
@@ -251,42 +318,126 @@ class Lifecycle:
         """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
 
         A batch keeps this worker's runs within a fair share of the work not done yet (what is
-        pending and what is running, split among the workers seen running), so that one worker
-        does not hold tasks that idle workers could run. ``finishing`` runs of ours are being
-        reported in the same commit: they no longer count.
+        pending and what is running, split among the workers seen running and those asking
+        for work), so that one worker does not hold tasks that idle workers could run.
+        ``finishing`` runs of ours are being reported in the same commit: they no longer count.
+        The same change claims for every live request of another worker (see :meth:`serve`);
+        with ``count`` 0 it only serves them.
         """
+        live, dropped = self.requests(snap)
+        share, holders = self.fair_share(snap, finishing=finishing, asking=[r.worker for r in live])
         if count > 1:
-            pending = sum(len(group) for group in snap.pending_groups())
-            holders = Counter(summary.worker for _, summary in snap.summaries(State.RUNNING))
-            holders[self.worker] -= finishing
-            workers = {worker for worker, held in holders.items() if held > 0} | {self.worker}
-            self.protocol.contenders = len(workers)
-            outstanding = pending + sum(max(0, held) for held in holders.values())
-            share = -(-outstanding // len(workers))  # ceil: the tail goes in pairs, not ones
             count = max(1, min(count, share - max(0, holders[self.worker])))
+        taken: set[str] = set()
+        guard = self.checks.guard(snap, eligible)
+        own, runs = self._claims(snap, self.worker, labels or {}, guard, count, lease=lease, done=done, taken=taken)
+        if own is not None and self.asked:  # our own request, answered by our own claim
+            own.also.append(f":{REQUEST_REFS}/{asking.ref_name(self.worker)}")
+        change = self.serve(snap, live, dropped, share=share, holders=holders, taken=taken, done=done, base=own)
+        if change is not None:
+            change.value = runs
+        return change
+
+    def fair_share(self, snap: Snapshot, *, finishing: int, asking: Iterable[str]) -> tuple[int, Counter[str | None]]:
+        """Each worker's fair share of the outstanding work (pending plus running, split among
+        the workers holding runs, us and those ``asking``), and the runs each holds."""
+        pending = sum(len(group) for group in snap.pending_groups())
+        holders = Counter(summary.worker for _, summary in snap.summaries(State.RUNNING))
+        holders[self.worker] -= finishing
+        workers = {worker for worker, held in holders.items() if held > 0} | {self.worker} | set(asking)
+        self.protocol.contenders = len(workers)
+        outstanding = pending + sum(max(0, held) for held in holders.values())
+        return -(-outstanding // len(workers)), holders  # ceil: the tail goes in pairs, not ones
+
+    def requests(self, snap: Snapshot) -> tuple[list[Request], list[str]]:
+        """The live requests of other workers not served yet, and the request refs to delete
+        (stale, broken, or already served on ``snap``)."""
+        live, dropped = asking.read(self.store, now=self.clock())
+        if not live:
+            return [], dropped
+        answered = {str((task.run or {}).get("request")) for task in snap.tasks(State.RUNNING)}
+        mine = asking.ref_name(self.worker)
+        keep = [r for r in live if r.commit not in answered and r.ref != mine and r.worker != self.worker]
+        dropped += [r.ref for r in live if r.commit in answered]
+        return keep, dropped
+
+    def serve(
+        self,
+        snap: Snapshot,
+        live: Sequence[Request],
+        dropped: Sequence[str],
+        *,
+        share: int,
+        holders: Counter[str | None],
+        taken: set[str],
+        done: Iterable[str],
+        base: Change | None,
+    ) -> Change | None:
+        """``base`` plus claims for each live request (oldest first), in its worker's name: up
+        to what it asked, within its fair share. A served request's ref, and every ``dropped``
+        one, is deleted in the same atomic push; a request nothing fits stays for later."""
+        change = base
+        for request in live:
+            held = max(0, holders[request.worker])
+            give = min(request.count, max(share - held, 0 if held else 1))
+            guard = self.checks.guard(snap, request.fits)
+            step, runs = self._claims(
+                snap, request.worker, request.ask.labels, guard, give, lease=request.ask.lease, done=done,
+                taken=taken, request=request.commit,
+            )  # fmt: skip
+            if step is None:
+                continue
+            holders[request.worker] += len(runs)
+            step.also.append(f":{REQUEST_REFS}/{request.ref}")
+            step.trailers["Gitqueue-Served"] = request.worker.replace(" ", "_")
+            change = step if change is None else change.then(step)
+        if change is not None:
+            change.also.extend(f":{REQUEST_REFS}/{name}" for name in dropped)
+        return change
+
+    def _claims(
+        self,
+        snap: Snapshot,
+        worker: str,
+        labels: Mapping[str, str],
+        eligible: Callable[[Task], bool],
+        count: int,
+        *,
+        lease: int | None,
+        done: Iterable[str],
+        taken: set[str],
+        request: str | None = None,
+    ) -> tuple[Change | None, list[Run]]:
+        """Claims of the best ``count`` pending tasks not ``taken`` (which gets their ids), in
+        ``worker``'s name; ``request``: the request they answer, noted in each run record."""
         change: Change | None = None
         runs: list[Run] = []
-        for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible), done=done):
-            record = {
+        if count <= 0:
+            return None, runs
+        for task in pending_in_order(snap, labels, lambda t: t.id not in taken and eligible(t), done=done):
+            record: dict[str, Any] = {
                 "token": secrets.token_hex(8),
-                "worker": self.worker,
+                "worker": worker,
                 "claimed_at": now_iso(self.clock()),
                 "lease": lease or task.lease or snap.settings.lease,
                 "attempt": task.next_attempt,
             }
+            if request is not None:
+                record["request"] = request
+                record["claimed_by"] = self.worker
             claimed = task.evolve(state=State.RUNNING, run=record)
+            how = "by" if request is None else "for"
             step = Change(
-                subject=f"claim {task.id} by {self.worker} (attempt {record['attempt']})",
+                subject=f"claim {task.id} {how} {worker} (attempt {record['attempt']})",
                 files=move(snap, task, claimed),
                 trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": str(record["token"])},
             )
             change = step if change is None else change.then(step)
             runs.append(Run(queue=self.owner, task=claimed, record=record))
+            taken.add(task.id)
             if len(runs) >= count:
                 break
-        if change is not None:
-            change.value = runs
-        return change
+        return change, runs
 
     def finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
         """The commit that records ``report``; NotHeld if its run no longer holds the task."""

@@ -28,6 +28,7 @@ from gitqueue.lifecycle import ERROR_TAIL, Finished, Lifecycle, Report, Run, bes
 from gitqueue.people import People
 from gitqueue.protocol import Change, heals
 from gitqueue.reaping import Reaped, Reaper
+from gitqueue.requests import Ask
 from gitqueue.snapshot import Problem, Snapshot
 from gitqueue.sweep import Sweep
 from gitqueue.task import State, Task, check_id, id_order
@@ -202,12 +203,32 @@ class Queue(Connection):
         lease: int | None = None,
         eligible: Callable[[Task], bool] | None = None,
         patient: bool = True,
+        ask: Ask | None = None,
     ) -> list[Run]:
         """Claim up to ``count`` tasks in one commit (the best ones, in order).
 
-        Not ``patient``: one try on the fetched tip, LostRace if another writer won it.
+        Not ``patient``: one try on the fetched tip, LostRace if another writer won it. With
+        ``ask`` (what this worker may run, as data), a race lost to another machine pushes a
+        request for work to this worker's own ref, and whoever lands next claims for it: the
+        runs it claimed in our name are returned then, without a push of ours.
         """
-        return self.lifecycle.claim_batch(count, labels=labels, lease=lease, eligible=eligible, patient=patient)
+        return self.lifecycle.claim_batch(
+            count, labels=labels, lease=lease, eligible=eligible, patient=patient, ask=ask
+        )
+
+    def ask_for_work(self, count: int, ask: Ask) -> bool:
+        """Ask for ``count`` tasks on this worker's request ref (``refs/gitqueue/requests/...``),
+        so that the next worker to land on the branch claims them for us (see
+        :mod:`gitqueue.requests`). True if a request is out.
+
+        >>> q.ask_for_work(2, Ask(labels={"gpu": "a100"}))  # doctest: +SKIP
+        """
+        return self.lifecycle.ask(count, ask)
+
+    def adopt(self) -> list[Run]:
+        """Fetch, and return the runs other workers claimed for our requests, each once, as
+        ``Run``s with their tokens: run them like our own claims."""
+        return self.lifecycle.adopt()
 
     def finish(
         self,
@@ -284,6 +305,7 @@ class Queue(Connection):
 
 __all__ = [
     "ERROR_TAIL",
+    "Ask",
     "Change",
     "Finished",
     "GitqueueError",

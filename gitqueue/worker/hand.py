@@ -19,7 +19,7 @@ from typing import Any
 
 from gitqueue import leftovers
 from gitqueue.errors import InvalidTask, LostRace, NotHeld
-from gitqueue.queue import Queue, Report, Run
+from gitqueue.queue import Ask, Queue, Report, Run  # requests: Ask
 from gitqueue.task import State, Task
 from gitqueue.worker.command import MissingArg
 from gitqueue.worker.options import Options, Summary
@@ -145,7 +145,10 @@ class Hand:
                 self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
 
     def _claim_options(self) -> dict[str, Any]:
-        return {"labels": self.options.labels, "eligible": self._eligible}
+        # requests (issue 12): a lost race asks for work; whoever lands next claims for us.
+        own_cmd_only = not self.runs_everything and not self.options.command
+        ask = Ask(labels=dict(self.options.labels), own_cmd_only=own_cmd_only)  # requests: slots adds gpus, slots
+        return {"labels": self.options.labels, "eligible": self._eligible, "ask": ask}
 
     def _eligible(self, task: Task) -> bool:
         if self.runs_everything:  # e.g. a @loop function: it runs every task
