@@ -20,6 +20,10 @@ The steps, numbered as README's "How the claim protocol works":
    after our own push landed the next try builds on it without fetching (the optimistic streak).
 5. A push whose outcome is unknown is settled by fetching (:meth:`GitStore.settle`); an
    unreachable remote is retried with backoff for ``patience`` seconds (:func:`wait_for_remote`).
+6. A worker that lost a race to another machine asks for work on a ref of its own (``on_lost``
+   of :meth:`Protocol.transact`; :mod:`gitqueue.requests`). Claims and finishes fetch those
+   request refs too (``requests``), and their ``build`` claims for every live request in the
+   same commit, deleting the served refs in the same atomic push (``Change.also``).
 """
 
 from __future__ import annotations
