@@ -314,6 +314,15 @@ class GitStore(Cache):
             return (self.path / ref).read_text().strip() or None
         return None
 
+    def drop_request(self, name: str) -> None:
+        """Delete our request ref (a deletion, not a forced push); gone already is fine."""
+        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
+            run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{REQUEST_REFS}/{name}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
+
     def drop_lease(self, token: str) -> None:
         """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
         with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):

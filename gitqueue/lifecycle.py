@@ -231,6 +231,20 @@ class Lifecycle:
         self._adopted(runs)
         return runs
 
+    def withdraw(self) -> list[Task]:
+        """Take our request back, if one is out (this worker stops): delete its ref, and give
+        back what was claimed for it meanwhile (released: no attempt spent). Returns those tasks.
+        A server that fetched the request before and lands after still claims for us: those
+        runs return when their lease runs out, like any dead worker's."""
+        if not self.asked:
+            return []
+        self.store.drop_request(asking.ref_name(self.worker))
+        served = self.served(self.protocol.snapshot())
+        self.asked.clear()
+        if not served:
+            return []
+        return self.finish([Report(run.id, run.token, "released") for run in served]).tasks
+
     def _adopted(self, runs: list[Run]) -> None:
         """A claim landed or served runs were found: our request is answered (or deleted by our
         own claim's push); the branch holds the runs either way."""

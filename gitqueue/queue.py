@@ -16,6 +16,7 @@ Imports go one way: queue -> connection, people, reaping, reads -> lifecycle -> 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -55,6 +56,13 @@ class Queue(Connection):
     @functools.cached_property
     def people(self) -> People:
         return People(self.protocol)
+
+    def close(self) -> None:
+        """Take back a request for work still out (see ``withdraw``), then close the cache."""
+        if "lifecycle" in self.__dict__:  # only a queue that claimed can have asked
+            with contextlib.suppress(GitqueueError):
+                self.withdraw()
+        super().close()
 
     # ------------------------------------------------------------ reading
 
@@ -224,6 +232,11 @@ class Queue(Connection):
         >>> q.ask_for_work(2, Ask(labels={"gpu": "a100"}))  # doctest: +SKIP
         """
         return self.lifecycle.ask(count, ask)
+
+    def withdraw(self) -> list[Task]:
+        """Take back this worker's request for work, if one is out: delete its ref, and give
+        back (no attempt spent) what was claimed for it meanwhile; returns those tasks."""
+        return self.lifecycle.withdraw()
 
     def adopt(self) -> list[Run]:
         """Fetch, and return the runs other workers claimed for our requests, each once, as

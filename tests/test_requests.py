@@ -38,6 +38,27 @@ def submit(url: str, *specs: dict[str, Any]) -> list[str]:
         return q.submit(specs)
 
 
+ASK_AND_DIE = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from gitqueue.queue import Ask, Queue
+    url, worker, cache, ago = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    q = Queue.open(url, worker=worker, cache=Path(cache), clock=lambda: time.time() - ago)
+    assert q.ask_for_work(1, Ask())
+    os._exit(0)  # dies at once: nothing taken back, nothing closed
+    """
+)
+
+
+def ask_and_die(url: str, worker: str, *, ago: float = 0.0) -> None:
+    """A worker process (its clock ``ago`` seconds behind) that asks for work and dies."""
+    cache = Path.cwd().parent / "caches" / ref_name(worker)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-c", ASK_AND_DIE, url, worker, str(cache), str(ago)]
+    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=60)
+
+
 def machine(url: str, worker: str, **options: Any) -> Queue:
     """A queue opened as a worker on a machine of its own (a cache of its own)."""
     return Queue.open(url, worker=worker, cache=Path.cwd().parent / "caches" / ref_name(worker), **options)
@@ -115,9 +136,7 @@ def test_a_stale_request_is_ignored_and_deleted(bare_remote: Path, remote_repo: 
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, {"id": "a", "args": {}}, {"id": "b", "args": {}})
-    long_ago = time.time() - REQUEST_TTL - 5
-    with machine(url, "box-b/1", clock=lambda: long_ago) as gone:
-        gone.ask_for_work(1, Ask())
+    ask_and_die(url, "box-b/1", ago=REQUEST_TTL + 5)
     assert list(request_refs(remote_repo)) == [ref_name("box-b/1")]
     with machine(url, "box-a/1") as server:
         assert [run.id for run in server.claim_batch(1)] == ["a"]
@@ -172,8 +191,7 @@ def test_claims_for_a_dead_asker_go_back_unspent_after_the_lease(bare_remote: Pa
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, {"id": "a", "args": {}, "lease": 60}, {"id": "b", "args": {}, "lease": 60})
-    with machine(url, "box-b/1") as dying:
-        dying.ask_for_work(1, Ask())  # and then it dies, never adopting what it gets
+    ask_and_die(url, "box-b/1")  # it never adopts what it gets
     now = [time.time()]
     ticks = [0.0]
     with machine(url, "box-a/1", clock=lambda: now[0], monotonic=lambda: ticks[0]) as server:
@@ -188,6 +206,25 @@ def test_claims_for_a_dead_asker_go_back_unspent_after_the_lease(bare_remote: Pa
         task = q.get("b")
     assert task.state is State.PENDING and task.attempts_spent == 0 and task.run is None
     assert "reap b by box-b/1 (attempt 1): never started, no attempt spent" in remote_repo.log()[-1]
+
+
+def test_a_worker_that_stops_takes_its_request_back(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}}, {"id": "b", "args": {}}, {"id": "c", "args": {}})
+    with machine(url, "box-b/1") as asker:
+        asker.ask_for_work(1, Ask())
+        asker.claim_batch(0)  # a queue that claimed (or tried to)
+    assert request_refs(remote_repo) == {}  # closing deleted it: nobody claims for a worker gone
+    with machine(url, "box-c/1") as asker, machine(url, "box-a/1") as server:
+        asker.ask_for_work(1, Ask())
+        server.claim_batch(1)
+        assert remote_repo.states()["b"] == "running"
+        assert [task.id for task in asker.withdraw()] == ["b"]  # served, never adopted: given back
+    assert remote_repo.states() == {"a": "running", "b": "pending", "c": "pending"}
+    with Queue.open(url) as q:
+        assert q.get("b").attempts_spent == 0
+    assert "release b by box-c/1 (attempt 1): not started" in remote_repo.log()[-1]
 
 
 SERVER = textwrap.dedent(
