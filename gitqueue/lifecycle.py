@@ -339,6 +339,8 @@ class Lifecycle:
         with ``count`` 0 it only serves them.
         """
         live, dropped = self.requests(snap)
+        if count <= 0 and not live:  # a report alone, and nobody to serve: nothing to claim
+            return None
         share, holders = self.fair_share(snap, finishing=finishing, asking=[r.worker for r in live])
         if count > 1:
             count = max(1, min(count, share - max(0, holders[self.worker])))
