@@ -4,7 +4,8 @@ A push is a compare-and-swap: the new commit's parent is the tip we fetched, and
 (never forced) push only lands if the remote branch is still at that tip. Every way git
 reports a lost race counts as one; an outcome we could not observe (timeout, dropped
 connection) is decided by fetching and looking for our commit. Lease refs (one per run,
-outside the queue branch) carry the runs' heartbeats.
+outside the queue branch) carry the runs' heartbeats; request refs (one per worker asking for
+work, :class:`RequestRefs`) carry requests that the next push to land serves.
 
 Nothing outside the git rooms spawns git. The rooms, from the bottom: :mod:`gitqueue.git`
 (running git, reading its failures), :mod:`gitqueue.objects` (reading and writing objects
@@ -61,7 +62,61 @@ def _is_repository(folder: Path) -> bool:
     return (folder / "HEAD").is_file() or (folder / ".git").exists()
 
 
-class GitStore(Cache):
+class RequestRefs(Cache):
+    """The request refs of one remote (see :mod:`gitqueue.requests`): mirrored by a fetch with
+    ``requests``, pushed by the worker that asks, deleted by whoever serves them (atomically,
+    with the claims) or by the worker that takes its request back."""
+
+    git_env: dict[str, str]
+
+    def requests(self) -> dict[str, str]:
+        """Request refs seen by the last ``fetch(requests=True)``: ref name -> request commit."""
+        folder = self.path / self.namespace / "requests"
+        try:
+            return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
+        except FileNotFoundError:
+            return {}
+
+    def _forget_requests(self, refspecs: list[str]) -> None:
+        """Request refs a landed push deleted are gone from our mirror too (an optimistic try,
+        which does not fetch, must not serve them again)."""
+        for spec in refspecs:
+            if spec.startswith(f":{REQUEST_REFS}/"):
+                name = spec.removeprefix(f":{REQUEST_REFS}/")
+                with contextlib.suppress(OSError):
+                    (self.path / self.namespace / "requests" / name).unlink()
+
+    def push_request(self, name: str, *, message: str, author: Identity, parent: str | None) -> str | None:
+        """Push a request commit (empty tree, on ``parent``: our last request, if any) to the
+        request ref ``name``; return it, or None if it could not be pushed.
+
+        Only its worker writes that ref, and the workers that serve it only delete it, so the
+        push is a fast-forward or a creation: it never races anyone (never a forced push).
+        """
+        if parent is not None and not self.has(parent):
+            parent = None
+        try:
+            commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
+            proc = run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{REQUEST_REFS}/{name}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        return commit if proc.returncode == 0 else None
+
+    def drop_request(self, name: str) -> None:
+        """Delete our request ref (a deletion, not a forced push); gone already is fine."""
+        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
+            run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{REQUEST_REFS}/{name}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
+
+
+class GitStore(RequestRefs):
     """One remote's queue branch: fetched into and pushed from a cache shared by the
     processes of one machine (see :class:`gitqueue.cache.Cache`)."""
 
@@ -236,43 +291,6 @@ class GitStore(Cache):
         except FileNotFoundError:
             return {}
 
-    def requests(self) -> dict[str, str]:
-        """Request refs seen by the last ``fetch(requests=True)``: ref name -> request commit."""
-        folder = self.path / self.namespace / "requests"
-        try:
-            return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
-        except FileNotFoundError:
-            return {}
-
-    def _forget_requests(self, refspecs: list[str]) -> None:
-        """Request refs a landed push deleted are gone from our mirror too (an optimistic try,
-        which does not fetch, must not serve them again)."""
-        for spec in refspecs:
-            if spec.startswith(f":{REQUEST_REFS}/"):
-                name = spec.removeprefix(f":{REQUEST_REFS}/")
-                with contextlib.suppress(OSError):
-                    (self.path / self.namespace / "requests" / name).unlink()
-
-    def push_request(self, name: str, *, message: str, author: Identity, parent: str | None) -> str | None:
-        """Push a request commit (empty tree, on ``parent``: our last request, if any) to the
-        request ref ``name``; return it, or None if it could not be pushed.
-
-        Only its worker writes that ref, and the workers that serve it only delete it, so the
-        push is a fast-forward or a creation: it never races anyone (never a forced push).
-        """
-        if parent is not None and not self.has(parent):
-            parent = None
-        try:
-            commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
-            proc = run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{REQUEST_REFS}/{name}"],
-                cwd=self.path,
-                env=self.git_env,
-            )
-        except subprocess.TimeoutExpired:
-            return None
-        return commit if proc.returncode == 0 else None
-
     def heartbeat(
         self, token: str, *, parent: str | None, message: str, author: Identity, when: float | None = None
     ) -> str | None:
@@ -313,15 +331,6 @@ class GitStore(Cache):
         with contextlib.suppress(OSError):
             return (self.path / ref).read_text().strip() or None
         return None
-
-    def drop_request(self, name: str) -> None:
-        """Delete our request ref (a deletion, not a forced push); gone already is fine."""
-        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
-            run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{REQUEST_REFS}/{name}"],
-                cwd=self.path,
-                env=self.git_env,
-            )
 
     def drop_lease(self, token: str) -> None:
         """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
