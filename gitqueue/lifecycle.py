@@ -165,9 +165,7 @@ class Lifecycle:
         self.protocol, self.owner, self.checks = protocol, owner, checks
         self.store, self.cache = protocol.store, protocol.cache
         self.worker, self.clock = protocol.worker, protocol.clock
-        self.asked: set[str] = set()  # our request commits, not yet found served (see gitqueue.requests)
-        self._last_request: str | None = None
-        self._asked_at = float("-inf")
+        self.asker = asking.Asker(self.store, worker=self.worker, clock=self.clock, identity=lambda: protocol.identity)
 
     def claim_batch(
         self,
@@ -198,34 +196,17 @@ class Lifecycle:
         return runs
 
     def ask(self, count: int, ask: Ask) -> bool:
-        """Ask for ``count`` tasks on this worker's request ref (a push that races nobody), so
-        that whoever lands on the branch next claims them for us. At most once per half
-        REQUEST_TTL while a request is out. True if a request is out."""
-        if self.asked and self.clock() - self._asked_at < asking.REQUEST_TTL / 2:
-            return True
-        text = asking.message(self.worker, max(1, count), ask, now=self.clock(), nonce=secrets.token_hex(8))
-        name = asking.ref_name(self.worker)
-        commit = self.store.push_request(name, message=text, author=self.protocol.identity, parent=self._last_request)
-        if commit is None:
-            return bool(self.asked)
-        self.asked.add(commit)
-        self._last_request, self._asked_at = commit, self.clock()
-        return True
+        """Ask for ``count`` tasks on this worker's request ref, so that whoever lands on the
+        branch next claims them for us (see :class:`gitqueue.requests.Asker`)."""
+        return self.asker.ask(count, ask)
 
     def served(self, snap: Snapshot) -> list[Run]:
         """The runs ``snap`` holds that other workers claimed in our name for our requests."""
-        if not self.asked:
-            return []
-        found = []
-        for task in snap.tasks(State.RUNNING):
-            run = task.run or {}
-            if run.get("worker") == self.worker and run.get("request") in self.asked:
-                found.append(Run(queue=self.owner, task=task, record=dict(run)))
-        return found
+        return [Run(queue=self.owner, task=task, record=dict(task.run or {})) for task in self.asker.answers(snap)]
 
     def adopt(self) -> list[Run]:
         """Fetch, and return the runs claimed for our requests that we hold now (each once)."""
-        if not self.asked:
+        if not self.asker.asked:
             return []
         runs = self.served(self.protocol.snapshot())
         self._adopted(runs)
@@ -236,11 +217,11 @@ class Lifecycle:
         back what was claimed for it meanwhile (released: no attempt spent). Returns those tasks.
         A server that fetched the request before and lands after still claims for us: those
         runs return when their lease runs out, like any dead worker's."""
-        if not self.asked:
+        if not self.asker.asked:
             return []
-        self.store.drop_request(asking.ref_name(self.worker))
+        self.asker.take_back()
         served = self.served(self.protocol.snapshot())
-        self.asked.clear()
+        self.asker.answered()
         if not served:
             return []
         return self.finish([Report(run.id, run.token, "released") for run in served]).tasks
@@ -249,7 +230,7 @@ class Lifecycle:
         """A claim landed or served runs were found: our request is answered (or deleted by our
         own claim's push); the branch holds the runs either way."""
         if runs:
-            self.asked.clear()
+            self.asker.answered()
 
     def finish(
         self,
@@ -347,8 +328,8 @@ class Lifecycle:
         taken: set[str] = set()
         guard = self.checks.guard(snap, eligible)
         own, runs = self._claims(snap, self.worker, labels or {}, guard, count, lease=lease, done=done, taken=taken)
-        if own is not None and self.asked:  # our own request, answered by our own claim
-            own.also.append(f":{REQUEST_REFS}/{asking.ref_name(self.worker)}")
+        if own is not None and self.asker.asked:  # our own request, answered by our own claim
+            own.also.append(f":{REQUEST_REFS}/{self.asker.ref}")
         change = self.serve(snap, live, dropped, share=share, holders=holders, taken=taken, done=done, base=own)
         if change is not None:
             change.value = runs

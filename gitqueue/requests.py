@@ -8,10 +8,11 @@ the served request refs in the same atomic push. The requester finds those runs 
 (their run record names its request) and runs them like its own claims; served by nobody, it
 claims for itself as before.
 
-Owns :class:`Ask` (what a worker asks for), :class:`Request` (a request as read from its ref),
-the request commit's message and its reading, and what a request may be given (:meth:`Request.fits`).
-It may call :mod:`gitqueue.gitstore` (through the store it is given) and :mod:`gitqueue.task`;
-the claims themselves are made by :mod:`gitqueue.lifecycle`.
+Owns :class:`Ask` (what a worker asks for), :class:`Asker` (a worker's side: what it asked for
+and has not found answered), :class:`Request` (a request as read from its ref), the request
+commit's message and its reading, and what a request may be given (:meth:`Request.fits`). It
+may call :mod:`gitqueue.gitstore` (through the store it is given), :mod:`gitqueue.snapshot` and
+:mod:`gitqueue.task`; the claims themselves are made by :mod:`gitqueue.lifecycle`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gitqueue.task import Task, now_iso, parse_time
+from gitqueue.git import Identity
+from gitqueue.task import State, Task, now_iso, parse_time
 
 if TYPE_CHECKING:
     from gitqueue.gitstore import GitStore
+    from gitqueue.snapshot import Snapshot
 
 REQUEST_TTL = 30.0  # seconds: an older request is ignored (its worker may be gone) and deleted
 MOST_ASKED = 64  # tasks one request may ask for, whatever its trailer says
@@ -60,6 +65,57 @@ class Request:
         if self.ask.own_cmd_only and task.cmd is None:
             return False
         return self.ask.gpus is None or (task.gpus or 1) <= self.ask.gpus
+
+
+class Asker:
+    """One worker's requests: those it pushed and has not found answered on the branch yet.
+
+    ``identity`` gives the author of a request commit (asked only when one is pushed).
+    """
+
+    def __init__(
+        self, store: GitStore, *, worker: str, clock: Callable[[], float], identity: Callable[[], Identity]
+    ) -> None:
+        self.store, self.worker, self.clock, self.identity = store, worker, clock, identity
+        self.asked: set[str] = set()  # our request commits, not yet found answered
+        self._last: str | None = None
+        self._at = float("-inf")
+
+    @property
+    def ref(self) -> str:
+        return ref_name(self.worker)
+
+    def ask(self, count: int, ask: Ask) -> bool:
+        """Push a request for ``count`` tasks to our request ref (a push that races nobody); at
+        most once per half REQUEST_TTL while one is out. True if a request is out."""
+        if self.asked and self.clock() - self._at < REQUEST_TTL / 2:
+            return True
+        text = message(self.worker, max(1, count), ask, now=self.clock(), nonce=secrets.token_hex(8))
+        commit = self.store.push_request(self.ref, message=text, author=self.identity(), parent=self._last)
+        if commit is None:
+            return bool(self.asked)
+        self.asked.add(commit)
+        self._last, self._at = commit, self.clock()
+        return True
+
+    def answers(self, snap: Snapshot) -> list[Task]:
+        """The running tasks of ``snap`` that others claimed in our name for our requests."""
+        if not self.asked:
+            return []
+        found = []
+        for task in snap.tasks(State.RUNNING):
+            run = task.run or {}
+            if run.get("worker") == self.worker and run.get("request") in self.asked:
+                found.append(task)
+        return found
+
+    def answered(self) -> None:
+        """Our requests are answered (or deleted by our own claim's push): none is out."""
+        self.asked.clear()
+
+    def take_back(self) -> None:
+        """Delete our request ref: this worker stops asking."""
+        self.store.drop_request(self.ref)
 
 
 def ref_name(worker: str) -> str:
