@@ -91,20 +91,41 @@ class RequestRefs(Cache):
         request ref ``name``; return it, or None if it could not be pushed.
 
         Only its worker writes that ref, and the workers that serve it only delete it, so the
-        push is a fast-forward or a creation: it never races anyone (never a forced push).
+        push is a fast-forward or a creation (never a forced push). A ref left by an earlier
+        process of the same worker name is fetched and built on, once.
         """
-        if parent is not None and not self.has(parent):
-            parent = None
-        try:
-            commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
-            proc = run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{REQUEST_REFS}/{name}"],
-                cwd=self.path,
-                env=self.git_env,
-            )
-        except subprocess.TimeoutExpired:
+        for _ in range(2):
+            if parent is not None and not self.has(parent):
+                parent = None
+            try:
+                commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
+                proc = run_git(
+                    ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{REQUEST_REFS}/{name}"],
+                    cwd=self.path,
+                    env=self.git_env,
+                )
+            except subprocess.TimeoutExpired:
+                return None
+            if proc.returncode == 0:
+                return commit
+            parent = self._fetch_request(name)
+            if parent is None:
+                return None
+        return None
+
+    def _fetch_request(self, name: str) -> str | None:
+        """The remote's request ref ``name``, fetched; None if it has none."""
+        ref = f"{self.namespace}/requests/{name}"
+        proc = run_git(
+            ["fetch", "-q", "--no-tags", "--no-write-fetch-head", self.url, f"+{REQUEST_REFS}/{name}:{ref}"],
+            cwd=self.path,
+            env=self.git_env,
+        )
+        if proc.returncode:
             return None
-        return commit if proc.returncode == 0 else None
+        with contextlib.suppress(OSError):
+            return (self.path / ref).read_text().strip() or None
+        return None
 
     def drop_request(self, name: str) -> None:
         """Delete our request ref (a deletion, not a forced push); gone already is fine."""

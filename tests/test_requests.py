@@ -337,3 +337,18 @@ def test_eight_workers_started_together_run_after_fewer_pushes_than_workers(
     assert landed < 8, f"{landed} landed pushes before all eight ran: {landings}"
     assert set(remote_repo.states().values()) == {"done"}
     assert all(proc.returncode == 0 for proc in procs)
+
+
+def test_a_worker_restarted_under_its_name_can_ask_again(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}})
+    ask_and_die(url, "box-b/1")  # its request is still out, a commit the new process never made
+    old = request_refs(remote_repo)[ref_name("box-b/1")]
+    with machine(url, "box-b/1") as again:
+        assert again.ask_for_work(1, Ask())
+        new = request_refs(remote_repo)[ref_name("box-b/1")]
+        assert new != old and remote_repo.git("rev-parse", f"{new}^").strip() == old  # a fast-forward
+        with machine(url, "box-a/1") as server:
+            server.claim_batch(0)
+        assert [run.id for run in again.adopt()] == ["a"]
