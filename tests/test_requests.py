@@ -59,6 +59,10 @@ def ask_and_die(url: str, worker: str, *, ago: float = 0.0) -> None:
     subprocess.run(argv, env=env, check=True, capture_output=True, timeout=60)
 
 
+def url_of(srv: Path) -> str:
+    return str(srv / "queue.git")
+
+
 def machine(url: str, worker: str, **options: Any) -> Queue:
     """A queue opened as a worker on a machine of its own (a cache of its own)."""
     return Queue.open(url, worker=worker, cache=Path.cwd().parent / "caches" / ref_name(worker), **options)
@@ -337,6 +341,9 @@ def test_eight_workers_started_together_run_after_fewer_pushes_than_workers(
     assert landed < 8, f"{landed} landed pushes before all eight ran: {landings}"
     assert set(remote_repo.states().values()) == {"done"}
     assert all(proc.returncode == 0 for proc in procs)
+    with Queue.open(url_of(srv)) as q:  # each recorded done once, by the worker that ran it
+        for task in q.tasks():
+            assert [(a["outcome"], a["worker"]) for a in task.attempts] == [("done", ran[task.id][0])]
 
 
 def test_a_worker_restarted_under_its_name_can_ask_again(bare_remote: Path, remote_repo: RemoteRepo) -> None:
