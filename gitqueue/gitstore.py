@@ -4,7 +4,8 @@ A push is a compare-and-swap: the new commit's parent is the tip we fetched, and
 (never forced) push only lands if the remote branch is still at that tip. Every way git
 reports a lost race counts as one; an outcome we could not observe (timeout, dropped
 connection) is decided by fetching and looking for our commit. Lease refs (one per run,
-outside the queue branch) carry the runs' heartbeats.
+outside the queue branch) carry the runs' heartbeats; request refs (one per worker asking for
+work, :class:`RequestRefs`) carry requests that the next push to land serves.
 
 Nothing outside the git rooms spawns git. The rooms, from the bottom: :mod:`gitqueue.git`
 (running git, reading its failures), :mod:`gitqueue.objects` (reading and writing objects
@@ -47,6 +48,8 @@ FETCH_HEALS = 3  # rebuilds of a cache that goes away (is deleted) again and aga
 MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
+# Where workers that need work ask for it: one ref per worker (see gitqueue.requests).
+REQUEST_REFS = "refs/gitqueue/requests"
 
 
 class PushOutcome(Enum):
@@ -59,7 +62,82 @@ def _is_repository(folder: Path) -> bool:
     return (folder / "HEAD").is_file() or (folder / ".git").exists()
 
 
-class GitStore(Cache):
+class RequestRefs(Cache):
+    """The request refs of one remote (see :mod:`gitqueue.requests`): mirrored by a fetch with
+    ``requests``, pushed by the worker that asks, deleted by whoever serves them (atomically,
+    with the claims) or by the worker that takes its request back."""
+
+    git_env: dict[str, str]
+
+    def requests(self) -> dict[str, str]:
+        """Request refs seen by the last ``fetch(requests=True)``: ref name -> request commit."""
+        folder = self.path / self.namespace / "requests"
+        try:
+            return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
+        except FileNotFoundError:
+            return {}
+
+    def _forget_requests(self, refspecs: list[str]) -> None:
+        """Request refs a landed push deleted are gone from our mirror too (an optimistic try,
+        which does not fetch, must not serve them again)."""
+        for spec in refspecs:
+            if spec.startswith(f":{REQUEST_REFS}/"):
+                name = spec.removeprefix(f":{REQUEST_REFS}/")
+                with contextlib.suppress(OSError):
+                    (self.path / self.namespace / "requests" / name).unlink()
+
+    def push_request(self, name: str, *, message: str, author: Identity, parent: str | None) -> str | None:
+        """Push a request commit (empty tree, on ``parent``: our last request, if any) to the
+        request ref ``name``; return it, or None if it could not be pushed.
+
+        Only its worker writes that ref, and the workers that serve it only delete it, so the
+        push is a fast-forward or a creation (never a forced push). A ref left by an earlier
+        process of the same worker name is fetched and built on, once.
+        """
+        for _ in range(2):
+            if parent is not None and not self.has(parent):
+                parent = None
+            try:
+                commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
+                proc = run_git(
+                    ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{REQUEST_REFS}/{name}"],
+                    cwd=self.path,
+                    env=self.git_env,
+                )
+            except subprocess.TimeoutExpired:
+                return None
+            if proc.returncode == 0:
+                return commit
+            parent = self._fetch_request(name)
+            if parent is None:
+                return None
+        return None
+
+    def _fetch_request(self, name: str) -> str | None:
+        """The remote's request ref ``name``, fetched; None if it has none."""
+        ref = f"{self.namespace}/requests/{name}"
+        proc = run_git(
+            ["fetch", "-q", "--no-tags", "--no-write-fetch-head", self.url, f"+{REQUEST_REFS}/{name}:{ref}"],
+            cwd=self.path,
+            env=self.git_env,
+        )
+        if proc.returncode:
+            return None
+        with contextlib.suppress(OSError):
+            return (self.path / ref).read_text().strip() or None
+        return None
+
+    def drop_request(self, name: str) -> None:
+        """Delete our request ref (a deletion, not a forced push); gone already is fine."""
+        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
+            run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{REQUEST_REFS}/{name}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
+
+
+class GitStore(RequestRefs):
     """One remote's queue branch: fetched into and pushed from a cache shared by the
     processes of one machine (see :class:`gitqueue.cache.Cache`)."""
 
@@ -84,10 +162,11 @@ class GitStore(Cache):
 
     # ------------------------------------------------------------ remote
 
-    def fetch(self, *, leases: bool = False) -> str | None:
+    def fetch(self, *, leases: bool = False, requests: bool = False) -> str | None:
         """Bring the remote branch into the cache; return its tip, or None if it has none.
 
-        With ``leases``, also mirror the remote's lease refs (see :meth:`leases`).
+        With ``leases``, also mirror the remote's lease refs (see :meth:`leases`); with
+        ``requests``, its request refs (see :meth:`requests`).
         """
         self.fetches += 1
         started = time.monotonic()
@@ -95,7 +174,7 @@ class GitStore(Cache):
             rebuilt = None  # the folder the last rebuild made
             for _ in range(FETCH_HEALS):
                 try:
-                    return self._fetch(leases)
+                    return self._fetch(leases, requests)
                 except CacheDamaged as exc:
                     if rebuilt is not None and folder_id(self.path) == rebuilt:
                         # The cache we just rebuilt is still there, and damaged again: not our
@@ -110,10 +189,12 @@ class GitStore(Cache):
         finally:
             self.seconds["fetch"] += time.monotonic() - started
 
-    def _fetch(self, leases: bool) -> str | None:
+    def _fetch(self, leases: bool, requests: bool = False) -> str | None:
         refspecs = [f"+refs/heads/{self.branch}:{self.ref}"]
         if leases:
             refspecs.append(f"+{LEASE_REFS}/*:{self.namespace}/leases/*")
+        if requests:
+            refspecs.append(f"+{REQUEST_REFS}/*:{self.namespace}/requests/*")
         proc = run_git(
             [
                 "-c",
@@ -123,7 +204,7 @@ class GitStore(Cache):
                 "--no-tags",
                 "--no-write-fetch-head",
                 "--no-auto-maintenance",
-                *(["--prune"] if leases else []),
+                *(["--prune"] if leases or requests else []),
                 self.url,
                 *refspecs,
             ],
@@ -183,6 +264,7 @@ class GitStore(Cache):
         if proc.returncode == 0:
             self._note_landing(new)
             self._seen = new
+            self._forget_requests(also or [])
             return PushOutcome.LANDED
         self._note_landing(None)
         output = scrub((proc.stdout + proc.stderr).decode(errors="replace"), self.url)

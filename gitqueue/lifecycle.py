@@ -21,11 +21,13 @@ from typing import Any
 from typing import Protocol as Interface
 
 from gitqueue import history
+from gitqueue import requests as asking
 from gitqueue import validate as rules
 from gitqueue.errors import GitqueueError, InvalidTask, InvalidTransition, NotHeld
-from gitqueue.gitstore import LEASE_REFS
+from gitqueue.gitstore import LEASE_REFS, REQUEST_REFS
 from gitqueue.pacing import SLOTS_TRAILER
 from gitqueue.protocol import Change, Protocol
+from gitqueue.requests import Ask, Request
 from gitqueue.snapshot import Snapshot
 from gitqueue.task import SPENT_OUTCOMES, State, Task, now_iso, parse_time, render, result_problem, same_args
 
@@ -164,10 +166,8 @@ class Lifecycle:
         self.protocol, self.owner, self.checks = protocol, owner, checks
         self.store, self.cache = protocol.store, protocol.cache
         self.worker, self.clock = protocol.worker, protocol.clock
-        # Fair share by slots: this worker's slots (written on its claim commits), and those of
-        # the workers it has seen on the branch (a worker's pace learns them; unknown counts 1).
-        self.slots = 1
-        self.fleet: Mapping[str, int] = {}
+        self.asker = asking.Asker(self.store, worker=self.worker, clock=self.clock, identity=lambda: protocol.identity)
+        self.claims = Claims(protocol, owner=owner, checks=checks, asker=self.asker)
 
     def claim_batch(
         self,
@@ -177,13 +177,62 @@ class Lifecycle:
         lease: int | None = None,
         eligible: Callable[[Task], bool] | None = None,
         patient: bool = True,
+        ask: Ask | None = None,
     ) -> list[Run]:
         """Claim up to ``count`` tasks in one commit (the best ones, in order).
 
-        Not ``patient``: one try on the fetched tip, LostRace if another writer won it.
+        Not ``patient``: one try on the fetched tip, LostRace if another writer won it. With
+        ``ask``, a race lost to another machine pushes a request for work (see :meth:`ask`),
+        and runs another worker claimed for us meanwhile are returned instead of claiming.
         """
-        build = lambda snap: self.claim_change(snap, labels, lease, eligible, count)  # noqa: E731
-        return self.protocol.transact(build, patient=patient) or []
+
+        def build(snap: Snapshot) -> Change | None:
+            served = self.served(snap)
+            if served:  # nothing to commit: another worker's push claimed them for us
+                return Change(subject="", value=served)
+            return self.claims.change(snap, labels, lease, eligible, count)
+
+        on_lost = None if ask is None else lambda: self.ask(count, ask)
+        runs = self.protocol.transact(build, patient=patient, requests=True, on_lost=on_lost) or []
+        self._adopted(runs)
+        return runs
+
+    def ask(self, count: int, ask: Ask) -> bool:
+        """Ask for ``count`` tasks on this worker's request ref, so that whoever lands on the
+        branch next claims them for us (see :class:`gitqueue.requests.Asker`)."""
+        return self.asker.ask(count, ask)
+
+    def served(self, snap: Snapshot) -> list[Run]:
+        """The runs ``snap`` holds that other workers claimed in our name for our requests."""
+        return [Run(queue=self.owner, task=task, record=dict(task.run or {})) for task in self.asker.answers(snap)]
+
+    def adopt(self) -> list[Run]:
+        """Fetch, and return the runs claimed for our requests that we hold now (each once)."""
+        if not self.asker.asked:
+            return []
+        runs = self.served(self.protocol.snapshot())
+        self._adopted(runs)
+        return runs
+
+    def withdraw(self) -> list[Task]:
+        """Take our request back, if one is out (this worker stops): delete its ref, and give
+        back what was claimed for it meanwhile (released: no attempt spent). Returns those tasks.
+        A server that fetched the request before and lands after still claims for us: those
+        runs return when their lease runs out, like any dead worker's."""
+        if not self.asker.asked:
+            return []
+        self.asker.take_back()
+        served = self.served(self.protocol.snapshot())
+        self.asker.answered()
+        if not served:
+            return []
+        return self.finish([Report(run.id, run.token, "released") for run in served]).tasks
+
+    def _adopted(self, runs: list[Run]) -> None:
+        """A claim landed or served runs were found: our request is answered (or deleted by our
+        own claim's push); the branch holds the runs either way."""
+        if runs:
+            self.asker.answered()
 
     def finish(
         self,
@@ -199,6 +248,8 @@ class Lifecycle:
         """
         batch = [reports] if isinstance(reports, Report) else list(reports)
         batch = [self._with_claimed_args(report) for report in batch]
+        claim_options = None if then_claim is None else dict(then_claim)
+        ask: Ask | None = None if claim_options is None else claim_options.pop("ask", None)
 
         def build(snap: Snapshot) -> Change | None:
             change = Change(subject="", value=Finished())
@@ -210,16 +261,24 @@ class Lifecycle:
                     continue
                 change = change.then(step)
                 change.value.tasks.append(step.value)
-            if then_claim is not None:
-                finished = change.value.tasks
-                done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
-                claim = self.claim_change(snap, **then_claim, finishing=len(finished), done=done)
-                if claim is not None:
-                    change = change.then(claim)
-                    change.value.claimed = claim.value
+            finished = change.value.tasks
+            done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
+            served = self.served(snap) if claim_options is not None else []  # claimed for us by another worker
+            options = {**(claim_options or {}), "count": max(0, (claim_options or {}).get("count", 1) - len(served))}
+            change.value.claimed = served
+            if claim_options is None:  # a report only: it still serves the requests it sees
+                options["count"] = 0
+            claim = self.claims.change(snap, **options, finishing=len(finished), done=done)
+            if claim is not None:
+                change = change.then(claim)
+                change.value.claimed = [*served, *claim.value]
             return change
 
-        return self.protocol.transact(build, patient=patient)
+        count = 1 if claim_options is None else claim_options.get("count", 1)
+        on_lost = None if ask is None else lambda: self.ask(count, ask)
+        finished: Finished = self.protocol.transact(build, patient=patient, requests=True, on_lost=on_lost)
+        self._adopted(finished.claimed)
+        return finished
 
     def _with_claimed_args(self, report: Report) -> Report:
         """A report from a process that does not know the args its run used (``gitqueue done``
@@ -242,66 +301,6 @@ class Lifecycle:
         except GitqueueError:
             return report
         return dataclasses.replace(report, args=claimed.args) if claimed.token == report.token else report
-
-    def claim_change(
-        self,
-        snap: Snapshot,
-        labels: Mapping[str, str] | None = None,
-        lease: int | None = None,
-        eligible: Callable[[Task], bool] | None = None,
-        count: int = 1,
-        finishing: int = 0,
-        done: Iterable[str] = (),
-    ) -> Change | None:
-        """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
-
-        A batch keeps this worker's runs within a fair share of the work not done yet (what is
-        pending and what is running, split among the workers seen running and those in
-        ``fleet``, by slots), so that one worker does not hold tasks that idle workers could run.
-        ``finishing`` runs of ours are being reported in the same commit: they no longer count.
-        """
-        if count > 1:
-            count = max(1, min(count, self.share(snap, finishing)))
-        change: Change | None = None
-        runs: list[Run] = []
-        for task in pending_in_order(snap, labels or {}, self.checks.guard(snap, eligible), done=done):
-            record = {
-                "token": secrets.token_hex(8),
-                "worker": self.worker,
-                "claimed_at": now_iso(self.clock()),
-                "lease": lease or task.lease or snap.settings.lease,
-                "attempt": task.next_attempt,
-            }
-            claimed = task.evolve(state=State.RUNNING, run=record)
-            step = Change(
-                subject=f"claim {task.id} by {self.worker} (attempt {record['attempt']})",
-                files=move(snap, task, claimed),
-                trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": str(record["token"])},
-            )
-            change = step if change is None else change.then(step)
-            runs.append(Run(queue=self.owner, task=claimed, record=record))
-            if len(runs) >= count:
-                break
-        if change is not None:
-            change.value = runs
-            if self.slots > 1:  # the fleet learns our slots from the branch (one trailer per commit)
-                change.trailers = {**change.trailers, SLOTS_TRAILER: str(self.slots)}
-        return change
-
-    def share(self, snap: Snapshot, finishing: int = 0) -> int:
-        """How many more runs this worker may hold: its share by slots of what is pending and
-        running (ceil: the tail goes in pairs, not ones), less what it holds. The workers are
-        those holding runs in ``snap`` and those in ``fleet``; a worker's slots are what
-        ``fleet`` says (1 if it says nothing), ours are ``slots``."""
-        pending = sum(len(group) for group in snap.pending_groups())
-        holders = Counter(summary.worker for _, summary in snap.summaries(State.RUNNING))
-        holders[self.worker] -= finishing
-        running = {worker for worker, held in holders.items() if held > 0 and worker} | {self.worker}
-        self.protocol.contenders = len(running)
-        slots = {worker: max(1, self.fleet.get(worker, 1)) for worker in running | set(self.fleet)}
-        slots[self.worker] = max(1, self.slots)
-        outstanding = pending + sum(max(0, held) for held in holders.values())
-        return -(-outstanding * slots[self.worker] // sum(slots.values())) - max(0, holders[self.worker])
 
     def finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
         """The commit that records ``report``; NotHeld if its run no longer holds the task."""
@@ -355,6 +354,167 @@ def best_pending(
 ) -> Task | None:
     """Highest priority first, then lowest id, among valid pending tasks this worker may take."""
     return next(pending_in_order(snap, labels, eligible), None)
+
+
+class Claims:
+    """Choosing and claiming pending tasks, for this worker and for the workers asking for work,
+    within each one's fair share by slots (see :meth:`change`).
+
+    ``slots`` are this worker's (written on its claim commits); ``fleet`` the slots of the
+    workers it has seen on the branch (a worker's pace learns them; unknown counts 1).
+    """
+
+    def __init__(self, protocol: Protocol, *, owner: RunOwner, checks: rules.WorkerChecks, asker: asking.Asker) -> None:
+        self.protocol, self.owner, self.checks, self.asker = protocol, owner, checks, asker
+        self.store, self.worker, self.clock = protocol.store, protocol.worker, protocol.clock
+        self.slots = 1
+        self.fleet: Mapping[str, int] = {}
+
+    def change(
+        self,
+        snap: Snapshot,
+        labels: Mapping[str, str] | None = None,
+        lease: int | None = None,
+        eligible: Callable[[Task], bool] | None = None,
+        count: int = 1,
+        finishing: int = 0,
+        done: Iterable[str] = (),
+    ) -> Change | None:
+        """Claims of the best ``count`` pending tasks, in one change; its value is the runs.
+
+        A batch keeps this worker's runs within a fair share of the work not done yet (what is
+        pending and what is running, split by slots among the workers seen running, those in
+        ``fleet`` and those asking for work), so that one worker does not hold tasks that idle
+        workers could run. ``finishing`` runs of ours are being reported in the same commit: they
+        no longer count. The same change claims for every live request of another worker (see
+        :meth:`serve`); with ``count`` 0 it only serves them.
+        """
+        live, dropped = self.requests(snap)
+        if count <= 0 and not live:  # a report alone, and nobody to serve: nothing to claim
+            return None
+        share, holders = self.fair_share(snap, finishing=finishing, asking={r.worker: r.ask.slots for r in live})
+        if count > 1:
+            count = max(1, min(count, share(self.worker) - max(0, holders[self.worker])))
+        taken: set[str] = set()
+        guard = self.checks.guard(snap, eligible)
+        own, runs = self._claims(snap, self.worker, labels or {}, guard, count, lease=lease, done=done, taken=taken)
+        if own is not None and self.asker.asked:  # our own request, answered by our own claim
+            own.also.append(f":{REQUEST_REFS}/{self.asker.ref}")
+        change = self.serve(snap, live, dropped, share=share, holders=holders, taken=taken, done=done, base=own)
+        if change is not None:
+            change.value = runs
+        return change
+
+    def fair_share(
+        self, snap: Snapshot, *, finishing: int, asking: Mapping[str, int]
+    ) -> tuple[Callable[[str], int], Counter[str | None]]:
+        """Each worker's fair share of the outstanding work (pending plus running, split by slots
+        among the workers holding runs, us, those in ``fleet`` and those ``asking``: worker ->
+        slots), as a function of the worker, and the runs each holds. A worker's slots are what
+        it asked with, else what ``fleet`` says, else 1; ours are ``slots``."""
+        pending = sum(len(group) for group in snap.pending_groups())
+        holders = Counter(summary.worker for _, summary in snap.summaries(State.RUNNING))
+        holders[self.worker] -= finishing
+        running = {worker for worker, held in holders.items() if held > 0 and worker} | {self.worker}
+        self.protocol.contenders = len(running | set(asking))
+        slots = {worker: max(1, self.fleet.get(worker, 1)) for worker in running | set(self.fleet)}
+        slots.update({worker: max(1, n) for worker, n in asking.items()})
+        slots[self.worker] = max(1, self.slots)
+        outstanding = pending + sum(max(0, held) for held in holders.values())
+        total = sum(slots.values())
+        return lambda worker: -(-outstanding * slots.get(worker, 1) // total), holders  # ceil: pairs, not ones
+
+    def requests(self, snap: Snapshot) -> tuple[list[Request], list[str]]:
+        """The live requests of other workers not served yet, and the request refs to delete
+        (stale, broken, or already served on ``snap``)."""
+        live, dropped = asking.read(self.store, now=self.clock())
+        if not live:
+            return [], dropped
+        answered = {str((task.run or {}).get("request")) for task in snap.tasks(State.RUNNING)}
+        mine = asking.ref_name(self.worker)
+        keep = [r for r in live if r.commit not in answered and r.ref != mine and r.worker != self.worker]
+        dropped += [r.ref for r in live if r.commit in answered]
+        return keep, dropped
+
+    def serve(
+        self,
+        snap: Snapshot,
+        live: Sequence[Request],
+        dropped: Sequence[str],
+        *,
+        share: Callable[[str], int],
+        holders: Counter[str | None],
+        taken: set[str],
+        done: Iterable[str],
+        base: Change | None,
+    ) -> Change | None:
+        """``base`` plus claims for each live request (oldest first), in its worker's name: up
+        to what it asked, within its fair share. A served request's ref, and every ``dropped``
+        one, is deleted in the same atomic push; a request nothing fits stays for later."""
+        change = base
+        for request in live:
+            held = max(0, holders[request.worker])
+            give = min(request.count, max(share(request.worker) - held, 0 if held else 1))
+            guard = self.checks.guard(snap, request.fits)
+            step, runs = self._claims(
+                snap, request.worker, request.ask.labels, guard, give, lease=request.ask.lease, done=done,
+                taken=taken, request=request.commit,
+            )  # fmt: skip
+            if step is None:
+                continue
+            holders[request.worker] += len(runs)
+            step.also.append(f":{REQUEST_REFS}/{request.ref}")
+            step.trailers["Gitqueue-Served"] = request.worker.replace(" ", "_")
+            change = step if change is None else change.then(step)
+        if change is not None:
+            change.also.extend(f":{REQUEST_REFS}/{name}" for name in dropped)
+        return change
+
+    def _claims(
+        self,
+        snap: Snapshot,
+        worker: str,
+        labels: Mapping[str, str],
+        eligible: Callable[[Task], bool],
+        count: int,
+        *,
+        lease: int | None,
+        done: Iterable[str],
+        taken: set[str],
+        request: str | None = None,
+    ) -> tuple[Change | None, list[Run]]:
+        """Claims of the best ``count`` pending tasks not ``taken`` (which gets their ids), in
+        ``worker``'s name; ``request``: the request they answer, noted in each run record."""
+        change: Change | None = None
+        runs: list[Run] = []
+        if count <= 0:
+            return None, runs
+        for task in pending_in_order(snap, labels, lambda t: t.id not in taken and eligible(t), done=done):
+            record: dict[str, Any] = {
+                "token": secrets.token_hex(8),
+                "worker": worker,
+                "claimed_at": now_iso(self.clock()),
+                "lease": lease or task.lease or snap.settings.lease,
+                "attempt": task.next_attempt,
+            }
+            if request is not None:
+                record["request"] = request
+                record["claimed_by"] = self.worker
+            claimed = task.evolve(state=State.RUNNING, run=record)
+            how = "by" if request is None else "for"
+            step = Change(
+                subject=f"claim {task.id} {how} {worker} (attempt {record['attempt']})",
+                files=move(snap, task, claimed),
+                trailers={"Gitqueue-Action": "claim", "Gitqueue-Task": task.id, "Gitqueue-Run": str(record["token"])},
+            )
+            change = step if change is None else change.then(step)
+            runs.append(Run(queue=self.owner, task=claimed, record=record))
+            taken.add(task.id)
+            if len(runs) >= count:
+                break
+        if change is not None and self.slots > 1 and worker == self.worker:
+            change.trailers = {**change.trailers, SLOTS_TRAILER: str(self.slots)}  # the fleet learns our slots
+        return change, runs
 
 
 def pending_in_order(

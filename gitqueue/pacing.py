@@ -111,13 +111,24 @@ def landed_rate(times: Sequence[float], *, run: int = RATE_RUN) -> float | None:
     return max((size - 1) / max(ordered[i + size - 1] - ordered[i], 1.0) for i in range(len(ordered) - size + 1))
 
 
-def read_fleet(store: GitStore, tip: str | None, *, me: Member, now: float, within: float, depth: int = 200) -> Fleet:
+def read_fleet(
+    store: GitStore,
+    tip: str | None,
+    *,
+    me: Member,
+    now: float,
+    within: float,
+    depth: int = 200,
+    also: Iterable[Member] = (),
+) -> Fleet:
     """:func:`fleet_of` from what the last ``fetch(leases=True)`` brought: the lease refs'
-    heartbeat commits and the last ``depth`` commits of the branch up to ``tip``."""
+    heartbeat commits and the last ``depth`` commits of the branch up to ``tip``, with ``also``
+    (e.g. the workers asking for work, who have no run yet to show)."""
     entries = [entry for commit in store.leases().values() for entry in store.recent(commit, 1)]
     if tip is not None:
         entries += store.recent(tip, depth)
-    return fleet_of([m for e in entries if (m := member_of(e)) is not None], me=me, now=now, within=within)
+    members = [m for e in entries if (m := member_of(e)) is not None]
+    return fleet_of([*members, *also], me=me, now=now, within=within)
 
 
 class Pacer:

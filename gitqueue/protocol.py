@@ -20,6 +20,10 @@ The steps, numbered as README's "How the claim protocol works":
    after our own push landed the next try builds on it without fetching (the optimistic streak).
 5. A push whose outcome is unknown is settled by fetching (:meth:`GitStore.settle`); an
    unreachable remote is retried with backoff for ``patience`` seconds (:func:`wait_for_remote`).
+6. A worker that lost a race to another machine asks for work on a ref of its own (``on_lost``
+   of :meth:`Protocol.transact`; :mod:`gitqueue.requests`). Claims and finishes fetch those
+   request refs too (``requests``), and their ``build`` claims for every live request in the
+   same commit, deleting the served refs in the same atomic push (``Change.also``).
 """
 
 from __future__ import annotations
@@ -85,6 +89,10 @@ class Change:
         if len(self.parts) > 2:
             verbs = Counter(part.split(" ", 1)[0] for part in self.parts)
             subject = ", ".join(f"{verb} {n}" for verb, n in verbs.items()) + f" tasks by {trailers['Gitqueue-Worker']}"
+            served = trailers.get("Gitqueue-Served", "").split()
+            if served:  # claims made for workers that asked (see gitqueue.requests)
+                given = sum(1 for part in self.parts if part.startswith("claim ") and " for " in part)
+                subject += f" ({given} for {len(set(served))} other worker{'s' * (len(set(served)) != 1)})"
             body = "\n".join(self.parts) + "\n\n"
         return subject + "\n\n" + body + "".join(f"{k}: {v}\n" for k, v in trailers.items())
 
@@ -203,18 +211,25 @@ class Protocol:
         return wait_for_remote(exc, deadline, delay, clock=self.clock, sleep=self.sleep, patience=self.patience)
 
     def transact(
-        self, build: Callable[[Snapshot], Change | None], *, leases: bool = False, patient: bool = True
+        self,
+        build: Callable[[Snapshot], Change | None],
+        *,
+        leases: bool = False,
+        patient: bool = True,
+        requests: bool = False,
+        on_lost: Callable[[], object] | None = None,
     ) -> Any:
         """Fetch, build, commit, compare-and-swap push; on a lost race, back off and redo.
 
-        Each try holds the cache's turn (:meth:`GitStore.turn`), so processes sharing a
-        cache push one at a time. Right after a push from this cache landed, the tip is
-        very likely still that commit, so the try builds on it without fetching. The push
-        is a compare-and-swap either way: if the branch moved, it is rejected like any lost
-        race. Anything decided from that unfetched view without a push (nothing to do, an
-        error) is decided again from a fetched one. A process that chains such pushes back
-        to back would keep the branch from rivals elsewhere (they fetch first), so after
-        OPTIMISTIC_STREAK of them it pauses for about one try.
+        Each try holds the cache's turn (:meth:`GitStore.turn`): processes sharing a cache push
+        one at a time. Right after a push from this cache landed, the try builds on it without
+        fetching (still a compare-and-swap; anything decided from that view without a push is
+        decided again from a fetched one); after OPTIMISTIC_STREAK such pushes back to back it
+        pauses about one try, so rivals elsewhere (they fetch first) get a gap.
+
+        With ``requests`` each fetch also brings the request refs (see :mod:`gitqueue.requests`);
+        ``on_lost`` is called after each race lost to another machine, before backing off (a
+        worker asks for work there).
         """
         lost = still = heals = 0
         last_tip: str | None = None
@@ -228,7 +243,7 @@ class Protocol:
             if unreachable is not None:  # wait for the remote outside the turn: others may stop meanwhile
                 delay, unreachable = self.wait_for_remote(unreachable, deadline, delay), None
             try:
-                attempt = self._try(build, fetch=fetch, leases=leases, patient=patient)
+                attempt = self._try(build, fetch=fetch, leases=leases, patient=patient, requests=requests)
             except CacheBusy:
                 raise LostRace("another worker on this machine is pushing") from None
             except CacheDamaged as exc:  # rebuilt: the next try builds afresh on a fetched tip
@@ -247,6 +262,8 @@ class Protocol:
             self.contenders = attempt.snap.workers()
             if attempt.recent is not None:  # another machine moved it: try again on a fetched view
                 continue
+            if on_lost is not None:
+                on_lost()
             if not patient:  # the caller has other work to do meanwhile and will try again
                 raise LostRace("another writer moved the branch first")
             lost += 1
@@ -254,14 +271,16 @@ class Protocol:
             last_tip = attempt.snap.tip
             self._pause_after(lost, still)
 
-    def _try(self, build: Callable[[Snapshot], Change | None], *, fetch: bool, leases: bool, patient: bool) -> _Try:
+    def _try(
+        self, build: Callable[[Snapshot], Change | None], *, fetch: bool, leases: bool, patient: bool, requests: bool
+    ) -> _Try:
         """One try, holding the cache's turn: view the tip (our last landing, unless ``fetch``),
         build, and commit and push what was built."""
         with self.store.turn(wait=patient):  # not patient: no waiting for the others either
             started = self.monotonic()
             recent = None if fetch else self.store.recent_landing(OPTIMISTIC_WINDOW)
             try:
-                snap = Snapshot(self.store, self.cache, recent or self.store.fetch(leases=leases))
+                snap = Snapshot(self.store, self.cache, recent or self.store.fetch(leases=leases, requests=requests))
             except RemoteUnavailable as exc:
                 return _Try(unreachable=exc)
             try:

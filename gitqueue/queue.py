@@ -16,6 +16,7 @@ Imports go one way: queue -> connection, people, reaping, reads -> lifecycle -> 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -23,14 +24,15 @@ from typing import Any
 from gitqueue import deps, filters, history, leftovers, reads
 from gitqueue import validate as rules
 from gitqueue.connection import Connection, default_worker
-from gitqueue.errors import GitqueueError, InvalidTask, TaskNotFound
+from gitqueue.errors import GitqueueError
 from gitqueue.lifecycle import ERROR_TAIL, Finished, Lifecycle, Report, Run, best_pending, held_task, pending_in_order
 from gitqueue.people import People
 from gitqueue.protocol import Change, heals
 from gitqueue.reaping import Reaped, Reaper
+from gitqueue.requests import Ask
 from gitqueue.snapshot import Problem, Snapshot
 from gitqueue.sweep import Sweep
-from gitqueue.task import State, Task, check_id, id_order
+from gitqueue.task import State, Task, id_order
 
 
 class Queue(Connection):
@@ -54,6 +56,13 @@ class Queue(Connection):
     @functools.cached_property
     def people(self) -> People:
         return People(self.protocol)
+
+    def close(self) -> None:
+        """Take back a request for work still out (see ``withdraw``), then close the cache."""
+        if "lifecycle" in self.__dict__:  # only a queue that claimed can have asked
+            with contextlib.suppress(GitqueueError):
+                self.withdraw()
+        super().close()
 
     # ------------------------------------------------------------ reading
 
@@ -108,15 +117,7 @@ class Queue(Connection):
     @heals
     def log(self, task_id: str) -> list[history.Event]:
         """A task's life from the queue's git history, oldest first (also of deleted tasks)."""
-        snap = self.snapshot()
-        try:
-            resolved = snap.get(task_id).id
-        except (TaskNotFound, InvalidTask):
-            resolved = check_id(task_id)
-        events = history.task_history(self.store, snap.tip, resolved) if snap.tip else []
-        if not events:
-            raise TaskNotFound(f"no task {task_id!r} in the queue or its history")
-        return events
+        return reads.task_log(self.snapshot(), task_id)
 
     @heals
     def validate(self) -> list[Problem]:
@@ -202,12 +203,29 @@ class Queue(Connection):
         lease: int | None = None,
         eligible: Callable[[Task], bool] | None = None,
         patient: bool = True,
+        ask: Ask | None = None,
     ) -> list[Run]:
-        """Claim up to ``count`` tasks in one commit (the best ones, in order).
+        """Claim up to ``count`` tasks in one commit (the best ones, in order). Not ``patient``:
+        one try on the fetched tip, LostRace if another writer won it. With ``ask``, a race lost
+        to another machine asks for work (see ``ask_for_work``); runs claimed for us are returned."""
+        return self.lifecycle.claim_batch(
+            count, labels=labels, lease=lease, eligible=eligible, patient=patient, ask=ask
+        )
 
-        Not ``patient``: one try on the fetched tip, LostRace if another writer won it.
-        """
-        return self.lifecycle.claim_batch(count, labels=labels, lease=lease, eligible=eligible, patient=patient)
+    def ask_for_work(self, count: int, ask: Ask) -> bool:
+        """Ask for ``count`` tasks on this worker's request ref (``refs/gitqueue/requests/...``):
+        the next worker to land claims them for us (see :mod:`gitqueue.requests`)."""
+        return self.lifecycle.ask(count, ask)
+
+    def withdraw(self) -> list[Task]:
+        """Take back this worker's request for work, if one is out: delete its ref, and give
+        back (no attempt spent) what was claimed for it meanwhile; returns those tasks."""
+        return self.lifecycle.withdraw()
+
+    def adopt(self) -> list[Run]:
+        """Fetch, and return the runs other workers claimed for our requests, each once, as
+        ``Run``s with their tokens: run them like our own claims."""
+        return self.lifecycle.adopt()
 
     def finish(
         self,
@@ -249,8 +267,7 @@ class Queue(Connection):
 
     def reap_runs(self) -> list[Reaped]:
         """Return the tasks of dead runs (see ``reap_dead``), those of workers of this machine
-        whose process is gone included; drop those workers' notes once nothing of theirs is
-        held any more."""
+        whose process is gone included; drop their notes once they hold nothing."""
         return self.reaper.reap_runs()
 
     def reap_dead(
@@ -260,30 +277,19 @@ class Queue(Connection):
         started: Mapping[str, bool] | None = None,
         settled: set[str] | None = None,
     ) -> list[Reaped]:
-        """Return tasks whose run is dead to pending, or to failed when out of attempts.
-
-        A run is dead when its lease ran out: no sign of life for ``lease`` seconds, judged by
-        this process's own monotonic clock while it watches the run's lease ref stand still,
-        or, for a run it has not watched that long, by the heartbeat's own timestamp against
-        this machine's clock with ``max_skew`` seconds allowed for clocks that differ. It is
-        dead at once when ``gone`` names its token: its worker's process, on this machine, has
-        ended (see ``leftovers.noted_runs``).
-
-        Only a run that started spends an attempt: one that pushed a heartbeat, or that
-        ``started`` (a worker's note on this machine) says has started. One that never did
-        (a claim its worker held in a batch, never run) goes back as if released. ``settled``
-        gets the tokens of ``gone`` that hold no task once this returns.
-        """
+        """Return tasks whose run is dead (its lease ran out, or ``gone`` names its token: its
+        process on this machine ended) to pending, or to failed when out of attempts; only a run
+        that started spends one. See :meth:`gitqueue.reaping.Reaper.reap_dead`."""
         return self.reaper.reap_dead(gone=gone, started=started, settled=settled)
 
     def runs(self, *, snap: Snapshot | None = None) -> list[dict[str, Any]]:
-        """Every run under way: its task, worker, attempt, claim time, last heartbeat (None
-        before the first) and when its lease runs out by the clocks that wrote them."""
+        """Every run under way: task, worker, attempt, claim time, last heartbeat, lease end."""
         return self.reaper.runs(snap=snap)
 
 
 __all__ = [
     "ERROR_TAIL",
+    "Ask",
     "Change",
     "Finished",
     "GitqueueError",

@@ -1,4 +1,4 @@
-"""Reading a queue's state for people: the ``status`` summary of one snapshot.
+"""Reading a queue's state for people: the ``status`` summary of one snapshot, a task's log.
 
 Owns how a snapshot is counted and described (counts per state, the oldest pending task, the
 runs under way and their phase, what waits on what, invalid files and twins). It reads only what
@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitqueue import deps, leftovers
+from gitqueue import deps, history, leftovers
 from gitqueue import validate as rules
+from gitqueue.errors import InvalidTask, TaskNotFound
 from gitqueue.index import Summary
 from gitqueue.lifecycle import time_or_none
 from gitqueue.snapshot import Snapshot
-from gitqueue.task import State, id_order
+from gitqueue.task import State, check_id, id_order
 
 
 @dataclass
@@ -116,3 +117,15 @@ def running_row(
         "heartbeat": run.get("heartbeat"),
         "lease_ends": run.get("lease_ends"),
     }
+
+
+def task_log(snap: Snapshot, task_id: str) -> list[history.Event]:
+    """A task's life from the history up to ``snap`` (also of a deleted task), oldest first."""
+    try:
+        resolved = snap.get(task_id).id
+    except (TaskNotFound, InvalidTask):
+        resolved = check_id(task_id)
+    events = history.task_history(snap.store, snap.tip, resolved) if snap.tip else []
+    if not events:
+        raise TaskNotFound(f"no task {task_id!r} in the queue or its history")
+    return events

@@ -144,7 +144,7 @@ def test_the_fair_share_of_a_backlog_is_by_slots(queue: Queue, bare_remote: Path
     with Queue(str(bare_remote), worker="box-1") as one, Queue(str(bare_remote), worker="box-4") as four:
         pace_one, pace_four = Pace(Options(), slots=1), Pace(Options(), slots=4)
         first = one.claim_batch(1)
-        four.lifecycle.slots = 4  # what pace_four.learn tells the lifecycle of a 4-slot worker
+        four.lifecycle.claims.slots = 4  # what pace_four.learn tells the lifecycle of a 4-slot worker
         big = four.claim_batch(100)  # box-1 holds a run, of slots unknown (1): 4/5 of 50
         assert len(first) == 1 and len(big) == 40
         pace_four.learn(four)
@@ -153,7 +153,7 @@ def test_the_fair_share_of_a_backlog_is_by_slots(queue: Queue, bare_remote: Path
         one.claim_batch(1)
         pace_one.learn(one)
         assert pace_one.pacer.fleet.members == {"box-1": 1, "box-4": 4}
-        assert one.lifecycle.fleet == {"box-1": 1, "box-4": 4}
+        assert one.lifecycle.claims.fleet == {"box-1": 1, "box-4": 4}
         # ...and keeps to its share: 1/5 of what is outstanding, not the half of it.
         rest = one.claim_batch(100)
         assert len(rest) == 8

@@ -19,7 +19,7 @@ from typing import Any
 
 from gitqueue import leftovers
 from gitqueue.errors import InvalidTask, LostRace, NotHeld
-from gitqueue.queue import Queue, Report, Run
+from gitqueue.queue import Ask, Queue, Report, Run  # requests: Ask
 from gitqueue.task import State, Task
 from gitqueue.worker.command import MissingArg
 from gitqueue.worker.options import Options, Summary
@@ -150,7 +150,11 @@ class Hand:
                 self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
 
     def _claim_options(self) -> dict[str, Any]:
-        return {"labels": self.options.labels, "eligible": self._eligible, "lease": self.pace.lease()}  # pacer: lease
+        # requests (issue 12): a lost race asks for work; whoever lands next claims for us.
+        own_cmd_only = not self.runs_everything and not self.options.command
+        lease = self.pace.lease()  # pacer: a budget too small for the queue's lease lengthens it
+        ask = Ask(labels=dict(self.options.labels), own_cmd_only=own_cmd_only, lease=lease, slots=self.pace.slots)
+        return {"labels": self.options.labels, "eligible": self._eligible, "ask": ask, "lease": lease}
 
     def _eligible(self, task: Task) -> bool:
         if self.runs_everything:  # e.g. a @loop function: it runs every task

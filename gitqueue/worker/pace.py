@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from gitqueue import requests
 from gitqueue.errors import GitqueueError
 from gitqueue.pacing import Member, Pacer, landed_rate, read_fleet
 from gitqueue.queue import Queue
@@ -126,13 +127,15 @@ class Pace:
             self.pending = sum(len(group) for group in snap.pending_groups())
             times = [entry.time for entry in queue.store.recent(tip, HISTORY)]
             me = Member(queue.worker, self.slots, now)
-            fleet = read_fleet(queue.store, tip, me=me, now=now, within=float(settings.lease), depth=HISTORY)
+            asking = [Member(r.worker, r.ask.slots, r.at) for r in requests.read(queue.store, now=now)[0]]
+            within = float(settings.lease)
+            fleet = read_fleet(queue.store, tip, me=me, now=now, within=within, depth=HISTORY, also=asking)
         except GitqueueError:
             return
         self.pacer.budget, self.pacer.lease = settings.push_budget, settings.lease
         self.pacer.observe(fleet=fleet, branch_rate=landed_rate(times), push_seconds=queue.protocol.attempt_seconds)
         self.pacer.observe(task_seconds=self.seconds_per_task)
-        queue.lifecycle.slots, queue.lifecycle.fleet = self.slots, fleet.members
+        queue.lifecycle.claims.slots, queue.lifecycle.claims.fleet = self.slots, fleet.members
         problem = self.pacer.problem
         if problem is not None and problem != self._said and say is not None:
             say(f"warning: {problem}")

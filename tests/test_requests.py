@@ -1,0 +1,361 @@
+"""Requests for work (issue 12): a worker that needs work asks on a ref of its own, and whoever
+lands on the branch next claims for it in the same push, deleting the request ref atomically."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from conftest import RemoteRepo, poll_until
+
+from gitqueue.queue import Queue
+from gitqueue.requests import REQUEST_TTL, Ask, ref_name
+from gitqueue.task import State
+from gitqueue.testing import GitDaemon, make_bare_repo
+
+REPO = Path(__file__).resolve().parent.parent
+REQUESTS = "refs/gitqueue/requests"
+
+
+def request_refs(remote: RemoteRepo) -> dict[str, str]:
+    """The remote's request refs: name -> commit."""
+    out = remote.git("for-each-ref", "--format=%(refname) %(objectname)", REQUESTS)
+    return {line.split()[0].removeprefix(f"{REQUESTS}/"): line.split()[1] for line in out.splitlines()}
+
+
+def tip_message(remote: RemoteRepo) -> str:
+    return remote.git("log", "-1", "--format=%B", "refs/heads/main")
+
+
+def submit(url: str, *specs: dict[str, Any]) -> list[str]:
+    with Queue.open(url, worker="submitter") as q:
+        return q.submit(specs)
+
+
+ASK_AND_DIE = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from gitqueue.queue import Ask, Queue
+    url, worker, cache, ago = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    q = Queue.open(url, worker=worker, cache=Path(cache), clock=lambda: time.time() - ago)
+    assert q.ask_for_work(1, Ask())
+    os._exit(0)  # dies at once: nothing taken back, nothing closed
+    """
+)
+
+
+def ask_and_die(url: str, worker: str, *, ago: float = 0.0) -> None:
+    """A worker process (its clock ``ago`` seconds behind) that asks for work and dies."""
+    cache = Path.cwd().parent / "caches" / ref_name(worker)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-c", ASK_AND_DIE, url, worker, str(cache), str(ago)]
+    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=60)
+
+
+def url_of(srv: Path) -> str:
+    return str(srv / "queue.git")
+
+
+def machine(url: str, worker: str, **options: Any) -> Queue:
+    """A queue opened as a worker on a machine of its own (a cache of its own)."""
+    return Queue.open(url, worker=worker, cache=Path.cwd().parent / "caches" / ref_name(worker), **options)
+
+
+def test_a_request_is_served_by_the_next_push_which_deletes_its_ref(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {"i": i}} for i in range(4)))
+    with machine(url, "box-a/1") as server, machine(url, "box-b/1") as asker:
+        assert asker.ask_for_work(2, Ask())
+        assert list(request_refs(remote_repo)) == [ref_name("box-b/1")]
+        before = remote_repo.count()
+
+        mine = server.claim_batch(1)
+
+        assert [run.id for run in mine] == ["t0"]
+        assert remote_repo.count() == before + 1  # one push: our claim and the two for box-b
+        assert request_refs(remote_repo) == {}  # deleted by that very push
+        message = tip_message(remote_repo)
+        assert "claim t1 for box-b/1 (attempt 1)" in message
+        assert "claim t2 for box-b/1 (attempt 1)" in message
+        assert "Gitqueue-Served: box-b/1" in message
+        assert "t3" not in message
+
+        pushes = asker.store.pushes
+        served = asker.claim_batch(2, ask=Ask())  # found on the branch: no push of its own
+        assert sorted(run.id for run in served) == ["t1", "t2"]
+        assert asker.store.pushes == pushes
+        assert asker.adopt() == []  # each served run is handed over once
+        for run in served:
+            assert run.record["worker"] == "box-b/1" and run.record["claimed_by"] == "box-a/1"
+            run.done(result={"i": run.args["i"]})
+        states = remote_repo.states()
+        assert states == {"t0": "running", "t1": "done", "t2": "done", "t3": "pending"}
+        done = asker.get("t1")
+        assert [a["worker"] for a in done.attempts] == ["box-b/1"]
+
+
+def test_adopt_returns_the_runs_claimed_for_us(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}}, {"id": "b", "args": {}})
+    with machine(url, "box-a/1") as server, machine(url, "box-b/1") as asker:
+        assert asker.adopt() == []  # asked for nothing
+        asker.ask_for_work(1, Ask())
+        assert asker.adopt() == []  # asked, not served yet
+        server.claim_batch(1)
+        adopted = asker.adopt()
+        assert [run.id for run in adopted] == ["b"]
+        assert asker.adopt() == []
+        assert asker.get("b").run["token"] == adopted[0].token
+
+
+def test_a_subject_counts_the_claims_made_for_others(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(6)))
+    askers = [machine(url, f"box-{n}/1") for n in "bcd"]
+    try:
+        for asker in askers:
+            asker.ask_for_work(1, Ask())
+        with machine(url, "box-a/1") as server:
+            server.claim_batch(1)
+        subject = tip_message(remote_repo).splitlines()[0]
+        assert subject == "claim 4 tasks by box-a/1 (3 for 3 other workers)"
+        assert request_refs(remote_repo) == {}
+        assert sorted(run.id for asker in askers for run in asker.adopt()) == ["t1", "t2", "t3"]
+    finally:
+        for asker in askers:
+            asker.close()
+
+
+def test_a_stale_request_is_ignored_and_deleted(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}}, {"id": "b", "args": {}})
+    ask_and_die(url, "box-b/1", ago=REQUEST_TTL + 5)
+    assert list(request_refs(remote_repo)) == [ref_name("box-b/1")]
+    with machine(url, "box-a/1") as server:
+        assert [run.id for run in server.claim_batch(1)] == ["a"]
+    assert request_refs(remote_repo) == {}  # dropped in the same push
+    assert remote_repo.states() == {"a": "running", "b": "pending"}
+    assert "for box-b/1" not in tip_message(remote_repo)
+
+
+def test_a_report_alone_serves_requests_too(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}}, {"id": "b", "args": {}})
+    with machine(url, "box-a/1") as server, machine(url, "box-b/1") as asker:
+        run = server.claim()
+        assert run is not None and run.id == "a"
+        asker.ask_for_work(1, Ask())
+        # Another machine moves the branch, so the report is built on a fetch, which brings
+        # the requests (a try right after our own landing builds on it unfetched: it sees none).
+        submit(url, {"id": "c", "args": {}, "priority": -1})
+        run.done()
+        assert remote_repo.states() == {"a": "done", "b": "running", "c": "pending"}
+        assert [r.id for r in asker.adopt()] == ["b"]
+
+
+def test_requests_respect_labels_and_what_the_asker_can_run(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(
+        url,
+        {"id": "a100", "args": {}, "requires": {"gpu": "a100"}, "priority": 9},
+        {"id": "own", "args": {}, "cmd": ["true"], "priority": 5},
+        {"id": "plain", "args": {}},
+    )
+    with (
+        machine(url, "server/1") as server,
+        machine(url, "v100/1") as v100,
+        machine(url, "cmds/1") as cmds,
+        machine(url, "a100/1") as a100,
+    ):
+        v100.ask_for_work(1, Ask(labels={"gpu": "v100"}, own_cmd_only=True))  # nothing it may take but "own"
+        cmds.ask_for_work(1, Ask(own_cmd_only=True))
+        a100.ask_for_work(1, Ask(labels={"gpu": "a100"}))
+        assert server.claim_batch(1, eligible=lambda task: task.id == "plain")[0].id == "plain"
+        assert [r.id for r in a100.adopt()] == ["a100"]
+        served = [(run.record["worker"], run.id) for run in v100.adopt() + cmds.adopt()]
+        assert served in ([("v100/1", "own")], [("cmds/1", "own")])  # the one task both may run, once
+        assert len(request_refs(remote_repo)) == 1  # the request nothing was left for stays, for later
+        assert remote_repo.states() == {"a100": "running", "own": "running", "plain": "running"}
+
+
+def test_claims_for_a_dead_asker_go_back_unspent_after_the_lease(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}, "lease": 60}, {"id": "b", "args": {}, "lease": 60})
+    ask_and_die(url, "box-b/1")  # it never adopts what it gets
+    now = [time.time()]
+    ticks = [0.0]
+    with machine(url, "box-a/1", clock=lambda: now[0], monotonic=lambda: ticks[0]) as server:
+        server.claim_batch(1)
+        assert server.get("b").run["worker"] == "box-b/1"
+        assert server.reap() == []  # its lease has not run out
+        now[0] += 61 + server.max_skew
+        ticks[0] += 61
+        reaped = server.reap_runs()
+        assert [(r.id, r.worker, r.spent) for r in reaped] == [("a", "box-a/1", False), ("b", "box-b/1", False)]
+    with Queue.open(url) as q:
+        task = q.get("b")
+    assert task.state is State.PENDING and task.attempts_spent == 0 and task.run is None
+    assert "reap b by box-b/1 (attempt 1): never started, no attempt spent" in remote_repo.log()[-1]
+
+
+def test_a_worker_that_stops_takes_its_request_back(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}}, {"id": "b", "args": {}}, {"id": "c", "args": {}})
+    with machine(url, "box-b/1") as asker:
+        asker.ask_for_work(1, Ask())
+        asker.claim_batch(0)  # a queue that claimed (or tried to)
+    assert request_refs(remote_repo) == {}  # closing deleted it: nobody claims for a worker gone
+    with machine(url, "box-c/1") as asker, machine(url, "box-a/1") as server:
+        asker.ask_for_work(1, Ask())
+        server.claim_batch(1)
+        assert remote_repo.states()["b"] == "running"
+        assert [task.id for task in asker.withdraw()] == ["b"]  # served, never adopted: given back
+    assert remote_repo.states() == {"a": "running", "b": "pending", "c": "pending"}
+    with Queue.open(url) as q:
+        assert q.get("b").attempts_spent == 0
+    assert "release b by box-c/1 (attempt 1): not started" in remote_repo.log()[-1]
+
+
+SERVER = textwrap.dedent(
+    """
+    import sys
+    from gitqueue.queue import Queue
+    url, name, go = sys.argv[1:4]
+    import os, time
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with Queue.open(url, worker=name) as q:
+        runs = q.claim_batch(1)
+        print(" ".join(run.id for run in runs))
+    """
+)
+
+
+def test_two_servers_racing_never_claim_one_task_twice(tmp_path: Path, remote_repo: RemoteRepo) -> None:
+    srv = make_bare_repo(tmp_path / "srv" / "queue.git").parent
+    with GitDaemon(srv) as daemon:
+        url = daemon.url("queue.git")
+        Queue.init(url).close()
+        submit(url, *({"id": f"t{i:02d}", "args": {}} for i in range(12)))
+        askers = [machine(url, f"asker-{n}/1") for n in range(6)]
+        try:
+            for asker in askers:
+                asker.ask_for_work(1, Ask())
+            script = tmp_path / "server.py"
+            script.write_text(SERVER)
+            go = tmp_path / "go"
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            procs = []
+            for n in range(4):  # a cache each: four machines
+                env_n = {**env, "GITQUEUE_CACHE": str(tmp_path / f"cache-{n}")}
+                cmd = [sys.executable, str(script), url, f"server-{n}/1", str(go)]
+                procs.append(subprocess.Popen(cmd, env=env_n, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            go.touch()
+            outs = [proc.communicate(timeout=120) for proc in procs]
+            assert all(proc.returncode == 0 for proc in procs), [err.decode() for _, err in outs]
+            own = [out.decode().split() for out, _ in outs]
+            served = [run.id for asker in askers for run in asker.adopt()]
+        finally:
+            for asker in askers:
+                asker.close()
+        assert all(len(ids) == 1 for ids in own)  # each server claimed one for itself
+        claimed = [tid for ids in own for tid in ids] + served
+        assert len(claimed) == len(set(claimed)) == 10  # nobody's task is anybody else's too
+        assert request_refs(remote_repo) == {}
+        holders = Counter(remote_repo.read(f"running/{tid}.yaml").split("worker: ")[1].split()[0] for tid in served)
+        assert set(holders) == {f"asker-{n}/1" for n in range(6)}
+        trailers = remote_repo.git("log", "--format=%(trailers:key=Gitqueue-Task,valueonly,separator= )", "main")
+        claims = Counter(trailers.split())
+        assert all(n == 1 for n in claims.values()) and len(claims) == 10  # one claim commit per task
+        remote_repo.fsck()
+
+
+JOB = textwrap.dedent(
+    """
+    import os, sys, time
+    marks, go = sys.argv[1:3]
+    with open(os.path.join(marks, os.environ["GITQUEUE_TASK_ID"]), "a") as f:
+        f.write(os.environ["GITQUEUE_WORKER"] + "\\n")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    """
+)
+
+
+def test_eight_workers_started_together_run_after_fewer_pushes_than_workers(
+    tmp_path: Path, remote_repo: RemoteRepo
+) -> None:
+    srv = make_bare_repo(tmp_path / "srv" / "queue.git").parent
+    marks, go = tmp_path / "marks", tmp_path / "go"
+    marks.mkdir()
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    with GitDaemon(srv) as daemon:
+        url = daemon.url("queue.git")
+        Queue.init(url).close()
+        submit(url, *({"id": f"t{i:02d}", "args": {}} for i in range(8)))
+        before = remote_repo.count()
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        procs = []
+        for n in range(8):
+            folder = tmp_path / f"w{n}"
+            folder.mkdir()
+            argv = [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", f"box-{n}/1"]
+            argv += ["--log-dir", str(folder / "logs"), "--", sys.executable, str(job), str(marks), str(go)]
+            with open(folder / "stderr", "wb") as err:
+                cache = {"GITQUEUE_CACHE": str(tmp_path / f"cache-{n}")}  # a machine each
+                procs.append(subprocess.Popen(argv, env={**env, **cache}, stderr=err, cwd=folder))
+        try:
+            poll_until(lambda: len(list(marks.iterdir())) == 8, what="all eight workers running", timeout=60)
+            landed = remote_repo.count() - before
+            landings = remote_repo.log()[-landed:] if landed else []
+            go.touch()
+            for proc in procs:
+                proc.wait(timeout=60)
+        finally:
+            go.touch()
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    ran = {mark.name: mark.read_text().split() for mark in marks.iterdir()}
+    assert sorted({worker for workers in ran.values() for worker in workers}) == [f"box-{n}/1" for n in range(8)]
+    assert all(len(workers) == 1 for workers in ran.values())  # each task ran once
+    assert landed < 8, f"{landed} landed pushes before all eight ran: {landings}"
+    assert set(remote_repo.states().values()) == {"done"}
+    assert all(proc.returncode == 0 for proc in procs)
+    with Queue.open(url_of(srv)) as q:  # each recorded done once, by the worker that ran it
+        for task in q.tasks():
+            assert [(a["outcome"], a["worker"]) for a in task.attempts] == [("done", ran[task.id][0])]
+
+
+def test_a_worker_restarted_under_its_name_can_ask_again(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}})
+    ask_and_die(url, "box-b/1")  # its request is still out, a commit the new process never made
+    old = request_refs(remote_repo)[ref_name("box-b/1")]
+    with machine(url, "box-b/1") as again:
+        assert again.ask_for_work(1, Ask())
+        new = request_refs(remote_repo)[ref_name("box-b/1")]
+        assert new != old and remote_repo.git("rev-parse", f"{new}^").strip() == old  # a fast-forward
+        with machine(url, "box-a/1") as server:
+            server.claim_batch(0)
+        assert [run.id for run in again.adopt()] == ["a"]
