@@ -764,6 +764,8 @@ def work(
     reap_every: ReapEveryOpt = 30.0,
     max_skew: MaxSkewOpt = 30.0,
     task_timeout: TaskTimeoutOpt = None,
+    slots: Annotated[int | None, typer.Option(help="Runs at once (default: one per GPU, else 1).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs this worker owns: 0,1,2,3 or all; one per run.")] = None,
     queue: QueueOpt = None,
 ) -> None:
     """Work through the queue: claim a task, run CMD with its args, report, repeat.
@@ -783,12 +785,20 @@ def work(
     at --max-failures failures in a row; 2 if its command names a placeholder none of the
     tasks it tried has; 128+N after signal N; 127 if CMD cannot start.
 
+    --slots N runs up to N tasks at once, each as its own run (process group, log, lease).
+    --gpus gives each run its own GPUs in CUDA_VISIBLE_DEVICES (a task's `gpus: 2` takes two)
+    and one slot per GPU unless --slots says fewer.
+
     \b
     Examples:
       gitqueue work -- python train.py --lr {lr} --batch-size {bs}
-      CUDA_VISIBLE_DEVICES=1 gitqueue work --worker gpu1 --label gpu=a100 --wait -- ./run.sh {model.name}
+      gitqueue work --gpus all -- python train.py --lr {lr}
+      gitqueue work --slots 8 --wait -- ./run.sh {model.name}
     """
+    from gitqueue.gpus import parse_gpus, slot_count
     from gitqueue.worker import Options, Worker
+
+    owned = parse_gpus(gpus) if gpus is not None else None
 
     options = Options(
         command=list(command or []),
@@ -804,6 +814,8 @@ def work(
         max_batch=max_batch,
         batch_seconds=batch_seconds,
         task_timeout=task_timeout,
+        slots=slot_count(gpus=owned, slots=slots),
+        gpus=owned,
     )
     with Queue.open(queue, worker=worker or default_worker(), max_skew=max_skew) as q:
         code = Worker(q, options).run()

@@ -70,6 +70,7 @@ class GitStore(Cache):
         self.pushes = 0
         self.rejected_pushes = 0
         self.fetches = 0
+        self.heartbeat_pushes = 0  # pushes to lease refs (one per heartbeat push, however many refs it holds)
         self.last_rejection = ""  # what the remote said when it last refused a push
 
     def close(self) -> None:
@@ -243,6 +244,7 @@ class GitStore(Cache):
             commit = self.write_commit(
                 tree=self.write_tree({}), parent=parent, message=message, author=author, when=when
             )
+            self.heartbeat_pushes += 1
             proc = run_git(
                 ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"],
                 cwd=self.path,
@@ -257,6 +259,44 @@ class GitStore(Cache):
             if remote is not None and self.has(remote):
                 return self.heartbeat(token, parent=remote, message=message, author=author)
         return None
+
+    def heartbeats(
+        self, beats: dict[str, tuple[str | None, str]], *, author: Identity, when: float | None = None
+    ) -> dict[str, str]:
+        """Push many runs' heartbeats in ONE push: ``beats`` maps a run token to (its last heartbeat
+        commit, the message); returns the tokens whose heartbeat landed, with its commit.
+
+        One refspec per run, not atomic: a refused ref (its lease was deleted by a cancel or reap
+        and re-created by no one, or its parent was lost with a rebuilt cache) does not stop the
+        others. Each ref's fate is read from ``--porcelain``; a run whose push was refused for a
+        lost parent is tried once more on its own (see :meth:`heartbeat`).
+        """
+        if not beats:
+            return {}
+        try:
+            tree = self.write_tree({})
+            commits = {
+                token: self.write_commit(tree=tree, parent=parent, message=message, author=author, when=when)
+                for token, (parent, message) in beats.items()
+            }
+            self.heartbeat_pushes += 1
+            proc = run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url]
+                + [f"{commit}:{LEASE_REFS}/{token}" for token, commit in commits.items()],
+                cwd=self.path,
+                env=self.git_env,
+            )
+        except (subprocess.TimeoutExpired, CacheDamaged):  # the next read rebuilds a damaged cache
+            return {}
+        landed = pushed_refs(proc.stdout.decode(errors="replace"), prefix=f"{LEASE_REFS}/")
+        out = {token: commit for token, commit in commits.items() if token in landed}
+        for token in commits.keys() - landed:
+            parent, message = beats[token]
+            if parent is not None and not self.has(parent):  # lost with a rebuilt cache: go on from the remote's
+                again = self.heartbeat(token, parent=parent, message=message, author=author, when=when)
+                if again is not None:
+                    out[token] = again
+        return out
 
     def _fetch_lease(self, token: str) -> str | None:
         """The remote's lease ref of one run, fetched; None if it has none (the run ended)."""
@@ -279,3 +319,17 @@ class GitStore(Cache):
                 cwd=self.path,
                 env=self.git_env,
             )
+
+
+def pushed_refs(porcelain: str, *, prefix: str) -> set[str]:
+    """The names (below ``prefix``) of the refs a ``git push --porcelain`` updated or found
+    up to date; a refused ref (flag ``!``) is not among them."""
+    names = set()
+    for line in porcelain.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3 or not parts[0] or parts[0][0] not in " +*=":
+            continue
+        target = parts[1].rpartition(":")[2]
+        if target.startswith(prefix):
+            names.add(target[len(prefix) :])
+    return names
