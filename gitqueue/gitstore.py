@@ -281,7 +281,7 @@ class GitStore(Cache):
             }
             self.heartbeat_pushes += 1
             proc = run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url]
+                ["push", "--porcelain", "--no-verify", self.url]  # not -q: it hides --porcelain's ref lines
                 + [f"{commit}:{LEASE_REFS}/{token}" for token, commit in commits.items()],
                 cwd=self.path,
                 env=self.git_env,
