@@ -7,10 +7,12 @@ what the experiments wrote. Nothing sleeps to wait: tests poll files or the remo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
@@ -20,8 +22,10 @@ from conftest import poll_until
 from test_worker import Lab, WorkerProcess, attempt_summary
 from typer.testing import CliRunner
 
+from gitqueue import Queue, State
 from gitqueue.cli import app
 from gitqueue.testing import GitDaemon
+from gitqueue.worker import Options, Worker
 
 # A stand-in experiment that appends "start|end <task> <time> <CUDA_VISIBLE_DEVICES>" lines to the
 # file named by its first argument, sleeping its task's `s` seconds in between.
@@ -208,3 +212,17 @@ def test_two_workers_with_slots_racing_on_one_queue_drain_it_exactly_once(
     attempts = [attempt_summary(lab.task(i)) for i in ids]
     assert all(len(a) == 1 and a[0][1] == "done" for a in attempts), attempts
     assert {a[0][2] for a in attempts} == {"w1", "w2"}
+
+
+def test_a_slot_worker_that_lost_its_last_race_claims_again_before_calling_the_queue_empty(
+    queue: Queue, tmp_path: Path
+) -> None:
+    """Empty-handed, a worker claims (patiently) before it decides nothing is left: a one-try
+    push lost to a person's edit, or a claim cut to a fair share, does not end it early."""
+    ids = queue.submit([{"args": {"i": i}} for i in range(3)])
+    options = Options(command=["true"], slots=2, log_dir=tmp_path / "logs")
+    worker = Worker(queue, options, log=io.StringIO())
+    worker.hand.pace.retry_at = time.monotonic() + 3600  # as after a lost one-try push
+    worker.hand.pace.drained = True
+    assert worker.run() == 0
+    assert {t.id: t.state for t in queue.tasks()} == {i: State.DONE for i in ids}

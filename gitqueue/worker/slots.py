@@ -64,6 +64,7 @@ class Slots:
         self.next_beat = self.next_look = 0.0
         self.next_try, self.delay = 0.0, 1.0  # an idle slot's next look for work once the queue ran dry
         self.idle_since: float | None = None
+        self.came_back_empty = False  # the last claim, made with nothing in hand, got nothing
 
     # ------------------------------------------------------------ the loop
 
@@ -109,7 +110,7 @@ class Slots:
         self.idle_since = self.idle_since or now
         if worker._idle(now - self.idle_since, self.delay):
             return 0
-        hand.pace.drained = False  # look again
+        hand.pace.drained = self.came_back_empty = False  # look again
         return None
 
     # ------------------------------------------------------------ claims
@@ -130,6 +131,8 @@ class Slots:
         half of what is held started; not while the last try lost (others get a moment), and
         not before the next look once the queue gave less than asked."""
         pace, hand = self.hand.pace, self.hand
+        if not self.slots and not hand.held:  # empty-handed: claim before deciding we are idle
+            return not self.came_back_empty
         if now < pace.retry_at:
             return False
         if pace.drained and now < self.next_try:
@@ -145,7 +148,9 @@ class Slots:
         hand = self.hand
         self.worker._maybe_reap(notes=True)
         asked = self._wanted() - len(hand.held)
-        claimed = hand.flush(claim=asked, patient=not hand.held and not self.slots)
+        empty_handed = not hand.held and not self.slots
+        claimed = hand.flush(claim=asked, patient=empty_handed)
+        self.came_back_empty = empty_handed and not claimed and not hand.pace.lost_tries
         now = time.monotonic()
         hand.held_since.update({run.token: now for run in claimed})
         hand.held.extend(claimed)
