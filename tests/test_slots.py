@@ -17,6 +17,7 @@ from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 
+import pytest
 import test_worker
 from conftest import poll_until
 from test_worker import Lab, WorkerProcess, attempt_summary
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 
 from gitqueue import Queue, State
 from gitqueue.cli import app
+from gitqueue.errors import GitqueueError
 from gitqueue.testing import GitDaemon
 from gitqueue.worker import Options, Worker
 
@@ -226,3 +228,32 @@ def test_a_slot_worker_that_lost_its_last_race_claims_again_before_calling_the_q
     worker.hand.pace.drained = True
     assert worker.run() == 0
     assert {t.id: t.state for t in queue.tasks()} == {i: State.DONE for i in ids}
+
+
+def test_a_sigkilled_slot_worker_is_recovered_at_once_on_its_machine(lab: Lab) -> None:
+    """Its note in the cache names every run it held: the started ones come back spent, the
+    claimed-ahead one unspent, and each experiment dies with the worker."""
+    ran = ["a", "b"]
+    lab.submit(*({"id": i, "args": {"hold": [1]}, "lease": 600, "priority": 1} for i in ran), {"id": "c", "args": {}})
+    w1 = lab.start("w1", "--slots", "2")
+    poll_until(lambda: all(lab.started(i, 1) for i in ran), what="both runs to start")
+    poll_until(lambda: lab.remote.states()["c"] == "running", what="w1 to claim c ahead")
+    w1.send(signal.SIGKILL)
+    assert w1.wait() == -signal.SIGKILL
+    for task_id in ran:
+        assert poll_until(lambda i=task_id: lab.stopped_by(i, 1), what="the orphaned run to stop") == signal.SIGTERM
+
+    result = CliRunner().invoke(app, ["reap", "--queue", lab.url])
+    assert result.exit_code == 0, result.output
+    assert set(lab.remote.states().values()) == {"pending"}
+    for task_id in ran:
+        task = lab.task(task_id)
+        assert attempt_summary(task) == [(1, "reaped", "w1")] and task.attempts_spent == 1
+    assert lab.task("c").attempts_spent == 0  # claimed ahead, never started
+
+
+def test_a_runner_of_ones_own_is_refused_more_than_one_slot(queue: Queue, tmp_path: Path) -> None:
+    with pytest.raises(GitqueueError, match="runs one task at a time"):
+        Worker(queue, Options(slots=2, log_dir=tmp_path), runner=lambda run, watch: None)
+    with pytest.raises(GitqueueError, match="runs one task at a time"):
+        Worker(queue, Options(gpus=("0",), log_dir=tmp_path), runner=lambda run, watch: None)
