@@ -785,15 +785,12 @@ def work(
     at --max-failures failures in a row; 2 if its command names a placeholder none of the
     tasks it tried has; 128+N after signal N; 127 if CMD cannot start.
 
-    --slots N runs up to N tasks at once, each as its own run (process group, log, lease).
-    --gpus gives each run its own GPUs in CUDA_VISIBLE_DEVICES (a task's `gpus: 2` takes two)
-    and one slot per GPU unless --slots says fewer.
+    --slots N runs N tasks at once; --gpus gives each its GPUs in CUDA_VISIBLE_DEVICES.
 
     \b
     Examples:
       gitqueue work -- python train.py --lr {lr} --batch-size {bs}
-      gitqueue work --gpus all -- python train.py --lr {lr}
-      gitqueue work --slots 8 --wait -- ./run.sh {model.name}
+      gitqueue work --gpus all --wait -- ./run.sh {model.name}
     """
     from gitqueue.gpus import parse_gpus, slot_count
     from gitqueue.worker import Options, Worker
