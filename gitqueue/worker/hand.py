@@ -108,11 +108,11 @@ class Hand:
     def flush(self, *, claim: int, release: bool = False, patient: bool = True) -> list[Run]:
         """Report every ended run, give back the held runs not started if ``release``, and
         claim up to ``claim`` new runs: one commit, one push. Not ``patient``: one try, and
-        nothing changes if another writer wins it."""
-        with self.lock:
-            return self._flush(claim=claim, release=release, patient=patient)
+        nothing changes if another writer wins it.
 
-    def _flush(self, *, claim: int, release: bool, patient: bool) -> list[Run]:
+        Runs of many slots may end (adding reports) while a claim's push is under way: only
+        the reports it carried are taken off when it lands. A release is never under way
+        while held runs start."""
         lost_before = self.queue.store.rejected_pushes
         started = time.monotonic()
         try:
@@ -130,7 +130,9 @@ class Hand:
         return claimed
 
     def _report_and_claim(self, claim: int, release: bool, patient: bool) -> list[Run]:
-        reports = list(self.reports)
+        with self.lock:
+            sent = list(self.reports)
+        reports = list(sent)
         if release:
             unstarted = [*self.held, *(run for run, _ in self.suspects)]
             reports += [Report(run.id, run.token, "released") for run in unstarted]
@@ -138,10 +140,11 @@ class Hand:
             return self.queue.claim_batch(claim, **self._claim_options(), patient=patient) if claim else []
         then_claim = {**self._claim_options(), "count": claim} if claim else None
         finished = self.queue.finish(reports, then_claim=then_claim, patient=patient)
-        self.reports = []  # landed: reported, and the held runs given back
-        if release:
-            self.held.clear()
-            self.suspects.clear()
+        with self.lock:
+            del self.reports[: len(sent)]  # landed: reported (reports only grow meanwhile), held runs given back
+            if release:
+                self.held.clear()
+                self.suspects.clear()
         self._tell(finished.losses, finished.tasks)
         returned = any(task.state is State.PENDING for task in finished.tasks)  # the claim could not see these
         if claim and returned and not finished.claimed and not self.held:

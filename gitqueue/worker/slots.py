@@ -65,6 +65,9 @@ class Slots:
         self.next_try, self.delay = 0.0, 1.0  # an idle slot's next look for work once the queue ran dry
         self.idle_since: float | None = None
         self.came_back_empty = False  # the last claim, made with nothing in hand, got nothing
+        self.pushing: threading.Thread | None = None  # a push under way while runs go on
+        self.pushed: tuple[list[Run], int] | None = None  # what it claimed, of how many asked
+        self.push_error: BaseException | None = None
 
     # ------------------------------------------------------------ the loop
 
@@ -74,6 +77,12 @@ class Slots:
         while True:
             now = time.monotonic()
             self._collect()
+            if self._take_push():  # nothing else speaks to git meanwhile: runs end and start
+                if worker.signal is None and self.ending is None and not self.wrong_command:
+                    self._start_runs(now)
+                self.wake.wait(STEP)
+                self.wake.clear()
+                continue
             if worker.signal is not None or self.ending is not None or self.wrong_command:
                 if not self.slots:
                     return self._end()
@@ -144,17 +153,52 @@ class Slots:
         return idle_slot or (bool(hand.reports) and len(hand.held) * 2 <= wanted)
 
     def _claim(self) -> None:
-        """Report every ended run and claim what the slots want, in one push."""
+        """Report every ended run and claim what the slots want, in one push. With runs in hand
+        or under way the push goes on in a thread of its own, so that a slot whose run ends
+        meanwhile starts its next one at once; empty-handed, here."""
         hand = self.hand
-        self.worker._maybe_reap(notes=True)
         asked = self._wanted() - len(hand.held)
         empty_handed = not hand.held and not self.slots
-        claimed = hand.flush(claim=asked, patient=empty_handed)
-        self.came_back_empty = empty_handed and not claimed and not hand.pace.lost_tries
+        if empty_handed:
+            self._landed(self._push(asked, patient=True), asked=asked, empty_handed=True)
+            return
+        self.pushing = threading.Thread(target=self._push_aside, args=(asked,), name="push", daemon=True)
+        self.pushing.start()
+
+    def _push(self, asked: int, *, patient: bool) -> list[Run]:
+        self.worker._maybe_reap(notes=True)
+        return self.hand.flush(claim=asked, patient=patient)
+
+    def _push_aside(self, asked: int) -> None:
+        try:
+            self.pushed = (self._push(asked, patient=False), asked)
+        except BaseException as exc:  # told to the loop, which raises it
+            self.push_error = exc
+        finally:
+            self.wake.set()
+
+    def _take_push(self) -> bool:
+        """Whether a push is still under way; once it is over, take in what it claimed."""
+        if self.pushing is None:
+            return False
+        if self.pushing.is_alive():
+            return True
+        self.pushing.join()
+        self.pushing, pushed, error = None, self.pushed, self.push_error
+        self.pushed = self.push_error = None
+        if error is not None:
+            raise error
+        if pushed is not None:
+            self._landed(pushed[0], asked=pushed[1], empty_handed=False)
+        return False
+
+    def _landed(self, claimed: list[Run], *, asked: int, empty_handed: bool) -> None:
+        hand = self.hand
         now = time.monotonic()
         hand.held_since.update({run.token: now for run in claimed})
         hand.held.extend(claimed)
         hand.note()
+        self.came_back_empty = empty_handed and not claimed and not hand.pace.lost_tries
         if hand.pace.lost_tries:
             return
         hand.pace.drained = len(claimed) < asked
