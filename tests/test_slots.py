@@ -257,3 +257,27 @@ def test_a_runner_of_ones_own_is_refused_more_than_one_slot(queue: Queue, tmp_pa
         Worker(queue, Options(slots=2, log_dir=tmp_path), runner=lambda run, watch: None)
     with pytest.raises(GitqueueError, match="runs one task at a time"):
         Worker(queue, Options(gpus=("0",), log_dir=tmp_path), runner=lambda run, watch: None)
+
+
+def test_a_long_run_gives_back_what_waits_unstarted_and_each_slot_keeps_its_time_limit(lab: Lab) -> None:
+    """Claimed ahead, c and d wait while a and b run long: at the first heartbeat they go back
+    to the queue, no attempt spent. A task's own timeout stops its run only."""
+    lab.submit(
+        {"id": "a", "args": {"hold": [1]}, "lease": 3, "priority": 2, "timeout": 2},
+        {"id": "b", "args": {"hold": [1]}, "lease": 3, "priority": 2},
+        {"id": "c", "args": {}, "priority": 1},
+        {"id": "d", "args": {}, "priority": 1},
+    )
+    worker = lab.start("w1", "--slots", "2", "--grace", "2", "--max-failures", "0")
+    poll_until(lambda: lab.started("a", 1) and lab.started("b", 1), what="a and b to start")
+    poll_until(lambda: any("release c" in m for m in lab.remote.log("%B")), what="c to be given back")
+    assert not lab.started("c", 1) and not lab.started("d", 1)
+    assert poll_until(lambda: lab.stopped_by("a", 1), what="a's time limit") == signal.SIGTERM
+    assert lab.stopped_by("b", 1) is None
+    lab.release("b", 1)
+    assert worker.wait(timeout=30) == 7, worker.stderr  # a task it ran failed (timed out)
+    states = lab.remote.states()
+    assert states["b"] == states["c"] == states["d"] == "done"
+    assert attempt_summary(lab.task("a"))[0][1] == "timeout"
+    for task_id in ("c", "d"):  # given back unstarted, then run once
+        assert [outcome for _, outcome, _ in attempt_summary(lab.task(task_id))] in (["done"], ["released", "done"])
