@@ -263,39 +263,29 @@ class GitStore(Cache):
     def heartbeats(
         self, beats: dict[str, tuple[str | None, str]], *, author: Identity, when: float | None = None
     ) -> dict[str, str]:
-        """Push many runs' heartbeats in ONE push: ``beats`` maps a run token to (its last heartbeat
-        commit, the message); returns the tokens whose heartbeat landed, with its commit.
-
-        One refspec per run, not atomic: a refused ref (its lease was deleted by a cancel or reap
-        and re-created by no one, or its parent was lost with a rebuilt cache) does not stop the
-        others. Each ref's fate is read from ``--porcelain``; a run whose push was refused for a
-        lost parent is tried once more on its own (see :meth:`heartbeat`).
-        """
+        """Many runs' heartbeats in ONE push (token -> (last heartbeat, message)): those that landed.
+        One refspec per run, not atomic, so a refused ref does not stop the others (``--porcelain``,
+        never ``-q``, tells each ref's fate); a lost parent is retried alone (see :meth:`heartbeat`)."""
         if not beats:
             return {}
         try:
-            tree = self.write_tree({})
-            commits = {
-                token: self.write_commit(tree=tree, parent=parent, message=message, author=author, when=when)
-                for token, (parent, message) in beats.items()
+            empty = self.write_tree({})
+            made = {
+                t: self.write_commit(tree=empty, parent=p, message=m, author=author, when=when)
+                for t, (p, m) in beats.items()
             }
             self.heartbeat_pushes += 1
-            proc = run_git(
-                ["push", "--porcelain", "--no-verify", self.url]  # not -q: it hides --porcelain's ref lines
-                + [f"{commit}:{LEASE_REFS}/{token}" for token, commit in commits.items()],
-                cwd=self.path,
-                env=self.git_env,
-            )
+            refspecs = [f"{commit}:{LEASE_REFS}/{token}" for token, commit in made.items()]
+            proc = run_git(["push", "--porcelain", "--no-verify", self.url, *refspecs], cwd=self.path, env=self.git_env)
         except (subprocess.TimeoutExpired, CacheDamaged):  # the next read rebuilds a damaged cache
             return {}
         landed = pushed_refs(proc.stdout.decode(errors="replace"), prefix=f"{LEASE_REFS}/")
-        out = {token: commit for token, commit in commits.items() if token in landed}
-        for token in commits.keys() - landed:
+        out = {token: commit for token, commit in made.items() if token in landed}
+        for token in made.keys() - landed:
             parent, message = beats[token]
-            if parent is not None and not self.has(parent):  # lost with a rebuilt cache: go on from the remote's
+            if parent is not None and not self.has(parent):
                 again = self.heartbeat(token, parent=parent, message=message, author=author, when=when)
-                if again is not None:
-                    out[token] = again
+                out.update({token: again} if again else {})
         return out
 
     def _fetch_lease(self, token: str) -> str | None:

@@ -204,7 +204,7 @@ def test_two_workers_with_slots_racing_on_one_queue_drain_it_exactly_once(
 ) -> None:
     with GitDaemon(bare_remote.parent) as daemon:
         lab = make_lab(daemon.url(bare_remote.name))
-        ids = lab.submit(*({"id": f"t{i:02}", "args": {"s": 0.1}} for i in range(40)))
+        ids = lab.submit(*({"id": f"t{i:02}", "args": {"s": 0.1}} for i in range(60)))
         command, times = timed_command(lab)
         workers = [lab.start(name, "--slots", "3", command=command) for name in ("w1", "w2")]
         for worker in workers:
