@@ -4,9 +4,11 @@ A :class:`Slots` loop steps every run without blocking on any: each run's comman
 thread of its own (a :class:`~gitqueue.worker.child.ChildRun`, exactly as a single run: its own
 process group, log, result file, token, attempt, time limit and stop), while this thread does
 everything that speaks to git for all of them. One push reports every ended run and claims the
-next ones (the :class:`~gitqueue.worker.hand.Hand`'s ``flush``); one push keeps every run's lease
-alive (one lease ref per run, :meth:`~gitqueue.gitstore.GitStore.heartbeats`); one fetch every
-``look_every`` seconds looks for a cancel of any of them. A task asking more GPUs than are free
+next ones (the :class:`~gitqueue.worker.hand.Hand`'s ``flush``; with runs under way it goes on in a
+thread of its own, so that a slot whose run ends meanwhile starts its next one at once); one push
+keeps every run's lease alive (:class:`SlotLeases`: one lease ref per run, pushed together by
+:meth:`~gitqueue.gitstore.GitStore.heartbeats`); one fetch every ``look_every`` seconds looks for
+a cancel of any of them. A task asking more GPUs than are free
 waits in hand; one asking more than the worker owns is never claimed (see the hand).
 
 It is given the :class:`~gitqueue.worker.worker.Worker` whose hand, runner, signals, summary and
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,7 +64,7 @@ class Slots:
         self.ending: int | None = None  # stop starting runs; exit with this once every run ended
         self.wrong_command = False  # tasks in a row lacked a placeholder: stop starting runs, then say so
         self.ahead = True  # claim a next run per slot before the current ones end
-        self.next_beat = self.next_look = 0.0
+        self.leases = SlotLeases(worker, self.slots, count=self.count)
         self.next_try, self.delay = 0.0, 1.0  # an idle slot's next look for work once the queue ran dry
         self.idle_since: float | None = None
         self.came_back_empty = False  # the last claim, made with nothing in hand, got nothing
@@ -96,7 +99,7 @@ class Slots:
                     if code is not None:
                         return code
                     continue
-            self._tend_leases(time.monotonic())
+            self.leases.tend(time.monotonic(), before_beat=self._give_back_waiting)
             self.wake.wait(STEP)
             self.wake.clear()
 
@@ -240,11 +243,7 @@ class Slots:
         with hand.lock:
             hand.running[run.token] = run
         hand.note()  # from now on it has started: if we die, its attempt is spent
-        if now - hand.held_since.get(run.token, now) >= worker.heartbeat_every(run.lease):
-            self.next_beat = now  # it waited, silent, a heartbeat's interval: look (and beat) at once
-        elif len(self.slots) == 1:
-            self.next_beat = max(self.next_beat, now + worker.heartbeat_every(run.lease))
-            self.next_look = max(self.next_look, now + worker.options.look_every)
+        self.leases.started(run, now=now, waited=now - hand.held_since.get(run.token, now))
         slot.thread = threading.Thread(target=self._work, args=(slot,), name=f"run {run.id}", daemon=True)
         slot.thread.start()
 
@@ -312,36 +311,53 @@ class Slots:
         if code is not None and self.ending is None:
             self.ending = code
 
-    # ------------------------------------------------------------ leases
-
-    def _tend_leases(self, now: float) -> None:
-        """One heartbeat push for every run every heartbeat period, one look between."""
-        if not self.slots:
-            return
-        if now >= self.next_beat:
-            shortest = min(slot.run.lease for slot in self.slots.values())
-            self.next_beat = now + self.worker.heartbeat_every(shortest)
-            self.next_look = now + self.worker.options.look_every
-            self._give_back_waiting(now)
-            self._look()
-            self._beat()
-        elif now >= self.next_look:
-            self.next_look = now + self.worker.options.look_every
-            self._look()
-
     def _give_back_waiting(self, now: float) -> None:
         """Runs held for a heartbeat's interval will not start soon: give them back to the queue
         for idle workers (reporting what ended in the same push), and stop claiming ahead."""
         hand = self.hand
-        waited = [run for run in hand.held if now - hand.held_since.get(run.token, now) >= self._every()]
+        waited = [run for run in hand.held if now - hand.held_since.get(run.token, now) >= self.leases.every()]
         if waited:
             self.ahead = False
             hand.give_back()
 
-    def _every(self) -> float:
+
+class SlotLeases:
+    """The leases of every run of one worker: one look (a fetch) every ``look_every`` seconds
+    for a cancel of any of them, and one heartbeat push for all of them every heartbeat period
+    (after a look, so that a run which lost its task never re-creates its deleted lease ref)."""
+
+    def __init__(self, worker: Worker, slots: dict[str, Slot], *, count: int) -> None:
+        self.worker, self.slots, self.count = worker, slots, count
+        self.next_beat = self.next_look = 0.0
+
+    def started(self, run: Run, *, now: float, waited: float) -> None:
+        """A run started, after ``waited`` seconds in hand since its claim."""
+        every = self.worker.heartbeat_every(run.lease)
+        if waited >= every:
+            self.next_beat = now  # it waited, silent, a heartbeat's interval: look (and beat) at once
+        elif len(self.slots) == 1:
+            self.next_beat = max(self.next_beat, now + every)
+            self.next_look = max(self.next_look, now + self.worker.options.look_every)
+
+    def every(self) -> float:
+        """The heartbeat period of the run with the shortest lease."""
         return min(self.worker.heartbeat_every(slot.run.lease) for slot in self.slots.values())
 
-    def _look(self) -> None:
+    def tend(self, now: float, *, before_beat: Callable[[float], None]) -> None:
+        """Beat or look when it is time; ``before_beat(now)`` is told first at each beat."""
+        if not self.slots:
+            return
+        if now >= self.next_beat:
+            self.next_beat = now + self.every()
+            self.next_look = now + self.worker.options.look_every
+            before_beat(now)
+            self.look()
+            self.beat()
+        elif now >= self.next_look:
+            self.next_look = now + self.worker.options.look_every
+            self.look()
+
+    def look(self) -> None:
         """One fetch: tell each run whose task was cancelled, requeued or reaped to stop."""
         try:
             snap = self.worker.queue.snapshot()
@@ -358,7 +374,7 @@ class Slots:
                 continue
             slot.taken = why_taken(task, slot.run)
 
-    def _beat(self) -> None:
+    def beat(self) -> None:
         """One push of every running run's heartbeat (each its own lease ref)."""
         queue = self.worker.queue
         when = queue.clock()
