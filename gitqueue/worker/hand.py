@@ -46,7 +46,6 @@ class Hand:
         seconds: defaultdict[str, float],
         say: Callable[[str], None],
         runs_everything: bool,
-        pool: GpuPool | None = None,
     ) -> None:
         self.queue, self.options, self.summary, self.seconds, self.say = queue, options, summary, seconds, say
         self.runs_everything = runs_everything
@@ -60,7 +59,8 @@ class Hand:
         self.command_fits = False  # our command's placeholders were filled for some task
         self.current: Run | None = None  # the run under way (one slot)
         self.running: dict[str, Run] = {}  # the runs under way, by token (many slots)
-        self.pool = pool  # the worker's GPUs: a task asking more than it owns is never claimed
+        # The worker's GPUs (--gpus): a task asking more than it owns is never claimed.
+        self.pool = GpuPool(options.gpus) if options.gpus else None
         self.misfits: set[str] = set()  # tasks said to ask more GPUs than we own (said once each)
         # Runs of many slots call suspect, command_ran and mark_stopping from their own threads.
         self.lock = threading.RLock()

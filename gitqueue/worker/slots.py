@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,9 +68,7 @@ class Slots:
         self.next_try, self.delay = 0.0, 1.0  # an idle slot's next look for work once the queue ran dry
         self.idle_since: float | None = None
         self.came_back_empty = False  # the last claim, made with nothing in hand, got nothing
-        self.pushing: threading.Thread | None = None  # a push under way while runs go on
-        self.pushed: tuple[list[Run], int] | None = None  # what it claimed, of how many asked
-        self.push_error: BaseException | None = None
+        self.pushing: tuple[Aside, int] | None = None  # a push under way while runs go on, and what it asked
 
     # ------------------------------------------------------------ the loop
 
@@ -165,34 +163,21 @@ class Slots:
         if empty_handed:
             self._landed(self._push(asked, patient=True), asked=asked, empty_handed=True)
             return
-        self.pushing = threading.Thread(target=self._push_aside, args=(asked,), name="push", daemon=True)
-        self.pushing.start()
+        self.pushing = (Aside(lambda: self._push(asked, patient=False), wake=self.wake), asked)
 
     def _push(self, asked: int, *, patient: bool) -> list[Run]:
         self.worker._maybe_reap(notes=True)
         return self.hand.flush(claim=asked, patient=patient)
 
-    def _push_aside(self, asked: int) -> None:
-        try:
-            self.pushed = (self._push(asked, patient=False), asked)
-        except BaseException as exc:  # told to the loop, which raises it
-            self.push_error = exc
-        finally:
-            self.wake.set()
-
     def _take_push(self) -> bool:
         """Whether a push is still under way; once it is over, take in what it claimed."""
         if self.pushing is None:
             return False
-        if self.pushing.is_alive():
+        aside, asked = self.pushing
+        if not aside.over():
             return True
-        self.pushing.join()
-        self.pushing, pushed, error = None, self.pushed, self.push_error
-        self.pushed = self.push_error = None
-        if error is not None:
-            raise error
-        if pushed is not None:
-            self._landed(pushed[0], asked=pushed[1], empty_handed=False)
+        self.pushing = None
+        self._landed(aside.take(), asked=asked, empty_handed=False)
         return False
 
     def _landed(self, claimed: list[Run], *, asked: int, empty_handed: bool) -> None:
@@ -217,22 +202,13 @@ class Slots:
         """Start held runs while a slot is free: each the first held run whose GPUs are free."""
         hand = self.hand
         while len(self.slots) < self.count and hand.held:
-            chosen = self._fitting()
+            chosen = first_fitting(hand.held, pool=self.pool)
             if chosen is None:
                 return  # a run waits for GPUs another run holds
             run, gpus = chosen
             hand.held.remove(run)
             self._start(run, gpus, now)
             hand.held_since.pop(run.token, None)
-
-    def _fitting(self) -> tuple[Run, tuple[str, ...] | None] | None:
-        for run in self.hand.held:
-            if self.pool is None:
-                return run, None
-            gpus = self.pool.take(gpus_wanted(run.task, pool=self.pool))
-            if gpus is not None:
-                return run, gpus
-        return None
 
     def _start(self, run: Run, gpus: tuple[str, ...] | None, now: float) -> None:
         worker, hand = self.worker, self.hand
@@ -386,3 +362,41 @@ class SlotLeases:
         pushed = queue.store.heartbeats(beats, author=queue.identity, when=when)
         for token, commit in pushed.items():
             self.slots[token].heartbeat = commit
+
+
+def first_fitting(held: Iterable[Run], *, pool: GpuPool | None) -> tuple[Run, tuple[str, ...] | None] | None:
+    """The first held run whose GPUs are free, with the GPUs it now holds; None if none fits now."""
+    for run in held:
+        if pool is None:
+            return run, None
+        gpus = pool.take(gpus_wanted(run.task, pool=pool))
+        if gpus is not None:
+            return run, gpus
+    return None
+
+
+class Aside:
+    """One call in a thread of its own; its result (or its error) is taken once it is over."""
+
+    def __init__(self, call: Callable[[], list[Run]], *, wake: threading.Event) -> None:
+        self.result: list[Run] = []
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call, wake), name="push", daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], list[Run]], wake: threading.Event) -> None:
+        try:
+            self.result = call()
+        except BaseException as exc:  # told to the loop, which raises it
+            self.error = exc
+        finally:
+            wake.set()
+
+    def over(self) -> bool:
+        return not self._thread.is_alive()
+
+    def take(self) -> list[Run]:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result

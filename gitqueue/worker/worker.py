@@ -24,7 +24,6 @@ from typing import IO
 
 from gitqueue import leftovers
 from gitqueue.errors import CacheDamaged, GitqueueError
-from gitqueue.gpus import GpuPool
 from gitqueue.queue import Queue, Report, Run
 from gitqueue.worker.command import started_line
 from gitqueue.worker.hand import SUSPECTS, Hand
@@ -58,25 +57,14 @@ class Worker:
         self.summary = Summary()
         self.seconds: defaultdict[str, float] = defaultdict(float)  # where the time went, for GITQUEUE_STATS_FILE
         self.signals = Signals(self.say)  # set by SIGINT/SIGTERM: return the task and stop
-        if runner is not None and (options.slots > 1 or options.gpus):
-            raise GitqueueError(
-                "a runner of your own (@gitqueue.loop, runner=) runs one task at a time: "
-                "leave out slots and gpus, or start one worker per GPU"
-            )
-        pool = GpuPool(options.gpus) if options.gpus else None
+        refuse_slots(runner, options)
         self.hand = Hand(
-            queue,
-            options,
-            summary=self.summary,
-            seconds=self.seconds,
-            say=self.say,
-            runs_everything=runner is not None,
-            pool=pool,
+            queue, options, summary=self.summary, seconds=self.seconds, say=self.say, runs_everything=runner is not None
         )
         self.command = CommandRunner(options, worker=queue.worker, hand=self.hand, signals=self.signals, say=self.say)
         self.runner = runner or self.command
         self._last_reap = float("-inf")
-        self.slots = Slots(self, pool=pool) if options.slots > 1 or pool is not None else None
+        self.slots = Slots(self, pool=self.hand.pool) if options.slots > 1 or options.gpus else None
         queue.checks.tell = lambda problem: self.say(f"skipping {problem.message} (left as it is)")
         queue.store.tell = self.say  # a damaged cache, rebuilt
         if not options.command and not options.allow_task_cmd and runner is None:
@@ -291,6 +279,15 @@ class Worker:
         self.seconds["idle"] += max(0.0, seconds)
         while self.signal is None and time.monotonic() < deadline:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def refuse_slots(runner: Callable[[Run, Watch], Report | None] | None, options: Options) -> None:
+    """A runner of one's own runs in the worker's thread: one run at a time, no GPUs to share."""
+    if runner is not None and (options.slots > 1 or options.gpus):
+        raise GitqueueError(
+            "a runner of your own (@gitqueue.loop, runner=) runs one task at a time: "
+            "leave out slots and gpus, or start one worker per GPU"
+        )
 
 
 def write_stats(worker: Worker) -> None:
