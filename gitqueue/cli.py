@@ -764,29 +764,28 @@ def work(
     reap_every: ReapEveryOpt = 30.0,
     max_skew: MaxSkewOpt = 30.0,
     task_timeout: TaskTimeoutOpt = None,
+    slots: Annotated[int | None, typer.Option(help="Runs at once (default: one per GPU, else 1).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs this worker owns: 0,1,2,3 or all; one per run.")] = None,
     queue: QueueOpt = None,
 ) -> None:
     """Work through the queue: claim a task, run CMD with its args, report, repeat.
 
-    {name} and {a.b} in CMD's arguments become the task's args (no shell is involved).
-    The command also gets GITQUEUE_TASK_ID, GITQUEUE_ARGS (JSON), GITQUEUE_ATTEMPT and
-    GITQUEUE_RESULT_FILE: a JSON or YAML mapping written there becomes the task's result.
-    Exit 0 marks the task done; anything else fails the attempt. A run past its task's
-    `timeout` (else --task-timeout) gets SIGTERM, SIGKILL after --grace, and spends its
-    attempt as `timeout`. Ctrl-C, SIGTERM or SIGUSR1 (Slurm's warning before a job's time
-    limit) stops the run and returns its task without spending an attempt.
-    Ctrl-C keeps every attempt of the task: its next run is still numbered one higher,
-    as GITQUEUE_ATTEMPT counts runs.
+    {name} and {a.b} in CMD's arguments become the task's args (no shell is involved). The command also gets
+    GITQUEUE_TASK_ID, GITQUEUE_ARGS (JSON), GITQUEUE_ATTEMPT and GITQUEUE_RESULT_FILE: a JSON or YAML mapping written
+    there becomes the task's result. Exit 0 marks the task done; anything else fails the attempt. A run past its
+    task's `timeout` (else --task-timeout) gets SIGTERM, SIGKILL after --grace, and spends its attempt as `timeout`.
+    Ctrl-C, SIGTERM or SIGUSR1 (Slurm's warning before a job's time limit) stops the run and returns its task without
+    spending an attempt; its next run is still numbered one higher, as GITQUEUE_ATTEMPT counts runs. --slots N runs N
+    tasks at once; --gpus gives each its own GPUs in CUDA_VISIBLE_DEVICES.
 
-    The worker exits 0 when nothing is left for it and every task it ran was done (or it
-    ran none); 7 if any task it ran failed, even one that will be retried; 1 if it stopped
-    at --max-failures failures in a row; 2 if its command names a placeholder none of the
-    tasks it tried has; 128+N after signal N; 127 if CMD cannot start.
+    The worker exits 0 when nothing is left for it and every task it ran was done (or it ran none); 7 if any task it
+    ran failed, even one that will be retried; 1 if it stopped at --max-failures failures in a row; 2 if its command
+    names a placeholder none of the tasks it tried has; 128+N after signal N; 127 if CMD cannot start.
 
     \b
     Examples:
       gitqueue work -- python train.py --lr {lr} --batch-size {bs}
-      CUDA_VISIBLE_DEVICES=1 gitqueue work --worker gpu1 --label gpu=a100 --wait -- ./run.sh {model.name}
+      gitqueue work --gpus all --wait -- ./run.sh {model.name}
     """
     from gitqueue.worker import Options, Worker
 
@@ -804,10 +803,19 @@ def work(
         max_batch=max_batch,
         batch_seconds=batch_seconds,
         task_timeout=task_timeout,
+        **_slots_and_gpus(slots=slots, gpus=gpus),
     )
     with Queue.open(queue, worker=worker or default_worker(), max_skew=max_skew) as q:
         code = Worker(q, options).run()
     raise typer.Exit(code)
+
+
+def _slots_and_gpus(*, slots: int | None, gpus: str | None) -> dict[str, Any]:
+    """The worker's ``slots`` and ``gpus`` options from ``--slots`` and ``--gpus``."""
+    from gitqueue.gpus import parse_gpus, slot_count
+
+    owned = None if gpus is None else parse_gpus(gpus)
+    return {"slots": slot_count(gpus=owned, slots=slots), "gpus": owned}
 
 
 @app.command()

@@ -137,7 +137,102 @@ class RequestRefs(Cache):
             )
 
 
-class GitStore(RequestRefs):
+class LeaseRefs(RequestRefs):
+    """The lease refs of one remote: one per run (``refs/gitqueue/leases/<token>``), renewed by
+    heartbeat commits, mirrored by a fetch with ``leases``, deleted when the run's end lands."""
+
+    git_env: dict[str, str]
+    heartbeat_pushes: int
+
+    def leases(self) -> dict[str, str]:
+        """Lease refs seen by the last ``fetch(leases=True)``: run token -> heartbeat commit."""
+        folder = self.path / self.namespace / "leases"
+        try:
+            return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
+        except FileNotFoundError:
+            return {}
+
+    def heartbeat(
+        self, token: str, *, parent: str | None, message: str, author: Identity, when: float | None = None
+    ) -> str | None:
+        """Push a heartbeat commit (made at ``when``, else now) to the run's own lease ref; None if
+        it could not be pushed.
+
+        Heartbeats never touch the queue branch, so its history stays one commit per state
+        change. Each heartbeat is a fast-forward of the previous one (never a forced push).
+        """
+        try:
+            commit = self.write_commit(
+                tree=self.write_tree({}), parent=parent, message=message, author=author, when=when
+            )
+            self.heartbeat_pushes += 1
+            proc = run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
+        except (subprocess.TimeoutExpired, CacheDamaged):  # the next read rebuilds a damaged cache
+            return None  # (not here: this may be a second thread, and the cache's reader is not thread-safe)
+        if proc.returncode == 0:
+            return commit
+        if parent is not None and not self.has(parent):  # lost with a rebuilt cache: go on from the remote's
+            remote = self._fetch_lease(token)
+            if remote is not None and self.has(remote):
+                return self.heartbeat(token, parent=remote, message=message, author=author)
+        return None
+
+    def heartbeats(
+        self, beats: dict[str, tuple[str | None, str]], *, author: Identity, when: float | None = None
+    ) -> dict[str, str]:
+        """Many runs' heartbeats in ONE push (token -> (last heartbeat, message)): those that landed.
+        One refspec per run, not atomic, so a refused ref does not stop the others (``--porcelain``,
+        never ``-q``, tells each ref's fate); a lost parent is retried alone (see :meth:`heartbeat`)."""
+        if not beats:
+            return {}
+        try:
+            empty = self.write_tree({})
+            made = {
+                t: self.write_commit(tree=empty, parent=p, message=m, author=author, when=when)
+                for t, (p, m) in beats.items()
+            }
+            self.heartbeat_pushes += 1
+            refspecs = [f"{commit}:{LEASE_REFS}/{token}" for token, commit in made.items()]
+            proc = run_git(["push", "--porcelain", "--no-verify", self.url, *refspecs], cwd=self.path, env=self.git_env)
+        except (subprocess.TimeoutExpired, CacheDamaged):  # the next read rebuilds a damaged cache
+            return {}
+        landed = pushed_refs(proc.stdout.decode(errors="replace"), prefix=f"{LEASE_REFS}/")
+        out = {token: commit for token, commit in made.items() if token in landed}
+        for token in made.keys() - landed:
+            parent, message = beats[token]
+            if parent is not None and not self.has(parent):
+                again = self.heartbeat(token, parent=parent, message=message, author=author, when=when)
+                out.update({token: again} if again else {})
+        return out
+
+    def _fetch_lease(self, token: str) -> str | None:
+        """The remote's lease ref of one run, fetched; None if it has none (the run ended)."""
+        ref = f"{self.namespace}/leases/{token}"
+        proc = run_git(
+            ["fetch", "-q", "--no-tags", "--no-write-fetch-head", self.url, f"+{LEASE_REFS}/{token}:{ref}"],
+            cwd=self.path,
+        )
+        if proc.returncode:
+            return None
+        with contextlib.suppress(OSError):
+            return (self.path / ref).read_text().strip() or None
+        return None
+
+    def drop_lease(self, token: str) -> None:
+        """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
+        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
+            run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
+
+
+class GitStore(LeaseRefs):
     """One remote's queue branch: fetched into and pushed from a cache shared by the
     processes of one machine (see :class:`gitqueue.cache.Cache`)."""
 
@@ -148,6 +243,7 @@ class GitStore(RequestRefs):
         self.pushes = 0
         self.rejected_pushes = 0
         self.fetches = 0
+        self.heartbeat_pushes = 0  # pushes to lease refs (one per heartbeat push, however many refs it holds)
         self.last_rejection = ""  # what the remote said when it last refused a push
 
     def close(self) -> None:
@@ -304,60 +400,16 @@ class GitStore(RequestRefs):
         self.rejected_pushes += 1
         return PushOutcome.LOST_RACE
 
-    def leases(self) -> dict[str, str]:
-        """Lease refs seen by the last ``fetch(leases=True)``: run token -> heartbeat commit."""
-        folder = self.path / self.namespace / "leases"
-        try:
-            return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
-        except FileNotFoundError:
-            return {}
 
-    def heartbeat(
-        self, token: str, *, parent: str | None, message: str, author: Identity, when: float | None = None
-    ) -> str | None:
-        """Push a heartbeat commit (made at ``when``, else now) to the run's own lease ref; None if
-        it could not be pushed.
-
-        Heartbeats never touch the queue branch, so its history stays one commit per state
-        change. Each heartbeat is a fast-forward of the previous one (never a forced push).
-        """
-        try:
-            commit = self.write_commit(
-                tree=self.write_tree({}), parent=parent, message=message, author=author, when=when
-            )
-            proc = run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{LEASE_REFS}/{token}"],
-                cwd=self.path,
-                env=self.git_env,
-            )
-        except (subprocess.TimeoutExpired, CacheDamaged):  # the next read rebuilds a damaged cache
-            return None  # (not here: this may be a second thread, and the cache's reader is not thread-safe)
-        if proc.returncode == 0:
-            return commit
-        if parent is not None and not self.has(parent):  # lost with a rebuilt cache: go on from the remote's
-            remote = self._fetch_lease(token)
-            if remote is not None and self.has(remote):
-                return self.heartbeat(token, parent=remote, message=message, author=author)
-        return None
-
-    def _fetch_lease(self, token: str) -> str | None:
-        """The remote's lease ref of one run, fetched; None if it has none (the run ended)."""
-        ref = f"{self.namespace}/leases/{token}"
-        proc = run_git(
-            ["fetch", "-q", "--no-tags", "--no-write-fetch-head", self.url, f"+{LEASE_REFS}/{token}:{ref}"],
-            cwd=self.path,
-        )
-        if proc.returncode:
-            return None
-        with contextlib.suppress(OSError):
-            return (self.path / ref).read_text().strip() or None
-        return None
-
-    def drop_lease(self, token: str) -> None:
-        """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
-        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
-            run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"],
-                cwd=self.path,
-                env=self.git_env,
-            )
+def pushed_refs(porcelain: str, *, prefix: str) -> set[str]:
+    """The names (below ``prefix``) of the refs a ``git push --porcelain`` updated or found
+    up to date; a refused ref (flag ``!``) is not among them."""
+    names = set()
+    for line in porcelain.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3 or not parts[0] or parts[0][0] not in " +*=":
+            continue
+        target = parts[1].rpartition(":")[2]
+        if target.startswith(prefix):
+            names.add(target[len(prefix) :])
+    return names

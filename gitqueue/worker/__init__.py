@@ -1,6 +1,7 @@
 """The worker: claim, run, report, repeat.
 
-A worker takes one task at a time. A running task is watched while its command runs: the run's
+A worker runs one task at a time, or with ``--slots``/``--gpus`` several at once, each run as a
+single run is (see :mod:`~gitqueue.worker.slots`). A running task is watched while its command runs: the run's
 lease is kept alive by heartbeats pushed to a ref of the run's own (``refs/gitqueue/leases/<token>``,
 never the queue branch), and at each heartbeat the worker checks that it still holds the task,
 stopping the command if a person cancelled it or a reaper handed it on. Finishing a task and
@@ -12,6 +13,8 @@ The parts, each above the ones after it (imports go down this list only, all abo
 
 - :mod:`~gitqueue.worker.decorator`: ``@gitqueue.loop`` and ``current_task()``, the script API;
 - :mod:`~gitqueue.worker.worker`: :class:`Worker`, the loop (when to claim, reap, run, stop);
+- :mod:`~gitqueue.worker.slots`: :class:`~gitqueue.worker.slots.Slots`, the loop of many runs at once
+  (their GPUs, one push per cycle, one heartbeat push for all);
 - :mod:`~gitqueue.worker.runner`: the default runner, a task's command as a child process;
 - :mod:`~gitqueue.worker.hand`: the runs in hand, and the one push that reports and claims;
 - :mod:`~gitqueue.worker.pace`: batch sizing;

@@ -1,8 +1,9 @@
 """Command templates: filling a task's args into an argv list.
 
 Owns ``expand`` (``{name}`` and ``{a.b}`` placeholders, ``{{``/``}}`` for braces), how a value is
-written as one argument, and :class:`MissingArg`. Calls nothing of gitqueue but its errors: the
-worker's runner and the ``@loop`` decorator call it. Nothing ever passes through a shell.
+written as one argument (and a run's args in its start line), and :class:`MissingArg`. Calls
+nothing of gitqueue but its errors and ``display``: the worker's runner and loops and the ``@loop``
+decorator call it. Nothing ever passes through a shell.
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitqueue.errors import GitqueueError
+from gitqueue.validate import display
 
+if TYPE_CHECKING:
+    from gitqueue.queue import Run
+
+SHOWN_ARGS = 1000  # characters of a task's args shown when its run starts
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
 
 
@@ -60,3 +66,11 @@ def as_argument(value: Any) -> str:
     if isinstance(value, list | dict):
         return json.dumps(value)
     return str(value)
+
+
+def started_line(run: Run) -> str:
+    """The log line of a run's start: its id, attempt and args (shortened, escapes shown)."""
+    args = " ".join(f"{k}={as_argument(v)}" for k, v in run.args.items())
+    args = args if len(args) <= SHOWN_ARGS else f"{args[:SHOWN_ARGS]}... ({len(args):,} characters)"
+    args = args if args.isprintable() else display(args)  # a task's terminal escapes are shown, not sent
+    return f"▶ {run.id} (attempt {run.attempt}) {args}"

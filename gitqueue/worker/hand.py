@@ -11,6 +11,7 @@ summary to tally losses in and a ``say`` callable.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -19,11 +20,14 @@ from typing import Any
 
 from gitqueue import leftovers
 from gitqueue.errors import InvalidTask, LostRace, NotHeld
-from gitqueue.queue import Ask, Queue, Report, Run  # requests: Ask
+from gitqueue.gpus import GpuPool, misfit
+from gitqueue.queue import Ask, Queue, Report, Run
 from gitqueue.task import State, Task
 from gitqueue.worker.command import MissingArg
 from gitqueue.worker.options import Options, Summary
 from gitqueue.worker.pace import Pace
+
+SUSPECTS = 3  # tasks in a row lacking a placeholder, before any had it: the command is wrong, not the tasks
 
 
 class Hand:
@@ -45,7 +49,7 @@ class Hand:
     ) -> None:
         self.queue, self.options, self.summary, self.seconds, self.say = queue, options, summary, seconds, say
         self.runs_everything = runs_everything
-        self.pace = Pace(options)
+        self.pace = Pace(options, slots=options.slots)
         self.held: deque[Run] = deque()  # claimed in a batch, not started yet
         self.held_since: dict[str, float] = {}  # run token -> when it was claimed (monotonic)
         self.reports: list[Report] = []  # runs that ended, not reported yet
@@ -53,7 +57,13 @@ class Hand:
         # all: the command may be wrong, not the tasks (see suspect).
         self.suspects: list[tuple[Run, MissingArg]] = []
         self.command_fits = False  # our command's placeholders were filled for some task
-        self.current: Run | None = None  # the run under way
+        self.current: Run | None = None  # the run under way (one slot)
+        self.running: dict[str, Run] = {}  # the runs under way, by token (many slots)
+        # The worker's GPUs (--gpus): a task asking more than it owns is never claimed.
+        self.pool = GpuPool(options.gpus) if options.gpus else None
+        self.misfits: set[str] = set()  # tasks said to ask more GPUs than we own (said once each)
+        # Runs of many slots call suspect, command_ran and mark_stopping from their own threads.
+        self.lock = threading.RLock()
         self.stopping: str | None = None  # the token of the run whose command we are stopping
         self.runs_folder = queue.runs_folder  # what our commands are, and what we hold (see leftovers)
         self._holdings = leftovers.Holdings(self.runs_folder, queue=queue.here, worker=queue.worker)
@@ -61,18 +71,21 @@ class Hand:
     def note(self) -> None:
         """Note what we hold in the cache, so that if this process dies a worker (or `gitqueue
         reap`) on this machine returns it at once, spending an attempt only for what started."""
-        held = {run.token: (run.id, False) for run in self.held}
-        held.update({report.token or "": (report.task_id, True) for report in self.reports})
-        if self.current is not None:
-            held[self.current.token] = (self.current.id, True)
-        else:
-            self.stopping = None
-        self._holdings.note(held, stopping=self.stopping)
+        with self.lock:
+            held = {run.token: (run.id, False) for run in self.held}
+            held.update({report.token or "": (report.task_id, True) for report in self.reports})
+            held.update({token: (run.id, True) for token, run in self.running.items()})
+            if self.current is not None:
+                held[self.current.token] = (self.current.id, True)
+            elif not self.running:
+                self.stopping = None
+            self._holdings.note(held, stopping=self.stopping)
 
     def mark_stopping(self, token: str) -> None:
         """The command of this run is being stopped: the note says so while it stops."""
-        self.stopping = token
-        self.note()
+        with self.lock:
+            self.stopping = token
+            self.note()
 
     def claim_next(self) -> None:
         """Report what ended and claim the next batch. With runs still in hand, one try: if another
@@ -96,7 +109,11 @@ class Hand:
     def flush(self, *, claim: int, release: bool = False, patient: bool = True) -> list[Run]:
         """Report every ended run, give back the held runs not started if ``release``, and
         claim up to ``claim`` new runs: one commit, one push. Not ``patient``: one try, and
-        nothing changes if another writer wins it."""
+        nothing changes if another writer wins it.
+
+        Runs of many slots may end (adding reports) while a claim's push is under way: only
+        the reports it carried are taken off when it lands. A release is never under way
+        while held runs start."""
         lost_before = self.queue.store.rejected_pushes
         landed_before = self.queue.protocol.last_landed  # pacer: learn after a landed push
         started = time.monotonic()
@@ -118,7 +135,9 @@ class Hand:
         return claimed
 
     def _report_and_claim(self, claim: int, release: bool, patient: bool) -> list[Run]:
-        reports = list(self.reports)
+        with self.lock:
+            sent = list(self.reports)
+        reports = list(sent)
         if release:
             unstarted = [*self.held, *(run for run, _ in self.suspects)]
             reports += [Report(run.id, run.token, "released") for run in unstarted]
@@ -126,10 +145,11 @@ class Hand:
             return self.queue.claim_batch(claim, **self._claim_options(), patient=patient) if claim else []
         then_claim = {**self._claim_options(), "count": claim} if claim else None
         finished = self.queue.finish(reports, then_claim=then_claim, patient=patient)
-        self.reports = []  # landed: reported, and the held runs given back
-        if release:
-            self.held.clear()
-            self.suspects.clear()
+        with self.lock:
+            del self.reports[: len(sent)]  # landed: reported (reports only grow meanwhile), held runs given back
+            if release:
+                self.held.clear()
+                self.suspects.clear()
         self._tell(finished.losses, finished.tasks)
         returned = any(task.state is State.PENDING for task in finished.tasks)  # the claim could not see these
         if claim and returned and not finished.claimed and not self.held:
@@ -153,12 +173,21 @@ class Hand:
         # requests (issue 12): a lost race asks for work; whoever lands next claims for us.
         own_cmd_only = not self.runs_everything and not self.options.command
         lease = self.pace.lease()  # pacer: a budget too small for the queue's lease lengthens it
-        ask = Ask(labels=dict(self.options.labels), own_cmd_only=own_cmd_only, lease=lease, slots=self.pace.slots)
+        gpus = None if self.pool is None else len(self.pool.owned)
+        ask = Ask(
+            labels=dict(self.options.labels), own_cmd_only=own_cmd_only, gpus=gpus, lease=lease, slots=self.pace.slots
+        )
         return {"labels": self.options.labels, "eligible": self._eligible, "ask": ask, "lease": lease}
 
     def _eligible(self, task: Task) -> bool:
         if self.runs_everything:  # e.g. a @loop function: it runs every task
             return True
+        why = misfit(task, pool=self.pool)
+        if why is not None:
+            if task.id not in self.misfits:
+                self.misfits.add(task.id)
+                self.say(why)
+            return False
         if task.cmd is not None and self.options.allow_task_cmd:
             return True
         return bool(self.options.command)
@@ -167,17 +196,21 @@ class Hand:
         """A task lacks a placeholder of our command. Once the command has run some task, the
         task is at fault and fails at once (a retry cannot mend it); before that it is held
         back, as SUSPECTS tasks in a row lacking one mean the command is wrong (a typo)."""
-        if self.command_fits:
-            self.say(f"{run.id}: {missing}; not run")
-            return Report(run.id, run.token, "failed", error=str(missing), final=True)
-        self.suspects.append((run, missing))
-        self.say(f"{run.id}: {missing}; held back, not run: is it the task or the command?")
-        return None
+        with self.lock:
+            if self.command_fits:
+                self.say(f"{run.id}: {missing}; not run")
+                return Report(run.id, run.token, "failed", error=str(missing), final=True)
+            self.suspects.append((run, missing))
+            self.say(f"{run.id}: {missing}; held back, not run: is it the task or the command?")
+            return None
 
     def command_ran(self) -> None:
         """Our command's placeholders were all filled: tasks held back for lacking one are at fault."""
-        self.command_fits = True
-        for run, missing in self.suspects:
-            self.say(f"{run.id}: {missing}; not run")
-            self.reports.append(Report(run.id, run.token, "failed", error=str(missing), final=True))
-        self.suspects.clear()
+        with self.lock:
+            if self.command_fits and not self.suspects:
+                return
+            self.command_fits = True
+            for run, missing in self.suspects:
+                self.say(f"{run.id}: {missing}; not run")
+                self.reports.append(Report(run.id, run.token, "failed", error=str(missing), final=True))
+            self.suspects.clear()

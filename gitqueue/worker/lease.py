@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 
 from gitqueue.errors import GitqueueError, TaskNotFound
+from gitqueue.pacing import lease_trailers
 from gitqueue.queue import Queue, Run
-from gitqueue.task import State, now_iso
+from gitqueue.task import State, Task, now_iso
 from gitqueue.worker.signals import Signals, Stop
 
 
@@ -44,8 +45,10 @@ class Watch:
         signals: Signals,
         batched: Callable[[], bool],
         give_back: Callable[[], None],
+        slots: int = 1,
     ) -> None:
         self.queue = queue
+        self.slots = slots
         self.run = run
         self.every = every
         self.look_every = min(every, look_every)
@@ -87,20 +90,15 @@ class Watch:
         A fetch, no push: cheap enough to do every few seconds between heartbeats, so that
         a cancel stops the run within seconds, not a heartbeat interval.
         """
-        queue, run = self.queue, self.run
         try:
-            task = queue.get(run.id)
+            task = self.queue.get(self.run.id)
         except TaskNotFound:
             raise TakenAway("its task file is gone from the queue") from None
         except GitqueueError:
             return  # the remote is away: keep running and beating, the next look tries again
-        if task.state is State.CANCELLED:
-            raise TakenAway("cancelled")
-        if task.state is State.RUNNING and task.token != run.token:
-            holder = (task.run or {}).get("worker")
-            raise TakenAway(f"its task is held by another run now (of {holder}), no longer by this one")
-        if task.state is not State.RUNNING:
-            raise TakenAway(f"its task is {task.state.value} now, no longer held by this run")
+        why = why_taken(task, self.run)
+        if why is not None:
+            raise TakenAway(why)
 
     def settle(self, started: float) -> None:
         """At the end of a run, look once more, so that a cancel which landed since the last
@@ -113,12 +111,49 @@ class Watch:
         """Keep the lease alive; safe from a second thread (writes objects, runs git push)."""
         queue, run = self.queue, self.run
         when = queue.clock()  # the clock every record of this queue is written by
-        message = f"heartbeat {run.id} by {queue.worker}\n\nGitqueue-Run: {run.token}\nGitqueue-Time: {now_iso(when)}\n"
+        message = heartbeat_message(run, worker=queue.worker, when=when, slots=self.slots)
         pushed = queue.store.heartbeat(
             run.token, parent=self.heartbeat, message=message, author=queue.identity, when=when
         )
         if pushed is not None:
             self.heartbeat = pushed
+
+
+class RunCheck:
+    """What a run of many slots calls often from its own thread (its ``check``): Stop on a
+    signal, TakenAway when ``taken()`` says why the loop saw its task taken away. It never
+    speaks to git: the worker's loop looks and beats for all its runs at once."""
+
+    def __init__(self, signals: Signals, *, taken: Callable[[], str | None]) -> None:
+        self.signals, self._taken = signals, taken
+
+    def check(self) -> None:
+        if self.signals.received is not None:
+            raise Stop()
+        why = self._taken()
+        if why is not None:
+            raise TakenAway(why)
+
+
+def why_taken(task: Task | None, run: Run) -> str | None:
+    """Why ``run`` no longer holds its task (``task`` as the queue has it now, None if its file
+    is gone): cancelled, requeued, reaped; None while the run still holds it."""
+    if task is None:
+        return "its task file is gone from the queue"
+    if task.state is State.CANCELLED:
+        return "cancelled"
+    if task.state is State.RUNNING and task.token != run.token:
+        holder = (task.run or {}).get("worker")
+        return f"its task is held by another run now (of {holder}), no longer by this one"
+    if task.state is not State.RUNNING:
+        return f"its task is {task.state.value} now, no longer held by this run"
+    return None
+
+
+def heartbeat_message(run: Run, *, worker: str, when: float, slots: int) -> str:
+    """A heartbeat commit's message: the run it keeps alive, when, and who beats (with its slots)."""
+    trailers = f"Gitqueue-Run: {run.token}\nGitqueue-Time: {now_iso(when)}\n"
+    return f"heartbeat {run.id} by {worker}\n\n{trailers}{lease_trailers(worker=worker, slots=slots)}"
 
 
 class BackgroundWatch:

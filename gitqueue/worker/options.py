@@ -32,6 +32,8 @@ class Options:
     max_batch: int = 64  # short tasks: hold up to this many claims, report them in one push
     batch_seconds: float = 1.0  # size a batch to take about this long (longer while pushes collide)
     task_timeout: float | None = None  # wall-clock seconds a run may take (a task's `timeout` wins)
+    slots: int = 1  # runs at once (see gitqueue.gpus.slot_count)
+    gpus: tuple[str, ...] | None = None  # the GPUs this worker owns (None: it leaves CUDA_VISIBLE_DEVICES alone)
 
 
 @dataclass

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from gitqueue.errors import InvalidTask
+from gitqueue.gpus import env_for
 from gitqueue.queue import ERROR_TAIL, Report, Run
 from gitqueue.task import MAX_FILE_BYTES, load_yaml, now_iso, result_problem
 from gitqueue.worker.child import ChildRun, Outcome
 from gitqueue.worker.command import MissingArg, expand
 from gitqueue.worker.hand import Hand
-from gitqueue.worker.lease import TakenAway, Watch
+from gitqueue.worker.lease import RunCheck, TakenAway, Watch
 from gitqueue.worker.options import EXIT_NO_COMMAND, Options
 from gitqueue.worker.signals import Signals, Stop
 
@@ -41,8 +42,9 @@ class CommandRunner:
         self.options, self.worker, self.hand, self.signals, self.say = options, worker, hand, signals, say
         self.stop_code: int | None = None  # set when the worker itself is broken
 
-    def __call__(self, run: Run, watch: Watch) -> Report | None:
-        """Run the task's command as a child process, streaming its output to us and a log."""
+    def __call__(self, run: Run, watch: Watch | RunCheck, *, gpus: tuple[str, ...] | None = None) -> Report | None:
+        """Run the task's command as a child process, streaming its output to us and a log;
+        ``gpus``: the GPUs the run holds, its command's CUDA_VISIBLE_DEVICES (None: left alone)."""
         own = bool(run.task.cmd and self.options.allow_task_cmd)
         template = run.task.cmd if own and run.task.cmd else self.options.command
         try:
@@ -59,6 +61,7 @@ class CommandRunner:
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         result_path.unlink(missing_ok=True)
         env, note = self._environment(run, result_path, stem.with_name(stem.name + ".args.json"))
+        env.update(env_for(gpus))
         notes = [f"{now_iso()} {run.id} attempt {run.attempt}: {argv}", *([note] if note else [])]
         child = ChildRun(
             argv,

@@ -25,16 +25,13 @@ from typing import IO
 from gitqueue import leftovers
 from gitqueue.errors import CacheDamaged, GitqueueError
 from gitqueue.queue import Queue, Report, Run
-from gitqueue.validate import display
-from gitqueue.worker.command import as_argument
-from gitqueue.worker.hand import Hand
+from gitqueue.worker.command import started_line
+from gitqueue.worker.hand import SUSPECTS, Hand
 from gitqueue.worker.lease import TakenAway, Watch
 from gitqueue.worker.options import EXIT_TASKS_FAILED, EXIT_WRONG_COMMAND, Options, Summary
 from gitqueue.worker.runner import CommandRunner
 from gitqueue.worker.signals import Signals
-
-SHOWN_ARGS = 1000  # characters of a task's args shown when its run starts
-SUSPECTS = 3  # tasks in a row lacking a placeholder, before any had it: the command is wrong, not the tasks
+from gitqueue.worker.slots import Slots
 
 
 class Worker:
@@ -60,12 +57,14 @@ class Worker:
         self.summary = Summary()
         self.seconds: defaultdict[str, float] = defaultdict(float)  # where the time went, for GITQUEUE_STATS_FILE
         self.signals = Signals(self.say)  # set by SIGINT/SIGTERM: return the task and stop
+        refuse_slots(runner, options)
         self.hand = Hand(
             queue, options, summary=self.summary, seconds=self.seconds, say=self.say, runs_everything=runner is not None
         )
         self.command = CommandRunner(options, worker=queue.worker, hand=self.hand, signals=self.signals, say=self.say)
         self.runner = runner or self.command
         self._last_reap = float("-inf")
+        self.slots = Slots(self, pool=self.hand.pool) if options.slots > 1 or options.gpus else None
         queue.checks.tell = lambda problem: self.say(f"skipping {problem.message} (left as it is)")
         queue.store.tell = self.say  # a damaged cache, rebuilt
         if not options.command and not options.allow_task_cmd and runner is None:
@@ -85,7 +84,7 @@ class Worker:
             self.say(f"warning: {warning}")
         with self.signals.installed():
             try:
-                code = self._loop()
+                code = self._loop() if self.slots is None else self.slots.run()
             except CacheDamaged:  # rebuilding did not help: give back what we hold before stopping
                 with contextlib.suppress(GitqueueError):
                     self.hand.flush(claim=0, release=True)
@@ -221,11 +220,16 @@ class Worker:
 
     # ------------------------------------------------------------ one run
 
+    def heartbeat_every(self, lease: float) -> float:
+        """Seconds between heartbeats of a run holding a ``lease`` of this many seconds (the
+        one place the cadence is set: a pacer may stretch it to fit a push budget)."""
+        return self.options.heartbeat or self.hand.pace.heartbeat_every(lease)
+
     def _watch(self, run: Run) -> Watch:
         return Watch(
             self.queue,
             run,
-            every=self.options.heartbeat or self.hand.pace.heartbeat_every(run.lease),  # pacer: heartbeat period
+            every=self.heartbeat_every(run.lease),
             look_every=self.options.look_every,
             signals=self.signals,
             batched=lambda: bool(self.hand.held),
@@ -280,6 +284,15 @@ class Worker:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
+def refuse_slots(runner: Callable[[Run, Watch], Report | None] | None, options: Options) -> None:
+    """A runner of one's own runs in the worker's thread: one run at a time, no GPUs to share."""
+    if runner is not None and (options.slots > 1 or options.gpus):
+        raise GitqueueError(
+            "a runner of your own (@gitqueue.loop, runner=) runs one task at a time: "
+            "leave out slots and gpus, or start one worker per GPU"
+        )
+
+
 def write_stats(worker: Worker) -> None:
     """With GITQUEUE_STATS_FILE set (bench/ sets it), write a worker's counters there as JSON."""
     path = os.environ.get("GITQUEUE_STATS_FILE")
@@ -293,17 +306,10 @@ def write_stats(worker: Worker) -> None:
         "pushes": store.pushes,
         "rejected_pushes": store.rejected_pushes,
         "fetches": store.fetches,
+        "heartbeat_pushes": store.heartbeat_pushes,
         "seconds": {**store.seconds, **worker.seconds, "backoff": queue.backed_off},
         "started": s.started,  # time.monotonic(): comparable across processes on one machine
         "ended": time.monotonic(),
     }
     with contextlib.suppress(OSError):
         Path(path).write_text(json.dumps(stats))
-
-
-def started_line(run: Run) -> str:
-    """The log line of a run's start: its id, attempt and args (shortened, escapes shown)."""
-    args = " ".join(f"{k}={as_argument(v)}" for k, v in run.args.items())
-    args = args if len(args) <= SHOWN_ARGS else f"{args[:SHOWN_ARGS]}... ({len(args):,} characters)"
-    args = args if args.isprintable() else display(args)  # a task's terminal escapes are shown, not sent
-    return f"▶ {run.id} (attempt {run.attempt}) {args}"
