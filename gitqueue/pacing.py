@@ -219,9 +219,9 @@ class Pacer:
         if pending <= 0:
             return 0
         need = wanted
-        if self.interval > 0:  # paced: hold what the slots will start before the next push
-            per_slot = math.floor(self.interval / (self.task_seconds or self.interval)) + 1
-            need = max(wanted, free + self.slots * per_slot - held)
+        if self.interval > 0 and self.task_seconds:  # paced: hold what the slots start before the next push
+            per_slot = math.floor(self.interval / self.task_seconds) + 1  # (not before a task's time is
+            need = max(wanted, free + self.slots * per_slot - held)  # known: unseen workers may want them)
         share = math.ceil((pending + held) * self.slots / self.fleet.slots) - held
         return max(0, min(need, pending, max(share, 1 if free > held else 0)))
 
