@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shlex
+import os
 import shutil
 import subprocess
 import sys
@@ -248,7 +249,10 @@ def drain_once(root: Path, s: Scenario, *, mode: str, delay: float, budget: floa
         ran_twice=sum(1 for n in per_task.values() if n > 1), check=exactly_once(remote, ids, seed),
         steady=min(steady, wall) if steady > 0 else wall,
     )  # fmt: skip
-    shutil.rmtree(base, ignore_errors=True)
+    if not os.environ.get("BENCH_KEEP"):
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        shutil.copytree(base, os.environ["BENCH_KEEP"], dirs_exist_ok=True, symlinks=True)
     return result
 
 

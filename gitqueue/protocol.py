@@ -262,14 +262,13 @@ class Protocol:
             self.contenders = attempt.snap.workers()
             if attempt.recent is not None:  # another machine moved it: try again on a fetched view
                 continue
-            if on_lost is not None:
-                on_lost()
+            asked = bool(on_lost()) if on_lost is not None else False
             if not patient:  # the caller has other work to do meanwhile and will try again
                 raise LostRace("another writer moved the branch first")
             lost += 1
             still = still + 1 if attempt.snap.tip == last_tip else 0
             last_tip = attempt.snap.tip
-            self._pause_after(lost, still)
+            self._pause_after(lost, still, asked=asked)
 
     def _try(
         self, build: Callable[[Snapshot], Change | None], *, fetch: bool, leases: bool, patient: bool, requests: bool
@@ -310,14 +309,18 @@ class Protocol:
         self.last_landed = attempt.commit
         return True
 
-    def _pause_after(self, lost: int, still: int) -> None:
-        """Back off after ``lost`` races lost in a row; ``still`` of them with the branch not moving."""
+    def _pause_after(self, lost: int, still: int, *, asked: bool = False) -> None:
+        """Back off after ``lost`` races lost in a row; ``still`` of them with the branch not moving.
+        With a request for work out (``asked``), never longer than two tries: the next push of
+        anyone may claim for us, and the next try's fetch finds it."""
         if still >= STUCK_LIMIT:  # refused again and again, yet nobody else moved it
             raise RemoteUnavailable(
                 f"{self.url} keeps refusing pushes to a branch that does not move (a stale "
                 f"lock such as refs/heads/main.lock on the server?): {self.store.last_rejection}"
             )
         pause = self.backoff(lost)
+        if asked:
+            pause = min(pause, 2 * max(0.01, self.attempt_seconds))
         self.backed_off += pause
         self.sleep(pause)
 

@@ -21,6 +21,7 @@ from gitqueue.errors import GitqueueError
 from gitqueue.pacing import Member, Pacer, landed_rate, read_fleet
 from gitqueue.queue import Queue
 from gitqueue.snapshot import Snapshot
+from gitqueue.task import State
 from gitqueue.worker.options import Options
 
 HISTORY = 100  # branch commits read for the fleet and the landed rate, after a landed push
@@ -128,6 +129,8 @@ class Pace:
             times = [entry.time for entry in queue.store.recent(tip, HISTORY)]
             me = Member(queue.worker, self.slots, now)
             asking = [Member(r.worker, r.ask.slots, r.at) for r in requests.read(queue.store, now=now)[0]]
+            holding = {summary.worker for _, summary in snap.summaries(State.RUNNING) if summary.worker}
+            asking += [Member(worker, 1, now) for worker in holding]  # served for a request: on no commit of its own
             within = float(settings.lease)
             fleet = read_fleet(queue.store, tip, me=me, now=now, within=within, depth=HISTORY, also=asking)
         except GitqueueError:
