@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shlex
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -257,10 +257,12 @@ def drain_once(root: Path, s: Scenario, *, mode: str, delay: float, budget: floa
 
 
 def run(root: Path, s: Scenario, *, delay: float, budget: float, mode: str | None = None) -> FleetResult:
-    """Scenario ``s``; ``shared16`` first drains the same tasks with one worker, for its ratio."""
+    """Scenario ``s``; ``shared16`` first drains the same tasks with one worker, for its ratio.
+    ``shared16`` is 16 worker processes (the issue's setting), whatever ``--slots`` can do."""
     mode = mode or slots_mode()
     if s.name != "shared16":
         return drain_once(root, s, mode=mode, delay=delay, budget=budget, label="fleet")
+    mode = "processes"
     alone = drain_once(root, Scenario("shared16-1", 1, 1, s.tasks, 0.0, proxy=False), mode=mode, delay=delay,
                        budget=budget, label="one")  # fmt: skip
     result = drain_once(root, s, mode=mode, delay=delay, budget=budget, label="fleet")
