@@ -91,8 +91,8 @@ class Hand:
         """Report what ended and claim the next batch. With runs still in hand, one try: if another
         worker wins the push, run the next task and try again after it, instead of waiting idle."""
         s = self.summary
-        self.pace.start(self.queue, say=self.say)  # pacer: learn the budget and fleet before the first push
-        asked = self.pace.size(ran=s.done + s.failed, held=len(self.held)) - len(self.held)  # pacer: held
+        self.pace.start(self.queue, say=self.say)  # learn the budget and the fleet before the first push
+        asked = self.pace.size(ran=s.done + s.failed, held=len(self.held)) - len(self.held)
         claimed = self.flush(claim=asked, patient=not self.held)
         self.held_since.update({run.token: time.monotonic() for run in claimed})
         self.held.extend(claimed)
@@ -115,7 +115,7 @@ class Hand:
         the reports it carried are taken off when it lands. A release is never under way
         while held runs start."""
         lost_before = self.queue.store.rejected_pushes
-        landed_before = self.queue.protocol.last_landed  # pacer: learn after a landed push
+        landed_before = self.queue.protocol.last_landed  # to learn after a push of ours landed
         started = time.monotonic()
         try:
             claimed = self._report_and_claim(max(claim, 0), release, patient)
@@ -128,7 +128,7 @@ class Hand:
         finally:
             self.seconds["flush"] += time.monotonic() - started
         self.pace.adapt(self.queue.store.rejected_pushes - lost_before)
-        if self.queue.protocol.last_landed != landed_before:  # pacer: our push landed
+        if self.queue.protocol.last_landed != landed_before:  # our push landed: pace the next
             self.pace.pushed(time.monotonic())
             self.pace.learn(self.queue, say=self.say)
         self.note()
@@ -170,9 +170,9 @@ class Hand:
                 self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
 
     def _claim_options(self) -> dict[str, Any]:
-        # requests (issue 12): a lost race asks for work; whoever lands next claims for us.
+        # A lost race asks for work (a request ref); whoever lands next claims for us.
         own_cmd_only = not self.runs_everything and not self.options.command
-        lease = self.pace.lease()  # pacer: a budget too small for the queue's lease lengthens it
+        lease = self.pace.lease()  # a budget too small for the queue's lease lengthens it
         gpus = None if self.pool is None else len(self.pool.owned)
         ask = Ask(
             labels=dict(self.options.labels), own_cmd_only=own_cmd_only, gpus=gpus, lease=lease, slots=self.pace.slots

@@ -109,7 +109,7 @@ class Worker:
                 return 128 + self.signal
             claiming = hand.pace.due(held=len(hand.held), reported=bool(hand.reports))
             self._maybe_reap(notes=claiming)  # busy workers too: a finish usually hands them their next run
-            if claiming and (turn := hand.pace.turn(held=len(hand.held))) > 0:  # pacer: push_budget's turn
+            if claiming and (turn := hand.pace.turn(held=len(hand.held))) > 0:  # under a push_budget, our turn
                 self._pause(turn)  # nothing to run meanwhile; a signal ends the wait (see the loop's top)
                 continue
             if claiming:
