@@ -42,7 +42,7 @@ from bench.checks import Check, exactly_once
 from bench.drain import run_workers
 from bench.env import git, gitqueue_command, sandbox, seed_queue
 from bench.proxy import LatencyProxy
-from gitqueue.testing import GitDaemon, make_bare_repo
+from gitqueue.testing import GitDaemon, log_ref_updates, make_bare_repo, ref_updates
 
 
 @dataclass(frozen=True)
@@ -133,42 +133,21 @@ def slots_mode() -> str:
     return "--slots" if "--slots" in out.stdout else "processes"
 
 
-HOOK = """#!/bin/sh
-# bench/fleet.py: one line per ref update the server accepted: time, receive-pack's pid, ref.
-[ "$1" = committed ] || exit 0
-now=$(date +%s.%N)
-while read -r old new ref; do echo "$now $PPID $ref" >> {log}; done
-"""
-
-
-def install_hook(remote: Path, log: Path) -> None:
-    hook = remote / "hooks" / "reference-transaction"
-    hook.write_text(HOOK.replace("{log}", shlex.quote(str(log))))
-    hook.chmod(0o755)
-
-
 def read_pushes(log: Path) -> Pushes:
     branch: set[str] = set()
     ours: set[str] = set()
     every: set[str] = set()
     refs: Counter[str] = Counter()
-    with contextlib.suppress(OSError):
-        for line in log.read_text().splitlines():
-            parts = line.split()
-            if len(parts) != 3:
-                continue
-            _, pid, ref = parts
-            if ref == "HEAD":  # the symbolic ref, logged beside the branch it points to
-                continue
-            every.add(pid)
-            if ref.startswith("refs/heads/"):
-                branch.add(pid)
-                refs["branch"] += 1
-            elif ref.startswith("refs/gitqueue/"):
-                ours.add(pid)
-                refs[ref.split("/")[2]] += 1
-            else:
-                refs["other"] += 1
+    for _, pid, ref in ref_updates(log):
+        every.add(pid)
+        if ref.startswith("refs/heads/"):
+            branch.add(pid)
+            refs["branch"] += 1
+        elif ref.startswith("refs/gitqueue/"):
+            ours.add(pid)
+            refs[ref.split("/")[2]] += 1
+        else:
+            refs["other"] += 1
     return Pushes(branch=len(branch), gitqueue=len(ours), total=len(every), refs=refs)
 
 
@@ -226,7 +205,7 @@ def drain_once(root: Path, s: Scenario, *, mode: str, delay: float, budget: floa
     if s.push_budget:
         seed = set_push_budget(remote, s.push_budget)
     hook_log, starts = base / "ref-updates.txt", base / "starts.txt"
-    install_hook(remote, hook_log)
+    log_ref_updates(remote, hook_log)
     places = layout(s, mode)
     options = ["--slots", str(s.slots)] if mode == "--slots" else []
     with GitDaemon(served) as daemon, contextlib.ExitStack() as stack:

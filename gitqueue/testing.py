@@ -30,6 +30,7 @@ import base64
 import getpass
 import io
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -638,3 +639,35 @@ class SSHServer(_Server):
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
         _wait_until(lambda: not _port_open(self.port), STOP_GRACE, f"port {self.port} to close")
+
+
+REF_UPDATES_HOOK = """#!/bin/sh
+# gitqueue.testing: one line per ref update the server accepted: time, receive-pack's pid, ref.
+[ "$1" = committed ] || exit 0
+now=$(date +%s.%N)
+while read -r old new ref; do echo "$now $PPID $ref" >> {log}; done
+"""
+
+
+def log_ref_updates(remote: Path, log: Path) -> None:
+    """Make the bare repository ``remote`` append every ref update it accepts to ``log`` (a
+    ``reference-transaction`` hook): pushes of every kind, counted on the server. One push is
+    one receive-pack, so the lines of one pid are one push however many refs it moved."""
+    hook = remote / "hooks" / "reference-transaction"
+    hook.write_text(REF_UPDATES_HOOK.replace("{log}", shlex.quote(str(log))))
+    hook.chmod(0o755)
+
+
+def ref_updates(log: Path) -> list[tuple[float, str, str]]:
+    """What :func:`log_ref_updates` wrote: (server time, receive-pack's pid, ref) per update
+    (the symbolic HEAD, logged beside the branch it points to, left out)."""
+    found = []
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and parts[2] != "HEAD":
+            found.append((float(parts[0]), parts[1], parts[2]))
+    return found

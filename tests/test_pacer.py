@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import itertools
 import os
-import shlex
 import signal
 import subprocess
 import threading
@@ -19,33 +18,21 @@ from gitqueue import Queue
 from gitqueue.pacing import SLOTS_TRAILER
 from gitqueue.queue import Report, Run
 from gitqueue.task import State
+from gitqueue.testing import log_ref_updates, ref_updates
 from gitqueue.worker.lease import Watch
 from gitqueue.worker.options import Options
 from gitqueue.worker.pace import Pace
 from gitqueue.worker.worker import Worker
 
 SETTINGS = "format: 1\ndefaults: {priority: 0, max_attempts: 3, lease: 600}\n"
-HOOK = """#!/bin/sh
-# one line per ref update the server accepted: time, receive-pack's pid, ref (as bench/fleet.py)
-[ "$1" = committed ] || exit 0
-now=$(date +%s.%N)
-while read -r old new ref; do echo "$now $PPID $ref" >> {log}; done
-"""
-
-
-def count_ref_updates(remote: Path, log: Path) -> None:
-    hook = remote / "hooks" / "reference-transaction"
-    hook.write_text(HOOK.replace("{log}", shlex.quote(str(log))))
-    hook.chmod(0o755)
 
 
 def branch_updates(log: Path) -> list[float]:
     """Server times of the pushes that moved the queue branch, one per receive-pack."""
     seen: dict[str, float] = {}
-    for line in log.read_text().splitlines():
-        when, pid, ref = line.split()
+    for when, pid, ref in ref_updates(log):
         if ref.startswith("refs/heads/"):
-            seen.setdefault(pid, float(when))
+            seen.setdefault(pid, when)
     return sorted(seen.values())
 
 
@@ -96,7 +83,7 @@ def test_a_push_budget_is_kept_by_the_pushes_a_worker_makes(queue: Queue, bare_r
     RemoteRepo(bare_remote).person_commit({"gitqueue.yaml": f"{SETTINGS}push_budget: 60/min\n"})
     ids = queue.submit([{"args": {"n": n}} for n in range(8)])
     log_file = tmp_path / "ref-updates.log"
-    count_ref_updates(bare_remote, log_file)
+    log_ref_updates(bare_remote, log_file)
     log = io.StringIO()
     with Queue(str(bare_remote), worker="budgeted") as q:
         worker = Worker(q, Options(max_batch=2, batch_seconds=10_000.0), runner=instant, log=log)
