@@ -62,20 +62,53 @@ def _is_repository(folder: Path) -> bool:
     return (folder / "HEAD").is_file() or (folder / ".git").exists()
 
 
-class RequestRefs(Cache):
-    """The request refs of one remote (see :mod:`gitqueue.requests`): mirrored by a fetch with
-    ``requests``, pushed by the worker that asks, deleted by whoever serves them (atomically,
-    with the claims) or by the worker that takes its request back."""
+class SideRefs(Cache):
+    """Refs of one remote beside the queue branch (``refs/gitqueue/<kind>/<name>``), each
+    written by one process and deleted by whoever ends it: their mirror in the cache, one
+    fetched on its own, one deleted (a deletion, never a forced push)."""
 
     git_env: dict[str, str]
 
-    def requests(self) -> dict[str, str]:
-        """Request refs seen by the last ``fetch(requests=True)``: ref name -> request commit."""
-        folder = self.path / self.namespace / "requests"
+    def _mirrored(self, kind: str) -> dict[str, str]:
+        """The refs of ``kind`` the last fetch of them brought: name -> commit."""
+        folder = self.path / self.namespace / kind
         try:
             return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
         except FileNotFoundError:
             return {}
+
+    def _fetch_one(self, prefix: str, kind: str, name: str) -> str | None:
+        """The remote's ref ``prefix/name``, fetched into the mirror of ``kind``; None if it has none."""
+        ref = f"{self.namespace}/{kind}/{name}"
+        proc = run_git(
+            ["fetch", "-q", "--no-tags", "--no-write-fetch-head", self.url, f"+{prefix}/{name}:{ref}"],
+            cwd=self.path,
+            env=self.git_env,
+        )
+        if proc.returncode:
+            return None
+        with contextlib.suppress(OSError):
+            return (self.path / ref).read_text().strip() or None
+        return None
+
+    def _drop(self, prefix: str, name: str) -> None:
+        """Delete the remote's ref ``prefix/name``; gone already is fine."""
+        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
+            run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{prefix}/{name}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
+
+
+class RequestRefs(SideRefs):
+    """The request refs of one remote (see :mod:`gitqueue.requests`): mirrored by a fetch with
+    ``requests``, pushed by the worker that asks, deleted by whoever serves them (atomically,
+    with the claims) or by the worker that takes its request back."""
+
+    def requests(self) -> dict[str, str]:
+        """Request refs seen by the last ``fetch(requests=True)``: ref name -> request commit."""
+        return self._mirrored("requests")
 
     def _forget_requests(self, refspecs: list[str]) -> None:
         """Request refs a landed push deleted are gone from our mirror too (an optimistic try,
@@ -108,49 +141,25 @@ class RequestRefs(Cache):
                 return None
             if proc.returncode == 0:
                 return commit
-            parent = self._fetch_request(name)
+            parent = self._fetch_one(REQUEST_REFS, "requests", name)
             if parent is None:
                 return None
         return None
 
-    def _fetch_request(self, name: str) -> str | None:
-        """The remote's request ref ``name``, fetched; None if it has none."""
-        ref = f"{self.namespace}/requests/{name}"
-        proc = run_git(
-            ["fetch", "-q", "--no-tags", "--no-write-fetch-head", self.url, f"+{REQUEST_REFS}/{name}:{ref}"],
-            cwd=self.path,
-            env=self.git_env,
-        )
-        if proc.returncode:
-            return None
-        with contextlib.suppress(OSError):
-            return (self.path / ref).read_text().strip() or None
-        return None
-
     def drop_request(self, name: str) -> None:
         """Delete our request ref (a deletion, not a forced push); gone already is fine."""
-        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
-            run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{REQUEST_REFS}/{name}"],
-                cwd=self.path,
-                env=self.git_env,
-            )
+        self._drop(REQUEST_REFS, name)
 
 
-class LeaseRefs(RequestRefs):
+class LeaseRefs(SideRefs):
     """The lease refs of one remote: one per run (``refs/gitqueue/leases/<token>``), renewed by
     heartbeat commits, mirrored by a fetch with ``leases``, deleted when the run's end lands."""
 
-    git_env: dict[str, str]
     heartbeat_pushes: int
 
     def leases(self) -> dict[str, str]:
         """Lease refs seen by the last ``fetch(leases=True)``: run token -> heartbeat commit."""
-        folder = self.path / self.namespace / "leases"
-        try:
-            return {ref.name: ref.read_text().strip() for ref in folder.iterdir() if ref.is_file()}
-        except FileNotFoundError:
-            return {}
+        return self._mirrored("leases")
 
     def heartbeat(
         self, token: str, *, parent: str | None, message: str, author: Identity, when: float | None = None
@@ -176,7 +185,7 @@ class LeaseRefs(RequestRefs):
         if proc.returncode == 0:
             return commit
         if parent is not None and not self.has(parent):  # lost with a rebuilt cache: go on from the remote's
-            remote = self._fetch_lease(token)
+            remote = self._fetch_one(LEASE_REFS, "leases", token)
             if remote is not None and self.has(remote):
                 return self.heartbeat(token, parent=remote, message=message, author=author)
         return None
@@ -209,30 +218,12 @@ class LeaseRefs(RequestRefs):
                 out.update({token: again} if again else {})
         return out
 
-    def _fetch_lease(self, token: str) -> str | None:
-        """The remote's lease ref of one run, fetched; None if it has none (the run ended)."""
-        ref = f"{self.namespace}/leases/{token}"
-        proc = run_git(
-            ["fetch", "-q", "--no-tags", "--no-write-fetch-head", self.url, f"+{LEASE_REFS}/{token}:{ref}"],
-            cwd=self.path,
-        )
-        if proc.returncode:
-            return None
-        with contextlib.suppress(OSError):
-            return (self.path / ref).read_text().strip() or None
-        return None
-
     def drop_lease(self, token: str) -> None:
         """Delete a run's lease ref (a deletion, not a forced push); gone already is fine."""
-        with contextlib.suppress(subprocess.TimeoutExpired, CacheDamaged):
-            run_git(
-                ["push", "--porcelain", "--no-verify", "-q", self.url, f":{LEASE_REFS}/{token}"],
-                cwd=self.path,
-                env=self.git_env,
-            )
+        self._drop(LEASE_REFS, token)
 
 
-class GitStore(LeaseRefs):
+class GitStore(LeaseRefs, RequestRefs):
     """One remote's queue branch: fetched into and pushed from a cache shared by the
     processes of one machine (see :class:`gitqueue.cache.Cache`)."""
 
