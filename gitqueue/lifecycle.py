@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import secrets
+import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import Protocol as Interface
 from gitqueue import history
 from gitqueue import requests as asking
 from gitqueue import validate as rules
-from gitqueue.errors import GitqueueError, InvalidTask, InvalidTransition, NotHeld
+from gitqueue.errors import GitqueueError, InvalidTask, InvalidTransition, LostRace, NotHeld
 from gitqueue.gitstore import LEASE_REFS, REQUEST_REFS
 from gitqueue.pacing import SLOTS_TRAILER
 from gitqueue.protocol import Change, Protocol
@@ -168,6 +169,12 @@ class Lifecycle:
         self.worker, self.clock = protocol.worker, protocol.clock
         self.asker = asking.Asker(self.store, worker=self.worker, clock=self.clock, identity=lambda: protocol.identity)
         self.claims = Claims(protocol, owner=owner, checks=checks, asker=self.asker)
+        # Runs claimed for us that a fetched view showed, by token: handed out once each, by
+        # whichever comes first, the push that saw them or take_found (a worker whose own
+        # push keeps losing still runs them). Pushes may run in a thread of their own.
+        self._found: dict[str, Run] = {}
+        self._given: set[str] = set()
+        self._lock = threading.Lock()
 
     def claim_batch(
         self,
@@ -192,10 +199,9 @@ class Lifecycle:
                 return Change(subject="", value=served)
             return self.claims.change(snap, labels, lease, eligible, count)
 
-        on_lost = None if ask is None else lambda: self.ask(count, ask)
+        on_lost = None if ask is None else lambda: self._lost(count, ask)
         runs = self.protocol.transact(build, patient=patient, requests=True, on_lost=on_lost) or []
-        self._adopted(runs)
-        return runs
+        return self._adopted(runs)
 
     def ask(self, count: int, ask: Ask) -> bool:
         """Ask for ``count`` tasks on this worker's request ref, so that whoever lands on the
@@ -203,16 +209,35 @@ class Lifecycle:
         return self.asker.ask(count, ask)
 
     def served(self, snap: Snapshot) -> list[Run]:
-        """The runs ``snap`` holds that other workers claimed in our name for our requests."""
-        return [Run(queue=self.owner, task=task, record=dict(task.run or {})) for task in self.asker.answers(snap)]
+        """The runs ``snap`` holds that other workers claimed in our name for our requests, not
+        handed out yet; they are kept for :meth:`take_found` too."""
+        runs = [Run(queue=self.owner, task=task, record=dict(task.run or {})) for task in self.asker.answers(snap)]
+        with self._lock:
+            runs = [run for run in runs if run.token not in self._given]
+            self._found.update({run.token: run for run in runs})
+        return runs
+
+    def take_found(self) -> list[Run]:
+        """The runs claimed for us that a fetched view showed and no push has handed out yet
+        (each once): a worker starts them whether or not its own push lands."""
+        with self._lock:
+            runs = list(self._found.values())
+        return self._adopted(runs)
 
     def adopt(self) -> list[Run]:
         """Fetch, and return the runs claimed for our requests that we hold now (each once)."""
         if not self.asker.asked:
             return []
-        runs = self.served(self.protocol.snapshot())
-        self._adopted(runs)
-        return runs
+        return self._adopted(self.served(self.protocol.snapshot()))
+
+    def _lost(self, count: int, ask: Ask) -> bool:
+        """A race lost to another machine: with runs claimed for us waiting, stop trying (the
+        caller runs them, and reports with its next push); else ask for work."""
+        with self._lock:
+            waiting = bool(self._found)
+        if waiting:
+            raise LostRace("runs claimed for us are waiting")
+        return self.ask(count, ask)
 
     def withdraw(self) -> list[Task]:
         """Take our request back, if one is out (this worker stops): delete its ref, and give
@@ -228,11 +253,18 @@ class Lifecycle:
             return []
         return self.finish([Report(run.id, run.token, "released") for run in served]).tasks
 
-    def _adopted(self, runs: list[Run]) -> None:
+    def _adopted(self, runs: list[Run]) -> list[Run]:
         """A claim landed or served runs were found: our request is answered (or deleted by our
-        own claim's push); the branch holds the runs either way."""
+        own claim's push); the branch holds the runs either way. Returns ``runs`` but those
+        handed out already."""
+        with self._lock:
+            runs = [run for run in runs if run.token not in self._given]
+            self._given.update(run.token for run in runs)
+            for run in runs:
+                self._found.pop(run.token, None)
         if runs:
             self.asker.answered()
+        return runs
 
     def finish(
         self,
@@ -263,10 +295,12 @@ class Lifecycle:
                 change.value.tasks.append(step.value)
             finished = change.value.tasks
             done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
-            served = self.served(snap) if claim_options is not None else []  # claimed for us by another worker
+            served = self.served(snap)  # claimed for us by another worker (a report only: see take_found)
+            if claim_options is None:  # a report only: it still serves the requests it sees
+                served = []
             options = {**(claim_options or {}), "count": max(0, (claim_options or {}).get("count", 1) - len(served))}
             change.value.claimed = served
-            if claim_options is None:  # a report only: it still serves the requests it sees
+            if claim_options is None:
                 options["count"] = 0
             claim = self.claims.change(snap, **options, finishing=len(finished), done=done)
             if claim is not None:
@@ -275,9 +309,9 @@ class Lifecycle:
             return change
 
         count = 1 if claim_options is None else claim_options.get("count", 1)
-        on_lost = None if ask is None else lambda: self.ask(count, ask)
+        on_lost = None if ask is None else lambda: self._lost(count, ask)
         finished: Finished = self.protocol.transact(build, patient=patient, requests=True, on_lost=on_lost)
-        self._adopted(finished.claimed)
+        finished.claimed = self._adopted(finished.claimed)
         return finished
 
     def _with_claimed_args(self, report: Report) -> Report:

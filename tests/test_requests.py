@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import RemoteRepo, poll_until
 
 from gitqueue.queue import Queue
@@ -359,3 +360,87 @@ def test_a_worker_restarted_under_its_name_can_ask_again(bare_remote: Path, remo
         with machine(url, "box-a/1") as server:
             server.claim_batch(0)
         assert [run.id for run in again.adopt()] == ["a"]
+
+
+BEAT_HOOK = """#!/bin/sh
+# Another writer lands just before every branch push of box-a while the flag file exists: the
+# branch moves under it (a real commit), so git refuses box-a's compare-and-swap.
+flag="$GIT_DIR/beat-box-a"
+while read old new ref; do
+    [ -e "$flag" ] && [ "$ref" = refs/heads/main ] || continue
+    git cat-file commit "$new" | grep -q '^Gitqueue-Worker: box-a$' || continue
+    unset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
+    tip=$(git rev-parse refs/heads/main)
+    moved=$(git -c user.name=someone -c user.email=someone@example.org \
+        commit-tree -p "$tip" -m "someone else landed first" "$tip^{tree}") || exit 1
+    git update-ref refs/heads/main "$moved" "$tip" 2>/dev/null || continue  # another push landed meanwhile
+    echo beaten >> "$GIT_DIR/beaten"
+done
+exit 0
+"""
+
+HOLD_JOB = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    folder = Path(sys.argv[1])
+    task = os.environ["GITQUEUE_TASK_ID"]
+    with open(folder / "ran", "a") as ran:
+        ran.write(task + "\\n")
+    deadline = time.monotonic() + 120
+    while not (folder / f"release-{task}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    """
+)
+
+
+@pytest.mark.parametrize("slots", ["1", "2"])
+def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
+    tmp_path: Path, bare_remote: Path, remote_repo: RemoteRepo, slots: str
+) -> None:
+    """Its report push loses every race; another machine serves its request meanwhile: it runs
+    the run claimed for it at once, without waiting for its own push to land."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "t1", "args": {}})
+    hook = bare_remote / "hooks" / "pre-receive"
+    hook.write_text(BEAT_HOOK)
+    hook.chmod(0o755)
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (tmp_path / "job.py").write_text(HOLD_JOB)
+    argv = [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "box-a", "--idle-timeout", "3"]
+    argv += ["--slots", slots]
+    argv += ["--log-dir", str(folder / "logs"), "--", sys.executable, str(tmp_path / "job.py"), str(folder)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GITQUEUE_CACHE": str(tmp_path / "cache-a")}
+    ran = folder / "ran"
+    with open(folder / "stderr", "wb") as err:
+        proc = subprocess.Popen(argv, env=env, stderr=err, cwd=folder)
+    try:
+        poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
+        (bare_remote / "beat-box-a").touch()  # from now on every branch push of box-a loses
+        (folder / "release-t1").touch()
+        poll_until(lambda: request_refs(remote_repo), what="box-a asking for work", timeout=60)
+        submit(url, {"id": "t2", "args": {}}, {"id": "t3", "args": {}})
+        with machine(url, "box-b") as server:
+            [mine] = server.claim_batch(1)  # and, in the same push, one for box-a
+            served = [t for t, s in remote_repo.states().items() if t not in (mine.id, "t1") and s == "running"]
+            [for_a] = served
+            poll_until(lambda: for_a in ran.read_text().split(), what=f"box-a running {for_a}", timeout=60)
+            assert remote_repo.states()["t1"] == "running"  # its report of t1 has not landed yet
+            assert (bare_remote / "beaten").read_text().count("beaten") >= 2
+            (bare_remote / "beat-box-a").unlink()
+            (folder / f"release-{for_a}").touch()
+            mine.done()
+        proc.wait(timeout=90)
+    finally:
+        for name in ("t1", "t2", "t3"):
+            (folder / f"release-{name}").touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (folder / "stderr").read_text()
+    assert sorted(ran.read_text().split()) == sorted(["t1", for_a])  # each ran once, t1 first
+    assert remote_repo.states() == {"t1": "done", "t2": "done", "t3": "done"}
+    with Queue.open(url) as q:
+        assert [a["worker"] for a in q.get(for_a).attempts] == ["box-a"]

@@ -101,6 +101,17 @@ class Hand:
             self.pace.batch = len(self.held)
             self.pace.drained = len(claimed) < asked  # nothing more to claim for now: report at the end
 
+    def take_found(self) -> list[Run]:
+        """Runs others claimed for us that a fetch showed while our own push did not land:
+        now in hand (each once)."""
+        found = self.queue.lifecycle.take_found()
+        if found:
+            now = time.monotonic()
+            self.held_since.update({run.token: now for run in found})
+            self.held.extend(found)
+            self.note()
+        return found
+
     def give_back(self) -> None:
         """Report what ended and return the runs not started, if there are any."""
         if self.held or self.reports:
@@ -139,6 +150,7 @@ class Hand:
             sent = list(self.reports)
         reports = list(sent)
         if release:
+            self.held.extend(self.queue.lifecycle.take_found())  # claimed for us, not started: back too
             unstarted = [*self.held, *(run for run, _ in self.suspects)]
             reports += [Report(run.id, run.token, "released") for run in unstarted]
         if not reports:

@@ -78,6 +78,8 @@ class Slots:
         while True:
             now = time.monotonic()
             self._collect()
+            if self.hand.take_found():  # claimed for us while our push lost: run them now
+                self.idle_since, self.delay, self.came_back_empty = None, 1.0, False
             if self._take_push():  # nothing else speaks to git meanwhile: runs end and start
                 if worker.signal is None and self.ending is None and not self.wrong_command:
                     self._start_runs(now)

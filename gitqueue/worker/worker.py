@@ -114,6 +114,7 @@ class Worker:
                 continue
             if claiming:
                 hand.claim_next()
+            hand.take_found()  # claimed for us by another machine while our own push lost: ours now
             if not hand.held and hand.suspects:  # nothing more to try: every task tried lacks the arg
                 return self._wrong_command()
             if not hand.held:
