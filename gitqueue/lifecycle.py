@@ -33,6 +33,7 @@ from gitqueue.snapshot import Snapshot
 from gitqueue.task import SPENT_OUTCOMES, State, Task, now_iso, parse_time, render, result_problem, same_args
 
 ERROR_TAIL = 2000
+AHEAD = 2  # runs per slot a request for work asks at least (the one to start, and the next)
 
 
 class RunOwner(Interface):
@@ -168,7 +169,7 @@ class Lifecycle:
         self.store, self.cache = protocol.store, protocol.cache
         self.worker, self.clock = protocol.worker, protocol.clock
         self.asker = asking.Asker(self.store, worker=self.worker, clock=self.clock, identity=lambda: protocol.identity)
-        self.claims = Claims(protocol, owner=owner, checks=checks, asker=self.asker)
+        self.claims = Claims(protocol, owner=owner, checks=checks, asker=self.asker, finisher=self.finish_change)
         # Runs claimed for us that a fetched view showed, by token: handed out once each, by
         # whichever comes first, the push that saw them or take_found (a worker whose own
         # push keeps losing still runs them). Pushes may run in a thread of their own.
@@ -230,14 +231,17 @@ class Lifecycle:
             return []
         return self._adopted(self.served(self.protocol.snapshot()))
 
-    def _lost(self, count: int, ask: Ask) -> bool:
+    def _lost(self, count: int, ask: Ask, reports: Sequence[Report] = ()) -> bool:
         """A race lost to another machine: with runs claimed for us waiting, stop trying (the
-        caller runs them, and reports with its next push); else ask for work."""
+        caller runs them, and reports with its next push); else ask for ``count`` tasks, handing
+        ``reports`` over with the request."""
         with self._lock:
             waiting = bool(self._found)
         if waiting:
             raise LostRace("runs claimed for us are waiting")
-        return self.ask(count, ask)
+        if count > 0:  # whoever serves us may not come again soon: ask for each slot's next run too
+            count = max(count, AHEAD * max(1, ask.slots))
+        return self.asker.ask(count, ask, reports=[report_json(report) for report in reports if report.token])
 
     def withdraw(self) -> list[Task]:
         """Take our request back, if one is out (this worker stops): delete its ref, and give
@@ -272,27 +276,24 @@ class Lifecycle:
         *,
         then_claim: Mapping[str, Any] | None = None,
         patient: bool = True,
+        hand_off: bool = False,
     ) -> Finished:
         """Record how runs ended and, with ``then_claim`` (``claim_batch``'s options, ``count``
         included), claim the next tasks: all in one commit and one push.
 
         A report from a run that no longer holds its task changes nothing: ``losses`` say why.
+        With ``hand_off`` (a worker's own reports), a race lost to another machine also hands
+        the reports to whoever lands next, on our request ref (see :mod:`gitqueue.requests`);
+        a report recorded for us that way is not a loss.
         """
         batch = [reports] if isinstance(reports, Report) else list(reports)
         batch = [self._with_claimed_args(report) for report in batch]
         claim_options = None if then_claim is None else dict(then_claim)
         ask: Ask | None = None if claim_options is None else claim_options.pop("ask", None)
+        answers: list[bool] = []  # set by a build whose push deletes our request ref
 
         def build(snap: Snapshot) -> Change | None:
-            change = Change(subject="", value=Finished())
-            for report in batch:
-                try:
-                    step = self.finish_change(snap, report)
-                except (NotHeld, InvalidTask) as exc:  # taken away, or its file broken by hand
-                    change.value.losses.append(exc)
-                    continue
-                change = change.then(step)
-                change.value.tasks.append(step.value)
+            change = self._record(snap, batch)
             finished = change.value.tasks
             done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
             served = self.served(snap)  # claimed for us by another worker (a report only: see take_found)
@@ -306,13 +307,37 @@ class Lifecycle:
             if claim is not None:
                 change = change.then(claim)
                 change.value.claimed = [*served, *claim.value]
+            answers[:] = [bool(change.files and self.asker.asked)]
+            if answers[0]:  # this push records what our request carried or asked: delete it too
+                change.also.append(f":{REQUEST_REFS}/{self.asker.ref}")
             return change
 
-        count = 1 if claim_options is None else claim_options.get("count", 1)
-        on_lost = None if ask is None else lambda: self._lost(count, ask)
+        count = 0 if claim_options is None else claim_options.get("count", 1)
+        on_lost = None
+        if ask is not None or hand_off:
+            on_lost = lambda: self._lost(count, ask or Ask(), batch if hand_off else [])  # noqa: E731
         finished: Finished = self.protocol.transact(build, patient=patient, requests=True, on_lost=on_lost)
+        if answers and answers[0]:
+            self.asker.answered()
         finished.claimed = self._adopted(finished.claimed)
         return finished
+
+    def _record(self, snap: Snapshot, batch: Sequence[Report]) -> Change:
+        """The changes that record ``batch`` on ``snap``; its value is their :class:`Finished`."""
+        change = Change(subject="", value=Finished())
+        for report in batch:
+            try:
+                step = self.finish_change(snap, report)
+            except NotHeld as exc:  # taken away; or recorded already by whoever landed our request
+                if report.token not in self.asker.handed:
+                    change.value.losses.append(exc)
+                continue
+            except InvalidTask as exc:  # its file broken by hand
+                change.value.losses.append(exc)
+                continue
+            change = change.then(step)
+            change.value.tasks.append(step.value)
+        return change
 
     def _with_claimed_args(self, report: Report) -> Report:
         """A report from a process that does not know the args its run used (``gitqueue done``
@@ -383,6 +408,35 @@ class Lifecycle:
         )
 
 
+HANDED_OUTCOMES = ("done", "failed", "timeout", "interrupted", "released")  # what a request may carry
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """``report`` as the JSON object a request carries (see :func:`report_from_json`)."""
+    fields = dataclasses.asdict(report)
+    fields["task"] = fields.pop("task_id")
+    return {key: value for key, value in fields.items() if value not in (None, False)}
+
+
+def report_from_json(raw: Mapping[str, Any]) -> Report | None:
+    """The report a request carries, or None if it is not a sound one (a request is input)."""
+    task_id, token, outcome = raw.get("task"), raw.get("token"), raw.get("outcome")
+    if not isinstance(task_id, str) or not isinstance(token, str) or outcome not in HANDED_OUTCOMES:
+        return None
+    error, exit_code, args = raw.get("error"), raw.get("exit_code"), raw.get("args")
+    return Report(
+        task_id,
+        token,
+        str(outcome),
+        result=raw.get("result"),
+        error=None if error is None else str(error)[-ERROR_TAIL:],
+        exit_code=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
+        lease_ref=raw.get("lease_ref") is True,
+        final=raw.get("final") is True,
+        args=args if isinstance(args, dict) else None,
+    )
+
+
 def best_pending(
     snap: Snapshot, labels: Mapping[str, str], eligible: Callable[[Task], bool] | None = None
 ) -> Task | None:
@@ -396,10 +450,20 @@ class Claims:
 
     ``slots`` are this worker's (written on its claim commits); ``fleet`` the slots of the
     workers it has seen on the branch (a worker's pace learns them; unknown counts 1).
+    ``finisher`` makes the change that records a report (the reports a request carries).
     """
 
-    def __init__(self, protocol: Protocol, *, owner: RunOwner, checks: rules.WorkerChecks, asker: asking.Asker) -> None:
+    def __init__(
+        self,
+        protocol: Protocol,
+        *,
+        owner: RunOwner,
+        checks: rules.WorkerChecks,
+        asker: asking.Asker,
+        finisher: Callable[[Snapshot, Report], Change],
+    ) -> None:
         self.protocol, self.owner, self.checks, self.asker = protocol, owner, checks, asker
+        self.finisher = finisher
         self.store, self.worker, self.clock = protocol.store, protocol.worker, protocol.clock
         self.slots = 1
         self.fleet: Mapping[str, int] = {}
@@ -482,11 +546,14 @@ class Claims:
         done: Iterable[str],
         base: Change | None,
     ) -> Change | None:
-        """``base`` plus claims for each live request (oldest first), in its worker's name: up
-        to what it asked, within its fair share. A served request's ref, and every ``dropped``
-        one, is deleted in the same atomic push; a request nothing fits stays for later."""
+        """``base`` plus, for each live request (oldest first), the reports it carries and claims
+        in its worker's name: up to what it asked, within its fair share. A served request's ref,
+        and every ``dropped`` one, is deleted in the same atomic push; a request asking for
+        tasks that nothing fits, and carrying no report, stays for later."""
         change = base
         for request in live:
+            recorded, ended = self._recorded(snap, request)
+            holders[request.worker] -= ended
             held = max(0, holders[request.worker])
             give = min(request.count, max(share(request.worker) - held, 0 if held else 1))
             guard = self.checks.guard(snap, request.fits)
@@ -494,15 +561,36 @@ class Claims:
                 snap, request.worker, request.ask.labels, guard, give, lease=request.ask.lease, done=done,
                 taken=taken, request=request.commit,
             )  # fmt: skip
-            if step is None:
+            if step is None and recorded is None and request.count:
                 continue
             holders[request.worker] += len(runs)
-            step.also.append(f":{REQUEST_REFS}/{request.ref}")
-            step.trailers["Gitqueue-Served"] = request.worker.replace(" ", "_")
-            change = step if change is None else change.then(step)
+            mark = Change(subject="", trailers={"Gitqueue-Served": request.worker.replace(" ", "_")})
+            mark.also.append(f":{REQUEST_REFS}/{request.ref}")
+            for piece in (recorded, step, mark):
+                if piece is not None:
+                    change = piece if change is None else change.then(piece)
         if change is not None:
             change.also.extend(f":{REQUEST_REFS}/{name}" for name in dropped)
         return change
+
+    def _recorded(self, snap: Snapshot, request: Request) -> tuple[Change | None, int]:
+        """The changes recording the reports ``request`` carries, and how many: each only if
+        its run (by token) still holds its task in the requester's name."""
+        change: Change | None = None
+        count = 0
+        for raw in request.reports:
+            report = report_from_json(raw)
+            try:
+                if report is None or (held_task(snap, report.task_id, report.token).run or {}).get("worker") != (
+                    request.worker
+                ):
+                    continue
+                step = self.finisher(snap, report)
+            except GitqueueError:  # not held any more (recorded already?), or its file is broken
+                continue
+            change = step if change is None else change.then(step)
+            count += 1
+        return change, count
 
     def _claims(
         self,

@@ -23,7 +23,8 @@ The steps, numbered as README's "How the claim protocol works":
 6. A worker that lost a race to another machine asks for work on a ref of its own (``on_lost``
    of :meth:`Protocol.transact`; :mod:`gitqueue.requests`). Claims and finishes fetch those
    request refs too (``requests``), and their ``build`` claims for every live request in the
-   same commit, deleting the served refs in the same atomic push (``Change.also``).
+   same commit, deleting the served refs in the same atomic push (``Change.also``). A request
+   may carry the reports whose push lost: the same commit records them, fenced by token.
 """
 
 from __future__ import annotations
@@ -293,7 +294,7 @@ class Protocol:
             if change is None or not change.files:
                 return _Try(finished=True, value=None if change is None else change.value)
             commit = self.commit(snap, change)
-            outcome = self.store.push(commit, snap.tip, also=change.also)
+            outcome = self.store.push(commit, snap.tip, also=list(dict.fromkeys(change.also)))  # each ref once
             self.attempt_seconds = 0.8 * self.attempt_seconds + 0.2 * (self.monotonic() - started)
         return _Try(snap=snap, recent=recent, commit=commit, outcome=outcome, value=change.value)
 

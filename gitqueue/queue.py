@@ -233,13 +233,13 @@ class Queue(Connection):
         *,
         then_claim: Mapping[str, Any] | None = None,
         patient: bool = True,
+        hand_off: bool = False,
     ) -> Finished:
         """Record how runs ended and, with ``then_claim`` (``claim_batch``'s options, ``count``
-        included), claim the next tasks: all in one commit and one push.
-
-        A report from a run that no longer holds its task changes nothing: ``losses`` say why.
-        """
-        return self.lifecycle.finish(reports, then_claim=then_claim, patient=patient)
+        included), claim the next tasks: all in one commit and one push (``hand_off``: see
+        :meth:`Lifecycle.finish`). A report from a run that no longer holds its task changes
+        nothing: ``losses`` say why."""
+        return self.lifecycle.finish(reports, then_claim=then_claim, patient=patient, hand_off=hand_off)
 
     def done(self, task_id: str, *, token: str | None = None, result: Any = None, args: Any = None) -> Task:
         """Finish a running task as done. With ``token``, only if that run still holds it;

@@ -8,6 +8,11 @@ the served request refs in the same atomic push. The requester finds those runs 
 (their run record names its request) and runs them like its own claims; served by nobody, it
 claims for itself as before.
 
+A request may also carry the requester's reports (how its ended runs ended, ``Gitqueue-Reports``),
+when its own report push lost a race: whoever lands next records them, fenced by each run's token
+like any report, so that at the end of a drain the last reports of many machines land in one push
+instead of one push each. The requester sees them recorded on its next fetch.
+
 Owns :class:`Ask` (what a worker asks for), :class:`Asker` (a worker's side: what it asked for
 and has not found answered), :class:`Request` (a request as read from its ref), the request
 commit's message and its reading, and what a request may be given (:meth:`Request.fits`). It
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 
 REQUEST_TTL = 30.0  # seconds: an older request is ignored (its worker may be gone) and deleted
 MOST_ASKED = 64  # tasks one request may ask for, whatever its trailer says
+MOST_REPORTED = 256  # reports one request may carry
+MOST_REPORT_BYTES = 1_000_000  # a bigger Gitqueue-Reports trailer makes the request unsound
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,10 @@ class Request:
     ref: str
     commit: str
     worker: str
-    count: int
+    count: int  # 0: it only hands over reports
     ask: Ask
     at: float
+    reports: tuple[dict[str, Any], ...] = ()  # as JSON objects; the lifecycle reads them (fenced by token)
 
     def fits(self, task: Task) -> bool:
         """Whether the requester may run ``task`` (labels are matched by the claim's own scan)."""
@@ -78,24 +86,34 @@ class Asker:
     ) -> None:
         self.store, self.worker, self.clock, self.identity = store, worker, clock, identity
         self.asked: set[str] = set()  # our request commits, not yet found answered
+        self.handed: set[str] = set()  # run tokens whose reports a request of ours carried
         self._last: str | None = None
         self._at = float("-inf")
+        self._carried: frozenset[str] = frozenset()  # the tokens of the reports our last request carried
 
     @property
     def ref(self) -> str:
         return ref_name(self.worker)
 
-    def ask(self, count: int, ask: Ask) -> bool:
-        """Push a request for ``count`` tasks to our request ref (a push that races nobody); at
-        most once per half REQUEST_TTL while one is out. True if a request is out."""
-        if self.asked and self.clock() - self._at < REQUEST_TTL / 2:
+    def ask(self, count: int, ask: Ask, *, reports: list[dict[str, Any]] | None = None) -> bool:
+        """Push a request for ``count`` tasks (0: none) to our request ref (a push that races
+        nobody), carrying ``reports`` (JSON objects, each with its run's ``token``) for whoever
+        lands next to record; at most once per half REQUEST_TTL while one is out, unless the
+        reports changed. True if a request is out."""
+        reports = (reports or [])[:MOST_REPORTED]
+        carried = frozenset(str(report.get("token")) for report in reports)
+        fresh = self.clock() - self._at < REQUEST_TTL / 2
+        if self.asked and fresh and carried <= self._carried:
             return True
-        text = message(self.worker, max(1, count), ask, now=self.clock(), nonce=secrets.token_hex(8))
+        if count < 1 and not reports:
+            return bool(self.asked)
+        text = message(self.worker, max(0, count), ask, now=self.clock(), nonce=secrets.token_hex(8), reports=reports)
         commit = self.store.push_request(self.ref, message=text, author=self.identity(), parent=self._last)
         if commit is None:
             return bool(self.asked)
         self.asked.add(commit)
-        self._last, self._at = commit, self.clock()
+        self.handed |= carried
+        self._last, self._at, self._carried = commit, self.clock(), carried
         return True
 
     def answers(self, snap: Snapshot) -> list[Task]:
@@ -112,6 +130,7 @@ class Asker:
     def answered(self) -> None:
         """Our requests are answered (or deleted by our own claim's push): none is out."""
         self.asked.clear()
+        self._carried = frozenset()
 
     def take_back(self) -> None:
         """Delete our request ref: this worker stops asking."""
@@ -124,7 +143,9 @@ def ref_name(worker: str) -> str:
     return f"{safe}-{hashlib.sha1(worker.encode()).hexdigest()[:8]}"
 
 
-def message(worker: str, count: int, ask: Ask, *, now: float, nonce: str) -> str:
+def message(
+    worker: str, count: int, ask: Ask, *, now: float, nonce: str, reports: list[dict[str, Any]] | None = None
+) -> str:
     """The request commit's message: a readable subject and trailers a server reads."""
     trailers = {
         "Gitqueue-Action": "request",
@@ -140,7 +161,11 @@ def message(worker: str, count: int, ask: Ask, *, now: float, nonce: str) -> str
         trailers["Gitqueue-Gpus"] = str(ask.gpus)
     if ask.lease is not None:
         trailers["Gitqueue-Lease"] = str(ask.lease)
+    if reports:
+        trailers["Gitqueue-Reports"] = json.dumps(reports, sort_keys=True, separators=(",", ":"), default=str)
     subject = f"request {count} task{'s' * (count != 1)} for {worker}"
+    if reports:
+        subject += f", with {len(reports)} report{'s' * (len(reports) != 1)}"
     return subject + "\n\n" + "".join(f"{k}: {v}\n" for k, v in trailers.items())
 
 
@@ -186,8 +211,21 @@ def parse(ref: str, commit: str, text: str) -> Request | None:
         )
         count = min(MOST_ASKED, int(trailers["Gitqueue-Count"]))
         worker, at = trailers["Gitqueue-Worker"], parse_time(trailers["Gitqueue-At"])
-    except (KeyError, ValueError, TypeError, AttributeError):
+        reports = _reports(trailers.get("Gitqueue-Reports"))
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError):
         return None
-    if trailers.get("Gitqueue-Action") != "request" or count < 1 or not worker:
+    if trailers.get("Gitqueue-Action") != "request" or count < 0 or (count == 0 and not reports) or not worker:
         return None
-    return Request(ref=ref, commit=commit, worker=worker, count=count, ask=ask, at=at)
+    return Request(ref=ref, commit=commit, worker=worker, count=count, ask=ask, at=at, reports=reports)
+
+
+def _reports(text: str | None) -> tuple[dict[str, Any], ...]:
+    """The reports a request carries: JSON objects, each naming a run's token (ValueError if unsound)."""
+    if text is None:
+        return ()
+    if len(text) > MOST_REPORT_BYTES:
+        raise ValueError("too many report bytes")
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(r, dict) and isinstance(r.get("token"), str) for r in value):
+        raise ValueError("reports must be a list of objects with a token")
+    return tuple(value[:MOST_REPORTED])

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from conftest import RemoteRepo, poll_until
 
+from gitqueue.lifecycle import Report, report_json
 from gitqueue.queue import Queue
 from gitqueue.requests import REQUEST_TTL, Ask, ref_name
+from gitqueue.requests import message as requests_message
 from gitqueue.task import State
 from gitqueue.testing import GitDaemon, make_bare_repo
 
@@ -369,6 +371,7 @@ flag="$GIT_DIR/beat-box-a"
 while read old new ref; do
     [ -e "$flag" ] && [ "$ref" = refs/heads/main ] || continue
     git cat-file commit "$new" | grep -q '^Gitqueue-Worker: box-a$' || continue
+    [ -e "$GIT_DIR/slow-beat" ] && sleep 1  # a push that takes a while, then loses
     unset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
     tip=$(git rev-parse refs/heads/main)
     moved=$(git -c user.name=someone -c user.email=someone@example.org \
@@ -387,6 +390,7 @@ HOLD_JOB = textwrap.dedent(
     task = os.environ["GITQUEUE_TASK_ID"]
     with open(folder / "ran", "a") as ran:
         ran.write(task + "\\n")
+    Path(os.environ["GITQUEUE_RESULT_FILE"]).write_text('{"task": "%s"}' % task)
     deadline = time.monotonic() + 120
     while not (folder / f"release-{task}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -427,7 +431,8 @@ def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
             served = [t for t, s in remote_repo.states().items() if t not in (mine.id, "t1") and s == "running"]
             [for_a] = served
             poll_until(lambda: for_a in ran.read_text().split(), what=f"box-a running {for_a}", timeout=60)
-            assert remote_repo.states()["t1"] == "running"  # its report of t1 has not landed yet
+            own = [m for m in remote_repo.log("%B") if "Gitqueue-Worker: box-a\n" in m + "\n"]
+            assert len(own) == 1 and own[0].startswith("claim t1 by box-a")  # no push of its own landed since
             assert (bare_remote / "beaten").read_text().count("beaten") >= 2
             (bare_remote / "beat-box-a").unlink()
             (folder / f"release-{for_a}").touch()
@@ -444,3 +449,151 @@ def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
     assert remote_repo.states() == {"t1": "done", "t2": "done", "t3": "done"}
     with Queue.open(url) as q:
         assert [a["worker"] for a in q.get(for_a).attempts] == ["box-a"]
+
+
+@pytest.mark.parametrize("slots", ["1", "2"])
+def test_a_worker_whose_pushes_keep_losing_hands_its_reports_to_whoever_lands(
+    tmp_path: Path, bare_remote: Path, remote_repo: RemoteRepo, slots: str
+) -> None:
+    """Its report push loses every race: the report goes out on its request ref, the next push
+    of another machine records it (fenced by the run's token), and the worker stops, done."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "t1", "args": {}})
+    hook = bare_remote / "hooks" / "pre-receive"
+    hook.write_text(BEAT_HOOK)
+    hook.chmod(0o755)
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (tmp_path / "job.py").write_text(HOLD_JOB)
+    argv = [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "box-a", "--slots", slots]
+    argv += ["--log-dir", str(folder / "logs"), "--", sys.executable, str(tmp_path / "job.py"), str(folder)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GITQUEUE_CACHE": str(tmp_path / "cache-a")}
+    ran = folder / "ran"
+    with open(folder / "stderr", "wb") as err:
+        proc = subprocess.Popen(argv, env=env, stderr=err, cwd=folder)
+    try:
+        poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
+        (bare_remote / "beat-box-a").touch()  # from now on every branch push of box-a loses
+        (folder / "release-t1").touch()
+        poll_until(lambda: request_refs(remote_repo), what="box-a handing its report over", timeout=60)
+        assert remote_repo.states() == {"t1": "running"}
+        submit(url, {"id": "t2", "args": {}})
+        with machine(url, "box-b") as server:
+            [mine] = server.claim_batch(1)  # and, in the same push, box-a's report
+            assert remote_repo.states() == {"t1": "done", "t2": "running"}
+            proc.wait(timeout=60)  # nothing left to report or to claim: it stops
+            mine.done()
+    finally:
+        (folder / "release-t1").touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (folder / "stderr").read_text()
+    assert request_refs(remote_repo) == {}  # deleted by the push that recorded the report
+    with Queue.open(url) as q:
+        t1 = q.get("t1")
+    assert t1.result == {"task": "t1"}
+    assert [(a["worker"], a["outcome"]) for a in t1.attempts] == [("box-a", "done")]
+    recording = [m for m in remote_repo.log("%B") if "done t1 by box-a" in m]
+    assert len(recording) == 1 and "Gitqueue-Worker: box-b" in recording[0]  # box-b's push recorded it
+    assert "Gitqueue-Served: box-a" in recording[0]
+    assert (bare_remote / "beaten").exists()  # box-a's own pushes kept losing
+
+
+def test_a_lander_records_only_reports_whose_run_still_holds_its_task_in_the_requesters_name(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(4)))
+    with machine(url, "box-a") as a, machine(url, "box-c") as c, machine(url, "box-b") as b:
+        [r0, r1] = a.claim_batch(2)
+        [theirs] = c.claim_batch(1)
+        reports = [
+            Report("t0", r0.token, "done", result={"score": 1}),  # sound: recorded
+            Report("t1", "0123456789abcdef", "done"),  # a token that does not hold t1
+            Report(theirs.id, theirs.token, "failed", error="not box-a's run"),  # box-c's run
+        ]
+        assert a.lifecycle.asker.ask(0, Ask(), reports=[report_json(r) for r in reports])
+        b.claim_batch(1)
+        states = remote_repo.states()
+        assert states == {"t0": "done", "t1": "running", "t2": "running", "t3": "running"}
+        assert b.get("t0").result == {"score": 1} and b.get("t0").attempts[0]["worker"] == "box-a"
+        assert request_refs(remote_repo) == {}  # it asked for no task: deleted once its reports were seen
+        finished = a.finish([Report("t0", r0.token, "done", result={"score": 1})], hand_off=True)
+        assert finished.losses == [] and finished.tasks == []  # recorded for it already: not a loss
+        r1.done()
+        assert remote_repo.states()["t1"] == "done"
+
+
+def test_a_request_with_broken_reports_is_dropped_and_the_push_still_lands(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "t0", "args": {}}, {"id": "t1", "args": {}})
+    with machine(url, "box-a") as a, machine(url, "box-b") as b:
+        [run] = a.claim_batch(1)
+        text = requests_message("box-a", 1, Ask(), now=time.time(), nonce="n").replace(
+            "Gitqueue-Nonce: n", 'Gitqueue-Nonce: n\nGitqueue-Reports: [{"token": 3}, "not json'
+        )
+        a.store.push_request(ref_name("box-a"), message=text, author=a.protocol.identity, parent=None)
+        assert list(request_refs(remote_repo)) == [ref_name("box-a")]
+        [mine] = b.claim_batch(1)
+        assert mine.id == "t1" and remote_repo.states() == {"t0": "running", "t1": "running"}
+        assert request_refs(remote_repo) == {}  # unsound: deleted, nothing claimed for it
+        run.done()
+
+
+def test_a_worker_whose_push_beside_its_last_runs_lost_reports_them_before_it_stops(
+    tmp_path: Path, bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """The push that reports and claims goes on beside the next run; when it loses and the
+    batch runs out, the worker reports again (here handing its reports to another machine's
+    push, as its own keep losing) and only then stops: nothing is left running on the branch."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(1, 6)))
+    hook = bare_remote / "hooks" / "pre-receive"
+    hook.write_text(BEAT_HOOK)
+    hook.chmod(0o755)
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (tmp_path / "job.py").write_text(HOLD_JOB)
+    argv = [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "box-a"]
+    argv += ["--log-dir", str(folder / "logs"), "--", sys.executable, str(tmp_path / "job.py"), str(folder)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GITQUEUE_CACHE": str(tmp_path / "cache-a")}
+    ran = folder / "ran"
+    with open(folder / "stderr", "wb") as err:
+        proc = subprocess.Popen(argv, env=env, stderr=err, cwd=folder)
+    try:
+        poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
+        (folder / "release-t1").touch()  # its report claims the rest in one batch
+        poll_until(lambda: set(remote_repo.states().values()) == {"done", "running"}, what="t1 done", timeout=60)
+        assert remote_repo.states() == {"t1": "done", **dict.fromkeys(["t2", "t3", "t4", "t5"], "running")}
+        (bare_remote / "beat-box-a").touch()  # from now on every branch push of box-a loses
+        (bare_remote / "slow-beat").touch()  # after a while: the batch runs out meanwhile
+        for i in range(2, 6):
+            (folder / f"release-t{i}").touch()
+        poll_until(lambda: ran.read_text().split() == ["t1", "t2", "t3", "t4", "t5"], what="the batch run", timeout=60)
+
+        def handing_all_four() -> bool:
+            refs = request_refs(remote_repo)
+            return bool(refs) and "with 4 reports" in remote_repo.git("log", "-1", "--format=%s", *refs.values())
+
+        poll_until(handing_all_four, what="box-a handing its four reports over", timeout=60)
+        assert proc.poll() is None  # it does not stop with reports not recorded
+        with machine(url, "box-b") as server:
+            server.claim_batch(0)  # records what box-a's request carries
+        proc.wait(timeout=60)
+    finally:
+        for i in range(1, 6):
+            (folder / f"release-t{i}").touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (folder / "stderr").read_text()
+    assert remote_repo.states() == dict.fromkeys(["t1", "t2", "t3", "t4", "t5"], "done")
+    with Queue.open(url) as q:
+        assert all(q.get(f"t{i}").result == {"task": f"t{i}"} for i in range(1, 6))

@@ -65,6 +65,7 @@ class Hand:
         # Runs of many slots call suspect, command_ran and mark_stopping from their own threads.
         self.lock = threading.RLock()
         self.stopping: str | None = None  # the token of the run whose command we are stopping
+        self.pushing: tuple[Aside, int] | None = None  # a claim's push under way while runs go on, and what it asked
         self.runs_folder = queue.runs_folder  # what our commands are, and what we hold (see leftovers)
         self._holdings = leftovers.Holdings(self.runs_folder, queue=queue.here, worker=queue.worker)
 
@@ -88,12 +89,42 @@ class Hand:
             self.note()
 
     def claim_next(self) -> None:
-        """Report what ended and claim the next batch. With runs still in hand, one try: if another
-        worker wins the push, run the next task and try again after it, instead of waiting idle."""
+        """Report what ended and claim the next batch. With runs still in hand, one try in a
+        thread of its own while the next run goes on (see :meth:`settle_push`): if another
+        worker wins the push, try again after it, instead of waiting idle."""
+        if self.pushing is not None:
+            return  # one push at a time
         s = self.summary
         self.pace.start(self.queue, say=self.say)  # learn the budget and the fleet before the first push
         asked = self.pace.size(ran=s.done + s.failed, held=len(self.held)) - len(self.held)
-        claimed = self.flush(claim=asked, patient=not self.held)
+        if self.held:
+            self.pushing = (Aside(lambda: self._flush(claim=asked, patient=False), wake=threading.Event()), asked)
+            return
+        self._claimed(self._flush(claim=asked, patient=True), asked)
+
+    def settle_push(self, *, wait: bool) -> bool:
+        """Take in what a push under way claimed, once it is over (``wait``: wait for it).
+        True if one was taken in."""
+        if self.pushing is None or not (wait or self.pushing[0].over()):
+            return False
+        aside, asked = self.pushing
+        self.pushing = None
+        self._claimed(aside.take(), asked)
+        return True
+
+    def catch_up(self) -> bool:
+        """Between runs: take in the push under way (waiting for it with nothing in hand) and the
+        runs found claimed for us. True if that push brought nothing and nothing is in hand."""
+        settled = self.settle_push(wait=not self.held)
+        found = self.take_found()
+        return settled and not self.held and not found
+
+    def report_ended(self) -> None:
+        """Report the runs that ended, if any (one patient push)."""
+        if self.reports:
+            self.flush(claim=0)
+
+    def _claimed(self, claimed: list[Run], asked: int) -> None:
         self.held_since.update({run.token: time.monotonic() for run in claimed})
         self.held.extend(claimed)
         self.note()
@@ -119,8 +150,13 @@ class Hand:
 
     def flush(self, *, claim: int, release: bool = False, patient: bool = True) -> list[Run]:
         """Report every ended run, give back the held runs not started if ``release``, and
-        claim up to ``claim`` new runs: one commit, one push. Not ``patient``: one try, and
-        nothing changes if another writer wins it.
+        claim up to ``claim`` new runs: one commit, one push (after a push under way). Not
+        ``patient``: one try, and nothing changes if another writer wins it."""
+        self.settle_push(wait=True)
+        return self._flush(claim=claim, release=release, patient=patient)
+
+    def _flush(self, *, claim: int, release: bool = False, patient: bool = True) -> list[Run]:
+        """See :meth:`flush`.
 
         Runs of many slots may end (adding reports) while a claim's push is under way: only
         the reports it carried are taken off when it lands. A release is never under way
@@ -156,7 +192,7 @@ class Hand:
         if not reports:
             return self.queue.claim_batch(claim, **self._claim_options(), patient=patient) if claim else []
         then_claim = {**self._claim_options(), "count": claim} if claim else None
-        finished = self.queue.finish(reports, then_claim=then_claim, patient=patient)
+        finished = self.queue.finish(reports, then_claim=then_claim, patient=patient, hand_off=True)
         with self.lock:
             del self.reports[: len(sent)]  # landed: reported (reports only grow meanwhile), held runs given back
             if release:
@@ -226,3 +262,30 @@ class Hand:
                 self.say(f"{run.id}: {missing}; not run")
                 self.reports.append(Report(run.id, run.token, "failed", error=str(missing), final=True))
             self.suspects.clear()
+
+
+class Aside:
+    """One call in a thread of its own; its result (or its error) is taken once it is over."""
+
+    def __init__(self, call: Callable[[], list[Run]], *, wake: threading.Event) -> None:
+        self.result: list[Run] = []
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call, wake), name="push", daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], list[Run]], wake: threading.Event) -> None:
+        try:
+            self.result = call()
+        except BaseException as exc:  # told to the loop, which raises it
+            self.error = exc
+        finally:
+            wake.set()
+
+    def over(self) -> bool:
+        return not self._thread.is_alive()
+
+    def take(self) -> list[Run]:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result

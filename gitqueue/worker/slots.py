@@ -28,7 +28,7 @@ from gitqueue.errors import GitqueueError, TaskNotFound
 from gitqueue.gpus import GpuPool, gpus_wanted
 from gitqueue.queue import Report, Run
 from gitqueue.worker.command import started_line
-from gitqueue.worker.hand import SUSPECTS
+from gitqueue.worker.hand import SUSPECTS, Aside
 from gitqueue.worker.lease import RunCheck, TakenAway, heartbeat_message, why_taken
 
 if TYPE_CHECKING:
@@ -378,30 +378,3 @@ def first_fitting(held: Iterable[Run], *, pool: GpuPool | None) -> tuple[Run, tu
         if gpus is not None:
             return run, gpus
     return None
-
-
-class Aside:
-    """One call in a thread of its own; its result (or its error) is taken once it is over."""
-
-    def __init__(self, call: Callable[[], list[Run]], *, wake: threading.Event) -> None:
-        self.result: list[Run] = []
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(call, wake), name="push", daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[], list[Run]], wake: threading.Event) -> None:
-        try:
-            self.result = call()
-        except BaseException as exc:  # told to the loop, which raises it
-            self.error = exc
-        finally:
-            wake.set()
-
-    def over(self) -> bool:
-        return not self._thread.is_alive()
-
-    def take(self) -> list[Run]:
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.result

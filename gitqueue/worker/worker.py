@@ -100,9 +100,7 @@ class Worker:
         return code
 
     def _loop(self) -> int:
-        hand = self.hand
-        delay = 1.0
-        idle_since: float | None = None
+        hand, delay, idle_since = self.hand, 1.0, None
         while True:
             if self.signal is not None:
                 hand.flush(claim=0, release=True)
@@ -114,10 +112,12 @@ class Worker:
                 continue
             if claiming:
                 hand.claim_next()
-            hand.take_found()  # claimed for us by another machine while our own push lost: ours now
+            if hand.catch_up():
+                continue  # the push that went on beside the last run brought nothing: claim again now
             if not hand.held and hand.suspects:  # nothing more to try: every task tried lacks the arg
                 return self._wrong_command()
             if not hand.held:
+                hand.report_ended()  # never wait nor stop with ended runs not reported
                 now = time.monotonic()
                 idle_since = idle_since or now
                 if self._idle(now - idle_since, delay):
