@@ -33,7 +33,6 @@ from gitqueue.snapshot import Snapshot
 from gitqueue.task import SPENT_OUTCOMES, State, Task, now_iso, parse_time, render, result_problem, same_args
 
 ERROR_TAIL = 2000
-AHEAD = 2  # runs per slot a request for work asks at least (the one to start, and the next)
 
 
 class RunOwner(Interface):
@@ -239,8 +238,6 @@ class Lifecycle:
             waiting = bool(self._found)
         if waiting:
             raise LostRace("runs claimed for us are waiting")
-        if count > 0:  # whoever serves us may not come again soon: ask for each slot's next run too
-            count = max(count, AHEAD * max(1, ask.slots))
         return self.asker.ask(count, ask, reports=[report_json(report) for report in reports if report.token])
 
     def withdraw(self) -> list[Task]:
@@ -528,11 +525,22 @@ class Claims:
         live, dropped = asking.read(self.store, now=self.clock())
         if not live:
             return [], dropped
-        answered = {str((task.run or {}).get("request")) for task in snap.tasks(State.RUNNING)}
+        answered: set[str] = set()
+        claimed: dict[str, float] = {}  # worker -> when it last claimed for itself
+        for task in snap.tasks(State.RUNNING):
+            run = task.run or {}
+            answered.add(str(run.get("request")))
+            at = time_or_none(run.get("claimed_at"))
+            if "request" not in run and at is not None and isinstance(run.get("worker"), str):
+                claimed[run["worker"]] = max(at, claimed.get(run["worker"], at))
         mine = asking.ref_name(self.worker)
         keep = [r for r in live if r.commit not in answered and r.ref != mine and r.worker != self.worker]
         dropped += [r.ref for r in live if r.commit in answered]
-        return keep, dropped
+        # A worker whose own claim landed after it asked has what it asked for (by its own clock):
+        # record what the request carries, but claim nothing more for it.
+        keep = [dataclasses.replace(r, count=0) if claimed.get(r.worker, float("-inf")) >= r.at else r for r in keep]
+        dropped += [r.ref for r in keep if not r.count and not r.reports]
+        return [r for r in keep if r.count or r.reports], dropped
 
     def serve(
         self,

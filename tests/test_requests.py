@@ -597,3 +597,23 @@ def test_a_worker_whose_push_beside_its_last_runs_lost_reports_them_before_it_st
     assert remote_repo.states() == dict.fromkeys(["t1", "t2", "t3", "t4", "t5"], "done")
     with Queue.open(url) as q:
         assert all(q.get(f"t{i}").result == {"task": f"t{i}"} for i in range(1, 6))
+
+
+def test_a_request_older_than_its_workers_own_claim_gets_nothing_more(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """The request ref outlived its answer (its worker's own claim landed after it asked, but
+    did not delete it): the next lander claims nothing more for it and deletes it."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(4)))
+    ask_and_die(url, "box-b/1")  # the ref stays: this process never learnt of it
+    assert list(request_refs(remote_repo)) == [ref_name("box-b/1")]
+    with machine(url, "box-b/1") as b, machine(url, "box-a/1") as a:
+        [own] = b.claim_batch(1)
+        assert list(request_refs(remote_repo)) == [ref_name("box-b/1")]  # not its to know
+        [mine] = a.claim_batch(1)
+        assert request_refs(remote_repo) == {}
+        states = remote_repo.states()
+        assert sorted(t for t, s in states.items() if s == "running") == sorted([own.id, mine.id])
+        assert "for box-b/1" not in tip_message(remote_repo)
