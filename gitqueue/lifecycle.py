@@ -226,7 +226,7 @@ class Lifecycle:
 
     def adopt(self) -> list[Run]:
         """Fetch, and return the runs claimed for our requests that we hold now (each once)."""
-        if not self.asker.asked:
+        if not self.asker.pushed:
             return []
         return self._adopted(self.served(self.protocol.snapshot()))
 
@@ -245,9 +245,10 @@ class Lifecycle:
         back what was claimed for it meanwhile (released: no attempt spent). Returns those tasks.
         A server that fetched the request before and lands after still claims for us: those
         runs return when their lease runs out, like any dead worker's."""
-        if not self.asker.asked:
+        if not self.asker.pushed:
             return []
-        self.asker.take_back()
+        if self.asker.asked:
+            self.asker.take_back()
         served = self.served(self.protocol.snapshot())
         self.asker.answered()
         if not served:

@@ -86,6 +86,7 @@ class Asker:
     ) -> None:
         self.store, self.worker, self.clock, self.identity = store, worker, clock, identity
         self.asked: set[str] = set()  # our request commits, not yet found answered
+        self.pushed: set[str] = set()  # every request commit of ours: a server may answer any it fetched
         self.handed: set[str] = set()  # run tokens whose reports a request of ours carried
         self._last: str | None = None
         self._at = float("-inf")
@@ -112,18 +113,20 @@ class Asker:
         if commit is None:
             return bool(self.asked)
         self.asked.add(commit)
+        self.pushed.add(commit)
         self.handed |= carried
         self._last, self._at, self._carried = commit, self.clock(), carried
         return True
 
     def answers(self, snap: Snapshot) -> list[Task]:
-        """The running tasks of ``snap`` that others claimed in our name for our requests."""
-        if not self.asked:
+        """The running tasks of ``snap`` that others claimed in our name for our requests (any
+        we pushed: one answered already may be answered again by a server that fetched it first)."""
+        if not self.pushed:
             return []
         found = []
         for task in snap.tasks(State.RUNNING):
             run = task.run or {}
-            if run.get("worker") == self.worker and run.get("request") in self.asked:
+            if run.get("worker") == self.worker and run.get("request") in self.pushed:
                 found.append(task)
         return found
 

@@ -617,3 +617,25 @@ def test_a_request_older_than_its_workers_own_claim_gets_nothing_more(
         states = remote_repo.states()
         assert sorted(t for t, s in states.items() if s == "running") == sorted([own.id, mine.id])
         assert "for box-b/1" not in tip_message(remote_repo)
+
+
+def test_runs_claimed_for_any_request_a_worker_pushed_are_found_after_an_earlier_answer(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """A worker asked twice (its second request carries a report); runs served for its first
+    are taken up (which answers it) before a server answers the second: those are found too."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(4)))
+    with machine(url, "box-a/1") as a, machine(url, "box-b/1") as b:
+        [held] = a.claim_batch(1)
+        asker = a.lifecycle.asker
+        assert asker.ask(1, Ask())
+        assert asker.ask(1, Ask(), reports=[report_json(Report(held.id, held.token, "done"))])
+        asker.answered()  # as when the runs served for the first request were taken up
+        b.claim_batch(0)  # serves the second: records t0, claims one for box-a
+        [served] = a.adopt()
+        assert served.record["worker"] == "box-a/1" and served.record["claimed_by"] == "box-b/1"
+        assert remote_repo.states()[held.id] == "done"
+        served.done()
+    assert remote_repo.states()[served.id] == "done"
