@@ -230,15 +230,18 @@ class Lifecycle:
             return []
         return self._adopted(self.served(self.protocol.snapshot()))
 
-    def _lost(self, count: int, ask: Ask, reports: Sequence[Report] = ()) -> bool:
+    def _lost(self, count: int, ask: Ask, reports: Sequence[Report] = ()) -> int:
         """A race lost to another machine: with runs claimed for us waiting, stop trying (the
         caller runs them, and reports with its next push); else ask for ``count`` tasks, handing
-        ``reports`` over with the request."""
+        ``reports`` over with the request. Returns 0 if no request is out, else 1 + how many
+        live requests are older than ours (the protocol's backoff reads it)."""
         with self._lock:
             waiting = bool(self._found)
         if waiting:
             raise LostRace("runs claimed for us are waiting")
-        return self.asker.ask(count, ask, reports=[report_json(report) for report in reports if report.token])
+        if not self.asker.ask(count, ask, reports=[report_json(report) for report in reports if report.token]):
+            return 0
+        return 1 + self.asker.older(asking.read(self.store, now=self.clock())[0])
 
     def withdraw(self) -> list[Task]:
         """Take our request back, if one is out (this worker stops): delete its ref, and give

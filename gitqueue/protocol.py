@@ -218,7 +218,7 @@ class Protocol:
         leases: bool = False,
         patient: bool = True,
         requests: bool = False,
-        on_lost: Callable[[], object] | None = None,
+        on_lost: Callable[[], int] | None = None,
     ) -> Any:
         """Fetch, build, commit, compare-and-swap push; on a lost race, back off and redo.
 
@@ -230,7 +230,7 @@ class Protocol:
 
         With ``requests`` each fetch also brings the request refs (see :mod:`gitqueue.requests`);
         ``on_lost`` is called after each race lost to another machine, before backing off (a
-        worker asks for work there).
+        worker asks for work there; it returns what :meth:`_pause_after` takes as ``asked``).
         """
         lost = still = heals = 0
         last_tip: str | None = None
@@ -263,7 +263,7 @@ class Protocol:
             self.contenders = attempt.snap.workers()
             if attempt.recent is not None:  # another machine moved it: try again on a fetched view
                 continue
-            asked = bool(on_lost()) if on_lost is not None else False
+            asked = on_lost() if on_lost is not None else 0
             if not patient:  # the caller has other work to do meanwhile and will try again
                 raise LostRace("another writer moved the branch first")
             lost += 1
@@ -310,18 +310,23 @@ class Protocol:
         self.last_landed = attempt.commit
         return True
 
-    def _pause_after(self, lost: int, still: int, *, asked: bool = False) -> None:
+    def _pause_after(self, lost: int, still: int, *, asked: int = 0) -> None:
         """Back off after ``lost`` races lost in a row; ``still`` of them with the branch not moving.
-        With a request for work out (``asked``), never longer than two tries: the next push of
-        anyone may claim for us, and the next try's fetch finds it."""
+        With a request for work out (``asked``: 1 + how many live requests are older than ours),
+        the oldest asker tries again within two tries (its push serves every request it sees)
+        and the others a little later, about one try more per two requests before theirs (at
+        most six tries): the next push of anyone may serve them, and the next fetch finds it."""
         if still >= STUCK_LIMIT:  # refused again and again, yet nobody else moved it
             raise RemoteUnavailable(
                 f"{self.url} keeps refusing pushes to a branch that does not move (a stale "
                 f"lock such as refs/heads/main.lock on the server?): {self.store.last_rejection}"
             )
         pause = self.backoff(lost)
-        if asked:
-            pause = min(pause, 2 * max(0.01, self.attempt_seconds))
+        slot = max(0.01, self.attempt_seconds)
+        if asked == 1:
+            pause = min(pause, 2 * slot)
+        elif asked > 1:
+            pause = slot * random.uniform(1, min(6, 2 + (asked - 1) / 2))
         self.backed_off += pause
         self.sleep(pause)
 

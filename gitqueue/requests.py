@@ -130,6 +130,13 @@ class Asker:
                 found.append(task)
         return found
 
+    def older(self, live: list[Request]) -> int:
+        """How many of the ``live`` requests (oldest first) are older than our own latest."""
+        for index, request in enumerate(live):
+            if request.commit == self._last:
+                return index
+        return 0
+
     def answered(self) -> None:
         """Our requests are answered (or deleted by our own claim's push): none is out."""
         self.asked.clear()
