@@ -207,13 +207,16 @@ class Snapshot:
         if pending is None or pending[0] != TREE_MODE:
             return
         folder = self.store.tree(pending[1])
-        unsorted = [
-            self.pending_entries(f"pending/{name}/", sha)
+        unsorted = {
+            f"pending/{name}/": self.pending_entries(f"pending/{name}/", sha)
             for name, (mode, sha) in folder.items()
             if mode == TREE_MODE and not self.cache.order.has(f"pending/{name}:{sha}")
-        ]
-        self.cache.summaries.load(entry for group in unsorted for entry in group)  # one bulk read, not one per group
-        if any(mode != TREE_MODE for mode, _ in folder.values()):
+        }
+        flat = any(mode != TREE_MODE for mode, _ in folder.values())
+        if flat and not self.cache.order.has(f"pending:{pending[1]}"):
+            unsorted["pending/"] = self.pending_entries("pending/", pending[1])
+        self.cache.summaries.load_folders(unsorted)  # one bulk read, not one per group
+        if flat:
             key = f"pending:{pending[1]}"
             yield key, self.cache.order.sorted(key, partial(self._rank, "pending/", pending[1]))
         for name, (mode, sha) in folder.items():
@@ -241,7 +244,10 @@ class Snapshot:
     def summaries(self, state: State | None = None) -> Iterator[tuple[Entry, Summary]]:
         """Every entry (in ``state``, or all) with its summary: what counting needs."""
         entries = list(self.entries(state) if state else self.all_entries())
-        self.cache.summaries.load(entries)
+        folders: dict[str, list[Entry]] = {}
+        for entry in entries:
+            folders.setdefault(entry.path[: entry.path.rindex("/") + 1], []).append(entry)
+        self.cache.summaries.load_folders(folders)  # a folder's row at a time, from the machine's cache
         for entry in entries:
             yield entry, self.cache.summaries.get(entry)
 
