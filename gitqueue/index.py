@@ -287,6 +287,7 @@ class CandidateOrder:
         self._sorted: OrderedDict[str, list[Candidate]] = OrderedDict()
         self._waits_on: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # ids a group's tasks wait after
         self._ready: OrderedDict[tuple[str, tuple[bool, ...]], list[Candidate]] = OrderedDict()
+        self._latest: dict[str, list[Candidate]] = {}  # folder -> its sorted group at the last tree seen
 
     def waits_on(self, key: str, make: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
         """The ids the tasks of group ``key`` name in ``after`` (sorted; made once per tree id)."""
@@ -298,6 +299,15 @@ class CandidateOrder:
 
     def has(self, key: str) -> bool:
         return key in self._sorted
+
+    def note(self, folder: str, ranked: list[Candidate]) -> None:
+        """``ranked`` is the sorted group of ``folder`` at the last tree seen (where a newer
+        version of the folder is ranked from: see ``Snapshot._derive``)."""
+        self._latest[folder] = ranked
+
+    def latest(self, folder: str) -> list[Candidate] | None:
+        """The sorted group of ``folder`` :meth:`note` was last told of."""
+        return self._latest.get(folder)
 
     def sorted(self, key: str, make: Callable[[], list[Candidate]]) -> list[Candidate]:
         found = self._sorted.get(key)

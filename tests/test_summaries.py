@@ -134,3 +134,37 @@ def test_the_tasks_of_one_submit_share_one_summary(queue: Queue, bare_remote: Pa
         view = Snapshot(again.store, again.cache, snap.tip)
         read = [again.cache.summaries.get(view.locate(i)) for i in ids]
         assert read[0] is read[1] is read[2] and read[0] == same[0] and read[3] == other
+
+
+def _ranked(q: Queue) -> list[list[tuple[int, str, str, str]]]:
+    """Every pending group as claiming ranks it: (priority, id, path, blob), best first."""
+    snap = q.snapshot()
+    return [[(-rank, e.id, e.path, e.blob) for rank, _, e in group] for group in snap.pending_groups()]
+
+
+def test_a_worker_ranks_each_changed_folder_as_a_new_process_would(
+    queue: Queue, bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """A long-running worker ranks a folder's new version from the last one it ranked; what it
+    finds is what a process ranking every file afresh finds, after claims and a person's edits."""
+    ids = _in_one_folder("c", 6)
+    folder = {_path(i): f"args: {{n: {n}}}\npriority: {n % 3}\n" for n, i in enumerate(ids)}
+    remote_repo.person_commit({**folder, "pending/flat-a.yaml": "args: {n: 9}\n"})
+    steps = [
+        lambda: queue.claim(),
+        lambda: remote_repo.person_commit({_path(ids[0]): "args: {n: 0}\npriority: 7\n", _path(ids[3]): None}),
+        lambda: remote_repo.person_commit({_path(ids[4]): "args: [broken\n", "pending/flat-b.yaml": "args: {n: 8}\n"}),
+        lambda: queue.submit([{"args": {"n": 10}, "priority": 2}, {"args": {"n": 11}}]),
+        lambda: queue.claim_batch(3),
+    ]
+    _ranked(queue)
+    for step in steps:
+        step()
+        warm = _ranked(queue)
+        with _fresh(bare_remote) as again:
+            assert warm == _ranked(again)
+    best = min(
+        (-priority, task_id) for group in _ranked(queue) for priority, task_id, _, _ in group if task_id != ids[4]
+    )
+    run = queue.claim()
+    assert run is not None and run.id == best[1]
