@@ -1,7 +1,8 @@
 """``python -m bench``: run the benchmark set, write bench/results/latest.md and print it.
 
 The quick set (default) takes a few minutes on a 2-core machine; ``--full`` adds the drains
-over git daemon and smart HTTP, the 100,000-task queue and the Labtasker comparison.
+over git daemon and smart HTTP, the 100,000-task queue, the same drain out of 1,000 and
+100,000 tasks (h; alone: ``--parts h``, about a minute) and the Labtasker comparison.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bench.env import TRANSPORTS, machine, sandbox, transport
 from bench.report import Report, Section, median, ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = "abcdefg"
+PARTS = "abcdefgh"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -41,6 +42,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--delay", type=float, default=0.040, help="(g) one-way latency of the forge, seconds [0.040]")
     p.add_argument("--scenarios", default=None, help=f"(g) which, of {','.join(fleet.SCENARIOS)} [16x1; --full: all]")
+    p.add_argument("--scale-sizes", default="1000,100000", help="(h) queue sizes drained from [1000,100000]")
+    p.add_argument("--scale-drain", type=int, default=500, help="(h) tasks drained out of each queue [500]")
+    p.add_argument("--scale-workers", type=int, default=4, help="(h) `gitqueue work` processes, one cache [4]")
     p.add_argument("--labtasker-venv", type=Path, help="(f) reuse or create Labtasker's venv here")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.md", help="Markdown output [bench/results/latest.md]")
     p.add_argument("--no-profile", action="store_true", help="skip cProfile of the one-worker cycle")
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("(c) drains", lambda: part_drains(report, root, drain_transports, workers, opts)))
         if "d" in parts:
             steps.append(("(d) scale", lambda: part_scale(report, root, sizes, opts.full)))
+        if "h" in parts:
+            steps.append(("(h) drain by size", lambda: part_size_drains(report, root, opts)))
         if "e" in parts:
             steps.append(("(e) grid", lambda: part_grid(report, root, opts.grid)))
         if "g" in parts:
@@ -315,6 +321,48 @@ def part_scale(report: Report, root: Path, sizes: list[int], full: bool) -> None
     report.target(f"`status` < 2 s{note}", f"{status:.2f} s {at} (fresh cache {cold:.2f} s)", judge(0 <= status < 2))
     report.target(f"worker memory < 150 MB{note}", f"{big.worker_rss_mb:.0f} MB {at}",
                   judge(big.worker_rss_mb < 150))  # fmt: skip
+
+
+def part_size_drains(report: Report, root: Path, opts: argparse.Namespace) -> None:
+    sizes = [int(s) for s in opts.scale_sizes.split(",")]
+    results = []
+    with transport("daemon", root / "srv" / "size-drains") as t:
+        for n in sizes:
+            print(f"bench:   drain {opts.scale_drain} of {n:,} tasks", file=sys.stderr, flush=True)
+            r = scale.drain_at_size(
+                t, root, tasks=n, drained=opts.scale_drain, workers=opts.scale_workers, budget=300.0
+            )
+            results.append(r)
+            if not r.check.ok:
+                report.failures.append(f"(h) {n:,} tasks: exactly-once check {r.check.summary()}")
+    section = report.section(
+        f"(h) The same drain out of queues of different sizes: {opts.scale_drain} tasks, {opts.scale_workers} "
+        "`gitqueue work -- true` processes sharing one cache, `git daemon` on 127.0.0.1",
+        ["pending tasks", "seed (fast-import)", "warm-up `status`", "tasks/s", "vs smallest", "push attempts/task",
+         "rejected/task", "exactly once", "time"],
+    )  # fmt: skip
+    base = results[0].tasks_per_s if results else float("nan")
+    for r in results:
+        done = "" if r.finished else " (timed out)"
+        section.add(
+            f"{r.tasks:,}", f"{r.seed:.1f}s", f"{r.warm:.1f}s", r.tasks_per_s, r.tasks_per_s / base,
+            r.pushes / r.drained, r.rejected / r.drained, r.check.summary(), f"{r.steady:.1f}s{done}",
+        )  # fmt: skip
+    section.notes.append(
+        "Each queue is seeded in one commit by `git fast-import` (the files one submit writes), then one "
+        "`gitqueue status` fills the machine's cache (a machine already working on the queue; a new worker's first "
+        "look is in (d)); then the workers, sharing that cache, each run `--max-tasks` their part of the drain. "
+        "tasks/s: from the first worker ready to the last one's exit (as (c)). Exactly once: the remote's tree and "
+        "history (the drained tasks done once each, every other task still pending)."
+    )
+    if len(results) >= 2:
+        small, big = results[0], results[-1]
+        ratio = big.tasks_per_s / small.tasks_per_s
+        report.target(
+            f"a drain's tasks/s at {big.tasks:,} tasks ≥ 0.67x the same drain at {small.tasks:,} (issue 12)",
+            f"{big.tasks_per_s:.1f} vs {small.tasks_per_s:.1f} tasks/s: {ratio:.2f}x",
+            ratio >= 0.67 if big.tasks >= 100_000 else None,
+        )
 
 
 def part_grid(report: Report, root: Path, side: int) -> None:

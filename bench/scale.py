@@ -1,9 +1,19 @@
-"""(d) the same queue at 1,000 / 10,000 / 100,000 pending tasks, and (e) a 10,000-task grid.
+"""(d) the same queue at 1,000 / 10,000 / 100,000 pending tasks, (e) a 10,000-task grid, and
+(h) the same drain out of a 1,000-task and a 100,000-task queue.
 
-For each size, on one remote: build the queue (one ``submit`` of N tasks through the API),
+(d): for each size, on one remote: build the queue (one ``submit`` of N tasks through the API),
 then measure the raw-git cycle at that size, a new worker's first fetch until it knows what
 to claim, claim latency, repository growth per state change (packed and loose), the largest
 folder, the CLI's ``status``/``ls``/``results`` and a ``gitqueue work`` process's memory.
+
+(h) (issue 12: "a drain's tasks/s at 100,000 tasks at least 0.67x the same drain at 1,000"):
+for each size, a queue seeded in one commit by ``git fast-import`` (the files byte for byte
+what one submit writes, in seconds where the submit takes ~40 s at 100,000), served by
+``git daemon`` on 127.0.0.1; a ``gitqueue status`` warms the machine's shared cache (as on a
+machine already working on the queue: a new worker's first look is (d)'s figure); then W
+``gitqueue work --max-tasks D/W -- true`` processes sharing that cache drain D tasks out of
+it. tasks/s counts from the first worker ready to the last one's exit, as (c) does; the
+remote's tree and history are checked: D tasks done once each, every other one still pending.
 """
 
 from __future__ import annotations
@@ -20,9 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.env import Transport, git, gitqueue_command, repo_bytes, seed_queue
+from bench.checks import Check, changes, files_by_id, messages_since
+from bench.drain import run_workers
+from bench.env import Remote, Transport, git, gitqueue_command, repo_bytes, seed_queue
 from bench.rawgit import run_cycles
 from bench.report import median
+from gitqueue.snapshot import FLAT_LIMIT
+from gitqueue.task import MARKER, SEQ_DIGITS, State, Task, fan, now_iso, render
 
 if TYPE_CHECKING:
     from gitqueue import Queue
@@ -272,3 +286,123 @@ def claim_cycles(
         if time.monotonic() > deadline:
             break
     return claim_times, cycle_times
+
+
+# ---------------------------------------------------------------- (h)
+
+SEEDER = "bench-seed"
+
+
+def _pending_file(index: int, stamp: str) -> bytes:
+    """What ``submit`` writes for the task ``{"args": {"i": index}}`` submitted at ``stamp``."""
+    return f"args: {{i: {index}}}\n{MARKER}\nsubmitted:\n  at: '{stamp}'\n  by: {SEEDER}\n".encode()
+
+
+def fast_seed(remote: Remote, tasks: int, folder: Path) -> tuple[list[str], str]:
+    """A queue at ``remote`` with ``tasks`` pending tasks ``{"args": {"i": n}}`` added in one
+    commit by ``git fast-import`` on the server's repository: the ids, paths (fanned out past
+    FLAT_LIMIT) and bytes one ``submit`` of the same tasks makes (checked against ``render``),
+    ~1 s for 100,000 where the submit takes ~40 s. Returns (ids, tip)."""
+    _, parent = seed_queue(remote.url, 0, folder)
+    stamp = now_iso()
+    ids = [f"{n + 1:0{SEQ_DIGITS}d}-i{n}" for n in range(tasks)]
+    for n in {0, tasks - 1} if tasks else ():
+        task = Task(id=ids[n], state=State.PENDING, args={"i": n}, submitted={"at": stamp, "by": SEEDER})
+        assert render(task) == _pending_file(n, stamp), (render(task), _pending_file(n, stamp))
+    fanned = tasks > FLAT_LIMIT
+    message = f"submit {tasks} tasks\n\nGitqueue-Action: submit\nGitqueue-Count: {tasks}\n".encode()
+    committer = f"committer {SEEDER} <{SEEDER}@bench.invalid> {int(time.time())} +0000\n"
+    stream = [b"commit refs/heads/main\n", committer.encode(), b"data %d\n" % len(message), message]
+    stream.append(f"from {parent}\n".encode())
+    for n, task_id in enumerate(ids):
+        path = f"pending/{fan(task_id)}/{task_id}.yaml" if fanned else f"pending/{task_id}.yaml"
+        data = _pending_file(n, stamp)
+        stream += [f"M 100644 inline {path}\ndata {len(data)}\n".encode(), data, b"\n"]
+    git("fast-import", "--quiet", cwd=remote.path, input=b"".join(stream))
+    return ids, git("rev-parse", "main", cwd=remote.path).decode().strip()
+
+
+def drained_once(remote: Path, ids: list[str], seed: str, *, drained: int) -> Check:
+    """bench/checks.py's exactly-once, for a drain of ``drained`` tasks out of a bigger queue:
+    that many done, each claimed once unless handed back, every other task still pending and
+    never claimed, no id in two folders, none missing or unexpected."""
+    check = Check(expected=drained)
+    files = files_by_id(remote)
+    for task_id in ids:
+        states = files.get(task_id, [])
+        check.missing += not states
+        check.in_two_folders += len(states) > 1
+        check.where.update(states)
+    check.done = check.where["done"]
+    messages = messages_since(remote, seed)
+    check.commits = len(messages)
+    claims: Counter[str] = Counter()
+    retries: Counter[str] = Counter()
+    for message in messages:
+        for action, task_id in changes(message):
+            if action == "claim":
+                claims[task_id] += 1
+            elif action != "done":  # anything that hands a task back: it may be claimed again
+                retries[task_id] += 1
+    done = [t for t in ids if files.get(t) == ["done"]]
+    check.claims_over_one = sum(1 for t in ids if claims[t] > 1 + retries[t])
+    if check.done != drained or check.where["pending"] != len(ids) - drained:
+        check.problems.append(f"{check.done} of {drained} tasks in done/ ({dict(check.where)})")
+    if check.in_two_folders or check.missing:
+        check.problems.append(f"{check.in_two_folders} ids in two folders, {check.missing} missing")
+    if set(files) - set(ids):
+        check.problems.append(f"{len(set(files) - set(ids))} unexpected task files")
+    if check.claims_over_one:
+        check.problems.append(f"{check.claims_over_one} tasks claimed more than once without a retry")
+    if any(claims[t] == 0 for t in done):
+        check.problems.append(f"{sum(1 for t in done if claims[t] == 0)} done tasks never claimed in the history")
+    return check
+
+
+@dataclass
+class SizeDrain:
+    """One drain of ``drained`` tasks out of a queue of ``tasks`` pending ones."""
+
+    tasks: int
+    drained: int
+    workers: int
+    transport: str
+    seed: float  # seconds to seed the queue (fast-import)
+    warm: float  # seconds for the `gitqueue status` that warmed the shared cache
+    wall: float  # launch of the first worker to exit of the last
+    steady: float  # first worker ready to the last one's exit
+    finished: bool
+    pushes: int
+    rejected: int
+    check: Check
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.check.done / self.steady if self.steady > 0 else float("nan")
+
+
+def drain_at_size(
+    t: Transport, root: Path, *, tasks: int, drained: int, workers: int, budget: float, command: list[str] | None = None
+) -> SizeDrain:
+    """Seed ``tasks`` pending tasks, warm the shared cache, drain ``drained`` with ``workers``."""
+    remote = t.new_remote(f"size-{tasks}")
+    folder = root / f"size-{t.kind}-{tasks}"
+    start = time.perf_counter()
+    ids, seed = fast_seed(remote, tasks, folder / "seed")
+    seeded = time.perf_counter() - start
+    env = {**os.environ, "GITQUEUE_CACHE": str(folder / "cache")}
+    warm = timed_cli(["status", "--queue", remote.url], cwd=folder, env=env, budget=budget / 4)
+    each = drained // workers
+    wall, finished, stats = run_workers(
+        remote.url, folder, workers=workers, budget=budget, shared_cache=True, command=command,
+        options=["--max-tasks", str(each)],
+    )  # fmt: skip
+    steady = max(s["ended"] for s in stats) - min(s["started"] for s in stats) if stats else wall
+    check = drained_once(remote.path, ids, seed, drained=each * workers)
+    shutil.rmtree(folder, ignore_errors=True)
+    return SizeDrain(
+        tasks=tasks, drained=each * workers, workers=workers, transport=t.kind, seed=seeded, warm=warm, wall=wall,
+        steady=min(steady, wall) if steady > 0 else wall, finished=finished,
+        pushes=int(sum(s["pushes"] for s in stats)), rejected=int(sum(s["rejected_pushes"] for s in stats)),
+        check=check,
+    )  # fmt: skip

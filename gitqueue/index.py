@@ -6,7 +6,10 @@ running task. Summaries are keyed by the file's path and blob id, so a summary n
 stale: a changed file is a new blob. They are kept in memory for the life of a process and
 in a SQLite file in the local cache, shared by every gitqueue process on the machine, so that
 a new worker or a ``status`` call on a 100,000-task queue parses only what no process has
-parsed before.
+parsed before. Equal summaries are one object (the tasks of one submit usually share theirs:
+a worker's memory, and so the cost of each child it forks, does not grow by one per task).
+A folder's summaries are also kept as one row per folder (:meth:`SummaryStore.load_folders`):
+a new process reads a 100,000-task pending folder in a few hundred rows, not 100,000.
 
 Claiming reads the pending folder as groups (the flat files, and each fan-out subfolder);
 each group's candidates are sorted once per tree id, so after a claim only the one or two
@@ -69,11 +72,9 @@ class Summary:
     @classmethod
     def load(cls, text: str) -> Summary:
         values = json.loads(text)
-        summary = cls(*values)
-        if summary.requires:
-            object.__setattr__(summary, "requires", tuple((k, tuple(v)) for k, v in summary.requires))
-        if summary.after:
-            object.__setattr__(summary, "after", tuple(summary.after))
+        summary = cls(*values)  # JSON has lists where the summary has tuples (it must hash: equal ones are shared)
+        object.__setattr__(summary, "requires", tuple((k, tuple(v)) for k, v in summary.requires))
+        object.__setattr__(summary, "after", tuple(summary.after))
         return summary
 
 
@@ -102,6 +103,7 @@ READ_CHUNK = 5000  # files read and parsed at a time
 # Named after the Summary's layout: a process that knows more fields (``after``) must not read
 # the summaries an older one made of the same blobs (it refused them as unknown fields).
 TABLE = "summary_v2"
+FOLDERS = "folder_" + TABLE  # one row per folder: its files' blobs and summaries at one tree
 
 
 class SummaryStore:
@@ -117,7 +119,14 @@ class SummaryStore:
         self.read_blobs = read_blobs
         self.parse = parse
         self._memory: dict[tuple[str, str], Summary] = {}
+        self._shared: dict[Summary, Summary] = {}  # one object per distinct summary
+        self._loaded: dict[str, Summary] = {}  # a stored summary's text -> the summary (parsed once)
         self._db = None if path is None else connect(path, TABLE)
+        if self._db is not None:
+            try:
+                self._db.execute(f"CREATE TABLE IF NOT EXISTS {FOLDERS} (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
+            except sqlite3.Error:
+                self.close()
 
     def close(self) -> None:
         if self._db is not None:
@@ -152,9 +161,82 @@ class SummaryStore:
                     summary = Summary.of(self.parse(todo[key], blobs.get(key[1], b"")))
                 except InvalidTask as exc:
                     summary = Summary(error=str(exc))
-                made[key] = summary
+                made[key] = self._shared.setdefault(summary, summary)
             self._memory.update(made)
             self._save(made)
+
+    def load_folders(self, folders: Mapping[str, list[Any]]) -> None:
+        """:meth:`load` for whole folders: ``folders`` maps a folder's path (``pending/ab/``) to
+        the entries directly in it at one tree. A folder read whole from SQLite is one row (its
+        last stored version: the files whose blob is unchanged take their summary from it); the
+        rest is loaded as :meth:`load` does, and the folder's row is stored again as it is now."""
+        todo = {p: es for p, es in folders.items() if any((e.path, e.blob) not in self._memory for e in es)}
+        if not todo:
+            return
+        stale = self._folders_from_db(todo) if self._db is not None else set(todo)
+        self.load(e for p in stale for e in todo[p])
+        self._save_folders({p: todo[p] for p in stale})
+
+    def _folders_from_db(self, folders: Mapping[str, list[Any]]) -> set[str]:
+        """Fill memory from the folders' rows; the folders whose row is missing or out of date."""
+        assert self._db is not None
+        rows: dict[str, str] = {}
+        names = [_db_key(prefix, "") for prefix in folders]
+        try:
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows.update(self._db.execute(f"SELECT key, data FROM {FOLDERS} WHERE key IN ({marks})", chunk))
+        except sqlite3.Error:
+            return set(folders)
+        stale = set()
+        for prefix, entries in folders.items():
+            if not self._from_folder_row(prefix, entries, rows.get(_db_key(prefix, ""))):
+                stale.add(prefix)
+        return stale
+
+    def _from_folder_row(self, prefix: str, entries: list[Any], row: str | None) -> bool:
+        """Summaries of ``entries`` whose blob the folder's ``row`` knows; True if it knew all."""
+        if row is None:
+            return False
+        try:
+            palette, files = json.loads(row)
+            known = [self._remember(json.dumps(values, separators=(",", ":"))) for values in palette]
+            complete = True
+            for entry in entries:
+                found = files.get(entry.path[len(prefix) :])
+                if found is not None and found[0] == entry.blob:
+                    self._memory.setdefault((entry.path, entry.blob), known[found[1]])
+                else:
+                    complete = False
+        except (ValueError, TypeError, KeyError, IndexError):
+            return False
+        return complete
+
+    def _save_folders(self, folders: Mapping[str, list[Any]]) -> None:
+        if self._db is None or not folders:
+            return
+        rows = []
+        for prefix, entries in folders.items():
+            palette: dict[Summary, int] = {}
+            files = {}
+            for entry in entries:
+                summary = self._memory[(entry.path, entry.blob)]
+                files[entry.path[len(prefix) :]] = (entry.blob, palette.setdefault(summary, len(palette)))
+            values = [[getattr(s, name) for name in Summary.__slots__] for s in palette]
+            rows.append((_db_key(prefix, ""), json.dumps([values, files], separators=(",", ":"))))
+        try:
+            self._db.executemany(f"INSERT OR REPLACE INTO {FOLDERS} VALUES (?, ?)", rows)
+        except sqlite3.Error:
+            pass  # a cache: the next process reads file by file
+
+    def _remember(self, text: str) -> Summary:
+        """The summary stored as ``text``, parsed once per process and shared."""
+        found = self._loaded.get(text)
+        if found is None:
+            summary = Summary.load(text)
+            found = self._loaded[text] = self._shared.setdefault(summary, summary)
+        return found
 
     def _save(self, made: dict[tuple[str, str], Summary]) -> None:
         if self._db is None:
@@ -174,7 +256,7 @@ class SummaryStore:
                 chunk = names[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 for key, data in self._db.execute(f"SELECT key, data FROM {TABLE} WHERE key IN ({marks})", chunk):
-                    self._memory[wanted[key]] = Summary.load(data)
+                    self._memory[wanted[key]] = self._remember(data)
         except (sqlite3.Error, ValueError, TypeError, KeyError):
             pass
         return [key for key in keys if key not in self._memory]
@@ -205,6 +287,7 @@ class CandidateOrder:
         self._sorted: OrderedDict[str, list[Candidate]] = OrderedDict()
         self._waits_on: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # ids a group's tasks wait after
         self._ready: OrderedDict[tuple[str, tuple[bool, ...]], list[Candidate]] = OrderedDict()
+        self._latest: dict[str, list[Candidate]] = {}  # folder -> its sorted group at the last tree seen
 
     def waits_on(self, key: str, make: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
         """The ids the tasks of group ``key`` name in ``after`` (sorted; made once per tree id)."""
@@ -216,6 +299,15 @@ class CandidateOrder:
 
     def has(self, key: str) -> bool:
         return key in self._sorted
+
+    def note(self, folder: str, ranked: list[Candidate]) -> None:
+        """``ranked`` is the sorted group of ``folder`` at the last tree seen (where a newer
+        version of the folder is ranked from: see ``Snapshot._derive``)."""
+        self._latest[folder] = ranked
+
+    def latest(self, folder: str) -> list[Candidate] | None:
+        """The sorted group of ``folder`` :meth:`note` was last told of."""
+        return self._latest.get(folder)
 
     def sorted(self, key: str, make: Callable[[], list[Candidate]]) -> list[Candidate]:
         found = self._sorted.get(key)

@@ -1,10 +1,11 @@
 """Git objects in one git folder: blobs, trees and commits, read and written.
 
-Owns the tree format (``parse_tree``/``format_tree``, the modes), reading objects through
-GitPython's long-lived ``git cat-file --batch`` with a check of every object against its id
-(or one ``cat-file --batch`` pass for many), an in-memory cache of recently read trees,
-writing objects in-process (gitdb's loose object format, no git spawn), ``edit_tree``, and
-walking or comparing trees (``walk``, ``diff_trees``, ``TreeChange``).
+Owns the tree format (``parse_tree``/``format_tree``, the modes), reading objects (a loose
+one from its file in-process, else through GitPython's long-lived ``git cat-file --batch``)
+with a check of every object against its id (or one ``cat-file --batch`` pass for many), an
+in-memory cache of recently read trees, writing objects in-process (gitdb's loose object
+format, no git spawn), ``edit_tree``, and walking or comparing trees (``walk``,
+``diff_trees``, ``TreeChange``).
 
 May call only :mod:`gitqueue.git` (and ``gitqueue.errors``). What to do about an object
 that reads back wrong is not decided here: :meth:`Objects.heal` says so, and the cache
@@ -29,7 +30,7 @@ from pathlib import Path
 from gitqueue.errors import CacheDamaged, GitqueueError
 from gitqueue.git import Identity, run_git
 
-TREE_CACHE_ENTRIES = 30_000  # tree entries kept in memory; claims keep sorted candidates, not trees
+TREE_CACHE_ENTRIES = 100_000  # tree entries kept in memory (the folders a cycle of several workers changes)
 TREE_MODE = b"40000"
 BLOB_MODE = b"100644"
 LINK_MODE = b"120000"
@@ -134,6 +135,9 @@ class Objects:
             return self._read_once(sha)
 
     def _read_once(self, sha: str) -> bytes:
+        loose = self._read_loose(sha)
+        if loose is not None:
+            return loose
         stream = None
         try:
             stream = self._repo.odb.stream(bytes.fromhex(sha))
@@ -144,6 +148,22 @@ class Objects:
         if len(data) != stream.size or not _sound(sha, stream.type, data):
             _abandon(stream)
             raise CacheDamaged(f"object {sha} reads back wrong ({len(data)} of {stream.size} bytes)")
+        return data
+
+    def _read_loose(self, sha: str) -> bytes | None:
+        """Object ``sha`` read in-process from its loose file, checked against its id: what this
+        machine's gitqueue processes write (new trees, commits) and small fetches leave loose, read
+        without a round trip to ``git cat-file``. None if it is not loose, or reads back wrong
+        (then ``git cat-file`` reads it, and says what is wrong as it always did)."""
+        try:
+            with open(f"{self._objects}/{sha[:2]}/{sha[2:]}", "rb") as loose:
+                raw = zlib.decompress(loose.read())
+        except (OSError, ValueError, zlib.error):
+            return None
+        header, nul, data = raw.partition(b"\0")
+        kind, _, size = header.partition(b" ")
+        if not nul or size != str(len(data)).encode() or not _sound(sha, kind, data):
+            return None
         return data
 
     def read_many(self, shas: list[str]) -> dict[str, bytes]:

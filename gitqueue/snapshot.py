@@ -6,6 +6,7 @@ queue after a fetch only parses what changed.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,15 @@ from gitqueue.task import State, Task, check_id, fan, id_order, parse_task
 FLAT_LIMIT = 1000
 PREFETCH = 2000  # tasks parsed after one bulk read when listing
 ENTRY_CACHE = 150_000  # pending entries kept, shared by claiming and the worker's checks
+
+
+def _group_key(prefix: str, tree: str) -> str:
+    """How a pending folder at one tree is named among the ranked groups (``pending/ab:<tree>``)."""
+    return f"{prefix.rstrip('/')}:{tree}"
+
+
+def _rank_key(candidate: Candidate) -> tuple[int, str]:
+    return candidate[0], candidate[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,19 +217,44 @@ class Snapshot:
         if pending is None or pending[0] != TREE_MODE:
             return
         folder = self.store.tree(pending[1])
-        unsorted = [
-            self.pending_entries(f"pending/{name}/", sha)
-            for name, (mode, sha) in folder.items()
-            if mode == TREE_MODE and not self.cache.order.has(f"pending/{name}:{sha}")
-        ]
-        self.cache.summaries.load(entry for group in unsorted for entry in group)  # one bulk read, not one per group
+        groups = [(f"pending/{name}/", sha) for name, (mode, sha) in folder.items() if mode == TREE_MODE]
         if any(mode != TREE_MODE for mode, _ in folder.values()):
-            key = f"pending:{pending[1]}"
-            yield key, self.cache.order.sorted(key, partial(self._rank, "pending/", pending[1]))
-        for name, (mode, sha) in folder.items():
-            if mode == TREE_MODE:
-                key = f"pending/{name}:{sha}"
-                yield key, self.cache.order.sorted(key, partial(self._rank, f"pending/{name}/", sha))
+            groups.insert(0, ("pending/", pending[1]))
+        order = self.cache.order
+        fresh = {prefix: tree for prefix, tree in groups if not order.has(_group_key(prefix, tree))}
+        derived = {prefix: self._derive(prefix, tree) for prefix, tree in fresh.items()}
+        unread = {p: self.pending_entries(p, t) for p, t in fresh.items() if derived[p] is None}
+        self.cache.summaries.load_folders(unread)  # one bulk read, not one per group
+        for prefix, tree in groups:
+            key = _group_key(prefix, tree)
+            made = derived.get(prefix)
+            group = order.sorted(key, partial(self._rank, prefix, tree) if made is None else partial(list, made))
+            if prefix in fresh:
+                order.note(prefix, group)
+            yield key, group
+
+    def _derive(self, prefix: str, tree: str) -> list[Candidate] | None:
+        """The ranked candidates of folder ``prefix`` at ``tree``, from its last version ranked
+        (None if there is none): what a claim or a finish changed is a few files of hundreds, so
+        only those are looked at (the same list as :meth:`_rank` makes, without re-ranking all)."""
+        last = self.cache.order.latest(prefix)
+        if last is None:
+            return None
+        files = {n: v for n, v in self.store.tree(tree).items() if v[0] != TREE_MODE and n.endswith(".yaml")}
+        start = len(prefix)
+        kept = [c for c in last if files.get(c[2].path[start:]) == (c[2].mode, c[2].blob)]
+        if len(kept) < len(files):
+            known = {c[2].path[start:] for c in kept}
+            added = [
+                Entry(prefix + name, sha, State.PENDING, name[:-5], mode)
+                for name, (mode, sha) in files.items()
+                if name not in known
+            ]
+            self.cache.summaries.load(added)
+            for entry in added:
+                insort(kept, (-self.cache.summaries.get(entry).priority, id_order(entry.id), entry), key=_rank_key)
+        self.cache.entries((prefix, tree), lambda: [c[2] for c in kept])  # what the worker's checks read
+        return kept
 
     def pending_entries(self, prefix: str, tree: str) -> list[Entry]:
         """The task files directly in pending tree ``tree`` found at ``prefix``: made once per
@@ -241,7 +276,10 @@ class Snapshot:
     def summaries(self, state: State | None = None) -> Iterator[tuple[Entry, Summary]]:
         """Every entry (in ``state``, or all) with its summary: what counting needs."""
         entries = list(self.entries(state) if state else self.all_entries())
-        self.cache.summaries.load(entries)
+        folders: dict[str, list[Entry]] = {}
+        for entry in entries:
+            folders.setdefault(entry.path[: entry.path.rindex("/") + 1], []).append(entry)
+        self.cache.summaries.load_folders(folders)  # a folder's row at a time, from the machine's cache
         for entry in entries:
             yield entry, self.cache.summaries.get(entry)
 

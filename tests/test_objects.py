@@ -1,0 +1,62 @@
+"""Reading git objects back as written: loose ones from their files, packed ones through git,
+each checked against its id, so a damaged object is never taken for a good one."""
+
+from __future__ import annotations
+
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from gitqueue.errors import GitqueueError
+from gitqueue.objects import BLOB_MODE, Objects
+from gitqueue.testing import make_bare_repo
+
+
+def _written(path: Path) -> tuple[str, str]:
+    """A blob and a tree holding it, written into the repository at ``path``; (blob, tree)."""
+    writer = Objects(path)
+    blob = writer.write_blob(b"args: {lr: 0.1}\n")
+    tree = writer.write_tree({"a.yaml": (BLOB_MODE, blob)})
+    writer._repo.close()
+    return blob, tree
+
+
+def test_objects_read_back_as_written_loose_or_packed(tmp_path: Path) -> None:
+    repo = make_bare_repo(tmp_path / "objects.git")
+    blob, tree = _written(repo)
+    assert (repo / "objects" / tree[:2] / tree[2:]).is_file()
+    fresh = Objects(repo)  # nothing in memory: both read from their loose files
+    assert fresh.read(blob) == b"args: {lr: 0.1}\n" and fresh.tree(tree) == {"a.yaml": (BLOB_MODE, blob)}
+    fresh._repo.close()
+    subprocess.run(["git", "-c", "gc.auto=0", "update-ref", "refs/keep", _commit(repo, tree)], cwd=repo, check=True)
+    subprocess.run(["git", "repack", "-adq"], cwd=repo, check=True)
+    subprocess.run(["git", "prune-packed"], cwd=repo, check=True)
+    assert not (repo / "objects" / tree[:2] / tree[2:]).exists()
+    packed = Objects(repo)
+    assert packed.read(blob) == b"args: {lr: 0.1}\n" and packed.tree(tree) == {"a.yaml": (BLOB_MODE, blob)}
+    packed._repo.close()
+
+
+def _commit(repo: Path, tree: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+    out = subprocess.run(
+        ["git", "commit-tree", tree, "-m", "keep"], cwd=repo, check=True, capture_output=True, text=True, env=env
+    )
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("damage", ["other content", "not zlib", "empty"])
+def test_a_damaged_loose_object_is_never_read_as_good(tmp_path: Path, damage: str) -> None:
+    repo = make_bare_repo(tmp_path / "objects.git")
+    blob, _ = _written(repo)
+    path = repo / "objects" / blob[:2] / blob[2:]
+    path.chmod(0o644)
+    path.write_bytes(
+        {"other content": zlib.compress(b"blob 16\0args: {lr: 0.9}\n"), "not zlib": b"garbage", "empty": b""}[damage]
+    )
+    reader = Objects(repo)
+    with pytest.raises(GitqueueError, match=blob):
+        reader.read(blob)
+    reader._repo.close()
