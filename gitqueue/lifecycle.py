@@ -173,6 +173,7 @@ class Lifecycle:
         # whichever comes first, the push that saw them or take_found (a worker whose own
         # push keeps losing still runs them). Pushes may run in a thread of their own.
         self._found: dict[str, Run] = {}
+        self.found_on: str | None = None  # the tip on which runs claimed for us were last seen
         self._given: set[str] = set()
         self._lock = threading.Lock()
 
@@ -215,6 +216,8 @@ class Lifecycle:
         with self._lock:
             runs = [run for run in runs if run.token not in self._given]
             self._found.update({run.token: run for run in runs})
+            if runs:
+                self.found_on = snap.tip
         return runs
 
     def take_found(self) -> list[Run]:
@@ -364,49 +367,55 @@ class Lifecycle:
 
     def finish_change(self, snap: Snapshot, report: Report, *, lease_ref: bool = False) -> Change:
         """The commit that records ``report``; NotHeld if its run no longer holds the task."""
-        task = held_task(snap, report.task_id, report.token)
-        record = attempt_record(
-            task, report.outcome, self.clock(), error=report.error, exit_code=report.exit_code, ran_with=report.args
-        )
-        after = task.evolve(run=None, attempts=[*task.attempts, record])
-        if report.outcome == "done":
-            after.state, after.result = State.DONE, report.result
-            if (problem := result_problem(after)) is not None:  # keep the file valid: the report must land
-                after.result = None
-                after.attempts[-1]["error"] = f"result not kept: {problem}"
-        elif report.outcome in SPENT_OUTCOMES:
-            spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
-            after.state = State.FAILED if spent_all or report.final else State.PENDING
-        elif report.outcome in ("released", "abandoned"):  # never started: no attempt at all
-            after = task.evolve(state=State.PENDING, run=None)
-        else:  # interrupted: the attempt does not count
-            after.state = State.PENDING
-        verb = {
-            "done": "done",
-            "failed": "fail",
-            "timeout": "timeout",
-            "reaped": "reap",
-            "interrupted": "return",
-            "released": "release",
-            "abandoned": "reap",
-        }
-        subject = f"{verb[report.outcome]} {task.id} by {record['worker'] or self.worker} (attempt {record['attempt']})"
-        if report.outcome in SPENT_OUTCOMES:
-            subject += ": out of attempts" if after.state is State.FAILED else ": will retry"
-        elif report.outcome == "released":
-            subject += ": not started"
-        elif report.outcome == "abandoned":
-            subject += ": never started, no attempt spent"
-        if "ran_with" in record:
-            subject += " (its args changed while it ran)"
-        also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
-        return Change(
-            subject=subject,
-            files=move(snap, task, after),
-            trailers={"Gitqueue-Action": report.outcome, "Gitqueue-Task": task.id, "Gitqueue-Run": str(task.token)},
-            value=after,
-            also=also,
-        )
+        return finish_record(snap, report, now=self.clock(), worker=self.worker, lease_ref=lease_ref)
+
+
+def finish_record(snap: Snapshot, report: Report, *, now: float, worker: str, lease_ref: bool = False) -> Change:
+    """The commit that records ``report`` at ``now`` (``worker`` names a run without one);
+    NotHeld if its run no longer holds the task."""
+    task = held_task(snap, report.task_id, report.token)
+    record = attempt_record(
+        task, report.outcome, now, error=report.error, exit_code=report.exit_code, ran_with=report.args
+    )
+    after = task.evolve(run=None, attempts=[*task.attempts, record])
+    if report.outcome == "done":
+        after.state, after.result = State.DONE, report.result
+        if (problem := result_problem(after)) is not None:  # keep the file valid: the report must land
+            after.result = None
+            after.attempts[-1]["error"] = f"result not kept: {problem}"
+    elif report.outcome in SPENT_OUTCOMES:
+        spent_all = after.attempts_spent >= (task.max_attempts or snap.settings.max_attempts)
+        after.state = State.FAILED if spent_all or report.final else State.PENDING
+    elif report.outcome in ("released", "abandoned"):  # never started: no attempt at all
+        after = task.evolve(state=State.PENDING, run=None)
+    else:  # interrupted: the attempt does not count
+        after.state = State.PENDING
+    verb = {
+        "done": "done",
+        "failed": "fail",
+        "timeout": "timeout",
+        "reaped": "reap",
+        "interrupted": "return",
+        "released": "release",
+        "abandoned": "reap",
+    }
+    subject = f"{verb[report.outcome]} {task.id} by {record['worker'] or worker} (attempt {record['attempt']})"
+    if report.outcome in SPENT_OUTCOMES:
+        subject += ": out of attempts" if after.state is State.FAILED else ": will retry"
+    elif report.outcome == "released":
+        subject += ": not started"
+    elif report.outcome == "abandoned":
+        subject += ": never started, no attempt spent"
+    if "ran_with" in record:
+        subject += " (its args changed while it ran)"
+    also = [f":{LEASE_REFS}/{task.token}"] if lease_ref or report.lease_ref else []
+    return Change(
+        subject=subject,
+        files=move(snap, task, after),
+        trailers={"Gitqueue-Action": report.outcome, "Gitqueue-Task": task.id, "Gitqueue-Run": str(task.token)},
+        value=after,
+        also=also,
+    )
 
 
 HANDED_OUTCOMES = ("done", "failed", "timeout", "interrupted", "released")  # what a request may carry

@@ -136,7 +136,8 @@ class Hand:
         """Runs others claimed for us that a fetch showed while our own push did not land:
         now in hand (each once)."""
         found = self.queue.lifecycle.take_found()
-        if found:
+        if found:  # served, maybe never landing a push of our own: learn the fleet from that view
+            self.pace.learn(self.queue, say=self.say, tip=self.queue.lifecycle.found_on)
             now = time.monotonic()
             self.held_since.update({run.token: now for run in found})
             self.held.extend(found)
