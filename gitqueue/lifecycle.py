@@ -33,6 +33,7 @@ from gitqueue.snapshot import Snapshot
 from gitqueue.task import SPENT_OUTCOMES, State, Task, now_iso, parse_time, render, result_problem, same_args
 
 ERROR_TAIL = 2000
+AHEAD = 2  # runs per slot served to a request while plenty is pending: the one to start, and the next
 
 
 class RunOwner(Interface):
@@ -576,7 +577,10 @@ class Claims:
             recorded, ended = self._recorded(snap, request)
             holders[request.worker] -= ended
             held = max(0, holders[request.worker])
-            give = min(request.count, max(share(request.worker) - held, 0 if held else 1))
+            want = request.count
+            if want and share(request.worker) >= 2 * AHEAD * request.ask.slots:  # plenty: its next runs too
+                want = max(want, AHEAD * request.ask.slots)
+            give = min(want, max(share(request.worker) - held, 0 if held else 1))
             guard = self.checks.guard(snap, request.fits)
             step, runs = self._claims(
                 snap, request.worker, request.ask.labels, guard, give, lease=request.ask.lease, done=done,

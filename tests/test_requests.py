@@ -639,3 +639,25 @@ def test_runs_claimed_for_any_request_a_worker_pushed_are_found_after_an_earlier
         assert remote_repo.states()[held.id] == "done"
         served.done()
     assert remote_repo.states()[served.id] == "done"
+
+
+@pytest.mark.parametrize(("tasks", "each"), [(40, 2), (6, 1)])
+def test_with_plenty_pending_a_request_for_one_gets_the_next_run_too(
+    bare_remote: Path, remote_repo: RemoteRepo, tasks: int, each: int
+) -> None:
+    """Asked for one run: with plenty pending (a fair share of four or more) it is served two,
+    the one to start and the next (claimed ahead); with little pending, only the one."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i:02d}", "args": {}} for i in range(tasks)))
+    askers = [machine(url, f"box-{n}/1") for n in "bc"]
+    try:
+        for asker in askers:
+            assert asker.ask_for_work(1, Ask())
+        with machine(url, "box-a/1") as server:
+            server.claim_batch(1)
+        for asker in askers:
+            assert len(asker.adopt()) == each
+    finally:
+        for asker in askers:
+            asker.close()
