@@ -13,10 +13,16 @@ always did.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from gitqueue import requests
+from gitqueue import leftovers, requests
 from gitqueue.errors import GitqueueError
 from gitqueue.pacing import Member, Pacer, landed_rate, read_fleet
 from gitqueue.queue import Queue
@@ -26,6 +32,48 @@ from gitqueue.worker.options import Options
 
 HISTORY = 100  # branch commits read for the fleet and the landed rate, after a landed push
 LEARN_EVERY = 2.0  # seconds: a worker pushing faster than this learns at most this often
+
+
+class Neighbours:
+    """The worker processes of this machine on one queue: they share its cache and take turns
+    on it (:meth:`gitqueue.cache.Cache.turn`), so they never race each other's pushes and the
+    pacer does not count them as machines. Each notes itself, while it works, in a file of its
+    own in ``<runs folder>/pace/`` (beside :mod:`gitqueue.leftovers`' notes); a note whose
+    process is gone is ignored and dropped. Advice only: a lost note only paces a little more."""
+
+    def __init__(self, folder: Path, *, queue: str, worker: str) -> None:
+        self.folder, self.queue, self.worker = folder / "pace", queue, worker
+        self.path = self.folder / f"{os.getpid()}-{secrets.token_hex(4)}.json"
+
+    def join(self) -> None:
+        note = {"queue": self.queue, "worker": self.worker, "host": socket.gethostname(), "pid": os.getpid()}
+        with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".tmp")
+            partial.write_text(json.dumps(note))
+            partial.replace(self.path)
+
+    def leave(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
+
+    def names(self) -> frozenset[str]:
+        """The workers of this machine working on this queue now (this one too, once joined)."""
+        found, host = set(), socket.gethostname()
+        with contextlib.suppress(OSError):
+            for path in self.folder.glob("*.json"):
+                try:
+                    note = json.loads(path.read_text())
+                    pid, worker = note["pid"], note["worker"]
+                    mine = note["queue"] == self.queue and note["host"] == host
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # being written, or not ours to judge
+                if mine and isinstance(pid, int) and leftovers.running(pid):
+                    found.add(str(worker))
+                elif mine:
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)  # its process is gone
+        return frozenset(found)
 
 
 class Pace:
@@ -42,6 +90,7 @@ class Pace:
         self.pending = 0  # tasks pending at the last look
         self.learnt = float("-inf")  # when (monotonic) the last look was
         self.started = False  # looked before the first push (see start)
+        self.neighbours: Neighbours | None = None  # this machine's workers on the queue (see start)
         self._said: str | None = None  # the pacer's problem, once told
 
     def size(self, *, ran: int, held: int = 0, free: int = 1) -> int:
@@ -101,17 +150,25 @@ class Pace:
         return self.pacer.lease_for(self.pacer.lease)
 
     def start(self, queue: Queue, *, say: Callable[[str], None] | None = None) -> None:
-        """Before this worker's first push: fetch once (with the lease refs) and :meth:`learn`,
-        so that the first claims already know the budget and the fleet seen so far. Once."""
+        """Before this worker's first push: note it among this machine's workers, fetch once
+        (with the lease refs) and :meth:`learn`, so that the first claims already know the
+        budget and the fleet seen so far. Once."""
         if self.started:
             return
         self.started = True
+        self.neighbours = Neighbours(queue.runs_folder, queue=queue.here, worker=queue.worker)
+        self.neighbours.join()
         try:
             tip = queue.store.fetch(leases=True)
         except GitqueueError:
             tip = None
         self.learn(queue, say=say, tip=tip)
         self.learnt = float("-inf")  # the first landed push learns again: the fleet will have shown up by then
+
+    def stop(self) -> None:
+        """This worker stops: it is no longer among this machine's workers."""
+        if self.neighbours is not None:
+            self.neighbours.leave()
 
     def learn(self, queue: Queue, *, say: Callable[[str], None] | None = None, tip: str | None = None) -> None:
         """After a landed push (or at ``tip``): read from the cache what the branch shows (the
@@ -125,14 +182,15 @@ class Pace:
         try:
             snap = Snapshot(queue.store, queue.cache, tip)
             settings = snap.settings
-            self.pending = sum(len(group) for group in snap.pending_groups())
+            self.pending = sum(1 for _ in snap.entries(State.PENDING))  # a count: no task file is read
             times = [entry.time for entry in queue.store.recent(tip, HISTORY)]
             me = Member(queue.worker, self.slots, now)
             asking = [Member(r.worker, r.ask.slots, r.at) for r in requests.read(queue.store, now=now)[0]]
             holding = {summary.worker for _, summary in snap.summaries(State.RUNNING) if summary.worker}
             asking += [Member(worker, 1, now) for worker in holding]  # served for a request: on no commit of its own
             within = float(settings.lease)
-            fleet = read_fleet(queue.store, tip, me=me, now=now, within=within, depth=HISTORY, also=asking)
+            local = self.neighbours.names() if self.neighbours is not None else ()
+            fleet = read_fleet(queue.store, tip, me=me, now=now, within=within, depth=HISTORY, also=asking, local=local)
         except GitqueueError:
             return
         self.pacer.budget, self.pacer.lease = settings.push_budget, settings.lease
