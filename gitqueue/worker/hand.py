@@ -170,14 +170,16 @@ class Hand:
                 self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
 
     def _claim_options(self) -> dict[str, Any]:
-        # A lost race asks for work (a request ref); whoever lands next claims for us.
+        # A lost race asks for work (a request ref); whoever lands next claims for us. Not under a
+        # push_budget: a request is a push of its own, and saves us none.
         own_cmd_only = not self.runs_everything and not self.options.command
         lease = self.pace.lease()  # a budget too small for the queue's lease lengthens it
         gpus = None if self.pool is None else len(self.pool.owned)
         ask = Ask(
             labels=dict(self.options.labels), own_cmd_only=own_cmd_only, gpus=gpus, lease=lease, slots=self.pace.slots
         )
-        return {"labels": self.options.labels, "eligible": self._eligible, "ask": ask, "lease": lease}
+        ask_for = ask if self.pace.may_ask() else None
+        return {"labels": self.options.labels, "eligible": self._eligible, "ask": ask_for, "lease": lease}
 
     def _eligible(self, task: Task) -> bool:
         if self.runs_everything:  # e.g. a @loop function: it runs every task

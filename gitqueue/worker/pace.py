@@ -91,6 +91,9 @@ class Pace:
         self.learnt = float("-inf")  # when (monotonic) the last look was
         self.started = False  # looked before the first push (see start)
         self.neighbours: Neighbours | None = None  # this machine's workers on the queue (see start)
+        self._queue: Queue | None = None  # the queue it looks at before a push under a budget (see wait)
+        self._say: Callable[[str], None] | None = None
+        self._looked = float("-inf")  # when (monotonic) it last fetched to look (see wait)
         self._said: str | None = None  # the pacer's problem, once told
 
     def size(self, *, ran: int, held: int = 0, free: int = 1) -> int:
@@ -126,8 +129,17 @@ class Pace:
         return reported and held * 2 <= self.batch
 
     def wait(self, now: float) -> float:
-        """Seconds until this worker's next branch push may go (0: now)."""
-        return self.pacer.wait(now) if self.paced else 0.0
+        """Seconds until this worker's next branch push may go (0: now). Under a budget, when
+        its turn comes, it looks at the branch again first (not more often than every half
+        turn): machines that showed up since it last looked shrink its share, and so delay it."""
+        if not self.paced:
+            return 0.0
+        wait, queue = self.pacer.wait(now), self._queue
+        stale = time.monotonic() - max(self.learnt, self._looked) >= max(LEARN_EVERY, self.pacer.interval / 2)
+        if wait == 0 and stale and queue is not None and self.pacer.budget is not None:
+            self._look(queue)
+            wait = self.pacer.wait(now)
+        return wait
 
     def turn(self, *, held: int) -> float:
         """Seconds to wait before a push with nothing else to do (nothing ``held``): under a
@@ -149,21 +161,32 @@ class Pace:
             return None
         return self.pacer.lease_for(self.pacer.lease)
 
+    def may_ask(self) -> bool:
+        """Whether a lost race may push a request for work (see :mod:`gitqueue.requests`): not
+        under a ``push_budget``, where every push counts and a request saves this worker none
+        of its own (it still pushes its reports), so it would only take another's turn."""
+        return self.pacer.budget is None
+
     def start(self, queue: Queue, *, say: Callable[[str], None] | None = None) -> None:
         """Before this worker's first push: note it among this machine's workers, fetch once
         (with the lease refs) and :meth:`learn`, so that the first claims already know the
         budget and the fleet seen so far. Once."""
         if self.started:
             return
-        self.started = True
+        self.started, self._queue, self._say = True, queue, say
         self.neighbours = Neighbours(queue.runs_folder, queue=queue.here, worker=queue.worker)
         self.neighbours.join()
+        self._look(queue)
+        self.learnt = float("-inf")  # the first landed push learns again: the fleet will have shown up by then
+
+    def _look(self, queue: Queue) -> None:
+        """Fetch (with the lease refs) and :meth:`learn` from the tip fetched."""
         try:
             tip = queue.store.fetch(leases=True)
         except GitqueueError:
             tip = None
-        self.learn(queue, say=say, tip=tip)
-        self.learnt = float("-inf")  # the first landed push learns again: the fleet will have shown up by then
+        self.learnt, self._looked = float("-inf"), time.monotonic()  # a remote away is not asked again at once
+        self.learn(queue, say=self._say, tip=tip)
 
     def stop(self) -> None:
         """This worker stops: it is no longer among this machine's workers."""
