@@ -31,8 +31,9 @@ from gitqueue.pacing import (
     read_fleet,
 )
 from gitqueue.validate import check_disk
+from gitqueue.worker.neighbours import Neighbours
 from gitqueue.worker.options import Options
-from gitqueue.worker.pace import Neighbours, Pace
+from gitqueue.worker.pace import Pace
 
 runner = CliRunner()
 SETTINGS = "format: 1\ndefaults: {priority: 0, max_attempts: 3, lease: 600}\n"
@@ -178,6 +179,26 @@ def test_workers_sharing_a_cache_do_not_pace_each_other_but_another_machine_pace
         for sibling in siblings:
             sibling.close()
     assert sorted(t["id"] for t in queue.runs()) == sorted(ids[:3])
+
+
+def test_a_worker_yet_to_claim_sizes_its_claim_by_what_its_neighbours_tasks_took(tmp_path: Path) -> None:
+    """Workers of one machine tell each other what their tasks take: one that has not run a
+    task yet claims a batch at once, not one task to learn; a worker of another queue does not."""
+
+    def pace_of(queue: str, worker: str) -> Pace:
+        pace = Pace(Options(max_batch=64, batch_seconds=1.0))
+        pace.neighbours = Neighbours(tmp_path, queue=queue, worker=worker)
+        pace.neighbours.join()
+        return pace
+
+    first, later, elsewhere = pace_of("q main", "box-a/0"), pace_of("q main", "box-a/1"), pace_of("o main", "box-a/2")
+    assert later.size(ran=0) == 1 and later.neighbours_here() and not elsewhere.neighbours_here()
+    first.took(0.1)
+    assert first.size(ran=1) == 10
+    assert later.seconds_per_task is None and later.task_seconds == pytest.approx(0.1)
+    assert later.size(ran=0) == 10 and elsewhere.size(ran=0) == 1
+    first.took(0.4)  # 0.19 s now: told again
+    assert later.size(ran=0) == 5
 
 
 def test_a_note_of_a_worker_process_that_is_gone_is_dropped(tmp_path: Path) -> None:

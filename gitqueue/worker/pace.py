@@ -14,66 +14,20 @@ always did.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import secrets
-import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from gitqueue import leftovers, requests
+from gitqueue import requests
 from gitqueue.errors import GitqueueError
 from gitqueue.pacing import Member, Pacer, landed_rate, read_fleet
 from gitqueue.queue import Queue
 from gitqueue.snapshot import Snapshot
 from gitqueue.task import State
+from gitqueue.worker.neighbours import Neighbours
 from gitqueue.worker.options import Options
 
 HISTORY = 100  # branch commits read for the fleet and the landed rate, after a landed push
 LEARN_EVERY = 2.0  # seconds: a worker pushing faster than this learns at most this often
-
-
-class Neighbours:
-    """The worker processes of this machine on one queue: they share its cache and take turns
-    on it (:meth:`gitqueue.cache.Cache.turn`), so they never race each other's pushes and the
-    pacer does not count them as machines. Each notes itself, while it works, in a file of its
-    own in ``<runs folder>/pace/`` (beside :mod:`gitqueue.leftovers`' notes); a note whose
-    process is gone is ignored and dropped. Advice only: a lost note only paces a little more."""
-
-    def __init__(self, folder: Path, *, queue: str, worker: str) -> None:
-        self.folder, self.queue, self.worker = folder / "pace", queue, worker
-        self.path = self.folder / f"{os.getpid()}-{secrets.token_hex(4)}.json"
-
-    def join(self) -> None:
-        note = {"queue": self.queue, "worker": self.worker, "host": socket.gethostname(), "pid": os.getpid()}
-        with contextlib.suppress(OSError):
-            self.folder.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_suffix(".tmp")
-            partial.write_text(json.dumps(note))
-            partial.replace(self.path)
-
-    def leave(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)
-
-    def names(self) -> frozenset[str]:
-        """The workers of this machine working on this queue now (this one too, once joined)."""
-        found, host = set(), socket.gethostname()
-        with contextlib.suppress(OSError):
-            for path in self.folder.glob("*.json"):
-                try:
-                    note = json.loads(path.read_text())
-                    pid, worker = note["pid"], note["worker"]
-                    mine = note["queue"] == self.queue and note["host"] == host
-                except (OSError, ValueError, KeyError, TypeError):
-                    continue  # being written, or not ours to judge
-                if mine and isinstance(pid, int) and leftovers.running(pid):
-                    found.add(str(worker))
-                elif mine:
-                    with contextlib.suppress(OSError):
-                        path.unlink(missing_ok=True)  # its process is gone
-        return frozenset(found)
 
 
 class Pace:
@@ -104,12 +58,35 @@ class Pace:
         limit = self.options.max_batch
         if self.options.max_tasks is not None:
             limit = min(limit, self.options.max_tasks - ran)
-        wanted = 1 if self.seconds_per_task is None else int(self.batch_seconds / max(self.seconds_per_task, 1e-3))
+        seconds = self.task_seconds
+        wanted = 1 if seconds is None else int(self.batch_seconds / max(seconds, 1e-3))
         wanted = max(1, min(limit, wanted))
         if not self.paced:
             return wanted
         more = self.pacer.batch(free=free, held=held, pending=max(self.pending, 1), wanted=max(0, wanted - held))
         return max(1, min(limit, held + more))
+
+    @property
+    def task_seconds(self) -> float | None:
+        """What a task takes: this worker's moving average, else what this machine's other
+        workers on the queue have seen (None: nobody knows yet, claim one to learn)."""
+        if self.seconds_per_task is not None or self.neighbours is None:
+            return self.seconds_per_task
+        return self.neighbours.task_seconds()
+
+    def sizing_turn(self, queue: Queue, *, held: int) -> contextlib.AbstractContextManager[None]:
+        """What to hold while the next claim is sized and pushed: for a worker's first claim,
+        with other workers of this machine on the queue, its turn on the cache, waited for
+        before the claim is sized, since those that had their turns meanwhile may have learnt
+        what a task takes: it claims a batch at once instead of one task to learn. Else nothing:
+        the claim's own try takes its turn (and, with runs ``held``, does not wait for it)."""
+        if held or self.seconds_per_task is not None or not self.neighbours_here():
+            return contextlib.nullcontext()
+        return queue.store.turn()  # the claim's own try takes it again: its turn already
+
+    def neighbours_here(self) -> bool:
+        """Whether other workers of this machine work on the queue (they share its cache)."""
+        return self.neighbours is not None and len(self.neighbours.names() - {self.neighbours.worker}) > 0
 
     @property
     def paced(self) -> bool:
@@ -218,7 +195,7 @@ class Pace:
             return
         self.pacer.budget, self.pacer.lease = settings.push_budget, settings.lease
         self.pacer.observe(fleet=fleet, branch_rate=landed_rate(times), push_seconds=queue.protocol.attempt_seconds)
-        self.pacer.observe(task_seconds=self.seconds_per_task)
+        self.pacer.observe(task_seconds=self.task_seconds)
         queue.lifecycle.claims.slots, queue.lifecycle.claims.fleet = self.slots, fleet.members
         problem = self.pacer.problem
         if problem is not None and problem != self._said and say is not None:
@@ -242,3 +219,5 @@ class Pace:
         """A run took this long: it weighs in the next batch's size."""
         average = self.seconds_per_task
         self.seconds_per_task = seconds if average is None else 0.7 * average + 0.3 * seconds
+        if self.neighbours is not None:  # this machine's workers yet to claim size their first claim by it
+            self.neighbours.tell(self.seconds_per_task)

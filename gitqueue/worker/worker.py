@@ -79,8 +79,7 @@ class Worker:
 
     def run(self) -> int:
         """Work until the queue is drained (or the limits say stop); returns an exit code."""
-        warning = self.queue.head_warning()
-        if warning:
+        if warning := self.queue.head_warning():
             self.say(f"warning: {warning}")
         with self.signals.installed():
             try:
@@ -115,7 +114,8 @@ class Worker:
                 self._pause(turn)  # nothing to run meanwhile; a signal ends the wait (see the loop's top)
                 continue
             if claiming:
-                hand.claim_next()
+                with hand.pace.sizing_turn(self.queue, held=len(hand.held)):  # a first claim: see there
+                    hand.claim_next()
             if not hand.held and hand.suspects:  # nothing more to try: every task tried lacks the arg
                 return self._wrong_command()
             if not hand.held:
