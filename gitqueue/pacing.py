@@ -60,11 +60,23 @@ class Member:
 
 @dataclass(frozen=True)
 class Fleet:
-    """The worker processes sharing a branch, and their slots (this worker included)."""
+    """The worker processes sharing a branch, and their slots (this worker included).
+
+    ``local`` names the members that share this worker's cache (itself included: processes of one machine):
+    they take turns on it (:meth:`gitqueue.cache.Cache.turn`), so they never race each
+    other's pushes. They count for the branch's and the budget's shares, not as machines."""
 
     workers: int = 1
     slots: int = 1
     members: dict[str, int] = field(default_factory=dict, compare=False)  # worker -> its slots
+    local: frozenset[str] = field(default_factory=frozenset, compare=False)
+
+    @property
+    def elsewhere(self) -> int:
+        """Members on other machines (not sharing this worker's cache): the ones that race it."""
+        if not self.local:  # not told which share our cache: every other one races us
+            return self.workers - 1
+        return sum(1 for worker in self.members if worker not in self.local)
 
 
 def lease_trailers(*, worker: str, slots: int) -> str:
@@ -90,14 +102,16 @@ def member_of(entry: LogEntry) -> Member | None:
     return Member(worker, max(1, slots), entry.time)
 
 
-def fleet_of(members: Iterable[Member], *, me: Member, now: float, within: float) -> Fleet:
+def fleet_of(members: Iterable[Member], *, me: Member, now: float, within: float, local: Iterable[str] = ()) -> Fleet:
     """The fleet: every worker seen less than ``within`` seconds before ``now`` (by the
-    clocks that wrote the commits), each counted once with the most slots it said, plus ``me``."""
+    clocks that wrote the commits), each counted once with the most slots it said, plus ``me``;
+    ``local``: the workers sharing this worker's cache, seen or not (see :class:`Fleet`)."""
     slots = {me.worker: me.slots}
     for member in members:
         if now - within <= member.time and member.worker != me.worker:
             slots[member.worker] = max(slots.get(member.worker, 1), member.slots)
-    return Fleet(workers=len(slots), slots=sum(slots.values()), members=slots)
+    ours = frozenset(local) | {me.worker}
+    return Fleet(workers=len(slots), slots=sum(slots.values()), members=slots, local=ours & slots.keys())
 
 
 def landed_rate(times: Sequence[float], *, run: int = RATE_RUN) -> float | None:
@@ -120,23 +134,25 @@ def read_fleet(
     within: float,
     depth: int = 200,
     also: Iterable[Member] = (),
+    local: Iterable[str] = (),
 ) -> Fleet:
     """:func:`fleet_of` from what the last ``fetch(leases=True)`` brought: the lease refs'
     heartbeat commits and the last ``depth`` commits of the branch up to ``tip``, with ``also``
-    (e.g. the workers asking for work, who have no run yet to show)."""
+    (e.g. the workers asking for work, who have no run yet to show) and ``local``."""
     entries = [entry for commit in store.leases().values() for entry in store.recent(commit, 1)]
     if tip is not None:
         entries += store.recent(tip, depth)
     members = [m for e in entries if (m := member_of(e)) is not None]
-    return fleet_of([*members, *also], me=me, now=now, within=within)
+    return fleet_of([*members, *also], me=me, now=now, within=within, local=local)
 
 
 class Pacer:
     """One worker's share of the branch's pushes, from what it has learned (:meth:`observe`).
 
     Branch pushes: with a budget the fleet's branch pushes get what its heartbeats leave of
-    it; with more than one worker they also stay within ``HEADROOM`` of what the branch
-    takes (:attr:`branch_takes`). Each worker takes its part by slots, so its pushes are
+    it; with workers on other machines they also stay within ``HEADROOM`` of what the branch
+    takes (:attr:`branch_takes`); workers sharing this one's cache alone never pace it, as
+    they take turns on the cache instead of racing. Each worker takes its part by slots, so its pushes are
     ``interval`` seconds apart, and each push claims enough to keep its slots fed until the
     next, never more than its share by slots of what is pending.
 
@@ -169,7 +185,7 @@ class Pacer:
         if push_seconds is not None and push_seconds > 0:
             self.push_seconds = push_seconds
         if fleet is not None:
-            self.fleet = Fleet(max(1, fleet.workers), max(self.slots, fleet.slots), fleet.members)
+            self.fleet = Fleet(max(1, fleet.workers), max(self.slots, fleet.slots), fleet.members, fleet.local)
         if branch_rate is not None and branch_rate > 0:
             self.branch_rate = max(self.branch_rate or 0.0, branch_rate)
         if task_seconds is not None and task_seconds > 0:
@@ -198,7 +214,7 @@ class Pacer:
         if self.budget is not None:
             limits.append(self.budget.rate - self.fleet.workers / self.heartbeat_every(self.lease_for(self.lease)))
         takes = self.branch_takes
-        if takes is not None and self.fleet.workers > 1:
+        if takes is not None and self.fleet.elsewhere > 0:  # processes sharing our cache take turns: no race
             limits.append(HEADROOM * takes)
         return min(limits) if limits else None
 

@@ -3,7 +3,12 @@ and the branch, and a Pacer that keeps the whole fleet's pushes within budget ov
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +31,9 @@ from gitqueue.pacing import (
     read_fleet,
 )
 from gitqueue.validate import check_disk
+from gitqueue.worker.neighbours import Neighbours
+from gitqueue.worker.options import Options
+from gitqueue.worker.pace import Pace
 
 runner = CliRunner()
 SETTINGS = "format: 1\ndefaults: {priority: 0, max_attempts: 3, lease: 600}\n"
@@ -136,6 +144,77 @@ def test_the_fleet_and_the_landed_rate_from_a_real_queue(queue: Queue, bare_remo
         assert read_fleet(queue.store, tip, me=me, now=now + 3600, within=600) == Fleet(workers=1, slots=4)
         rate = landed_rate([c.time for c in commits])
         assert rate is not None and rate >= (len(commits) - 1) / max(commits[0].time - commits[-1].time, 1.0)
+
+
+def test_workers_sharing_a_cache_do_not_pace_each_other_but_another_machine_paces_them(
+    queue: Queue, bare_remote: Path
+) -> None:
+    """16 processes of one machine take turns on its cache: the pacer leaves them alone. A
+    worker on another machine (a cache of its own) races them: then they are paced, each by
+    its share of slots, the machine's processes counted too."""
+    ids = queue.submit([{"args": {"n": n}} for n in range(4)])
+    siblings = [Queue.open(str(bare_remote), worker=f"box-a/{n}") for n in range(2)]
+    try:
+        paces = [Pace(Options(), slots=1) for _ in siblings]
+        for pace, sibling in zip(paces, siblings, strict=True):
+            pace.start(sibling)
+            assert sibling.claim() is not None  # each shows on the branch
+        pace, me = paces[0], siblings[0]
+        assert me.store.path == siblings[1].store.path  # one cache
+        pace.learnt = float("-inf")
+        pace.learn(me, tip=me.store.fetch(leases=True))
+        assert pace.pacer.fleet.workers == 2 and pace.pacer.fleet.elsewhere == 0
+        pace.pacer.observe(push_seconds=0.1)
+        assert not pace.paced and pace.wait(0.0) == 0
+        with Queue.open(str(bare_remote), worker="box-b/0", cache=bare_remote.parent / "box-b") as other:
+            assert other.store.path != me.store.path and other.claim() is not None
+            pace.learnt = float("-inf")
+            pace.learn(me, tip=me.store.fetch(leases=True))
+        assert pace.pacer.fleet.workers == 3 and pace.pacer.fleet.elsewhere == 1
+        rate = pace.pacer.fleet_branch_rate
+        assert pace.paced and rate is not None and pace.pacer.interval == pytest.approx(3 / 1 / rate)
+        paces[1].stop()  # a sibling that stopped is no longer one of this machine's workers
+        assert pace.neighbours is not None and pace.neighbours.names() == {"box-a/0"}
+    finally:
+        for sibling in siblings:
+            sibling.close()
+    assert sorted(t["id"] for t in queue.runs()) == sorted(ids[:3])
+
+
+def test_a_worker_yet_to_claim_sizes_its_claim_by_what_its_neighbours_tasks_took(tmp_path: Path) -> None:
+    """Workers of one machine tell each other what their tasks take: one that has not run a
+    task yet claims a batch at once, not one task to learn; a worker of another queue does not."""
+
+    def pace_of(queue: str, worker: str) -> Pace:
+        pace = Pace(Options(max_batch=64, batch_seconds=1.0))
+        pace.neighbours = Neighbours(tmp_path, queue=queue, worker=worker)
+        pace.neighbours.join()
+        return pace
+
+    first, later, elsewhere = pace_of("q main", "box-a/0"), pace_of("q main", "box-a/1"), pace_of("o main", "box-a/2")
+    assert later.size(ran=0) == 1 and later.neighbours_here() and not elsewhere.neighbours_here()
+    first.took(0.1)
+    assert first.size(ran=1) == 10
+    assert later.seconds_per_task is None and later.task_seconds == pytest.approx(0.1)
+    assert later.size(ran=0) == 10 and elsewhere.size(ran=0) == 1
+    first.took(0.4)  # 0.19 s now: told again
+    assert later.size(ran=0) == 5
+
+
+def test_a_note_of_a_worker_process_that_is_gone_is_dropped(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    alive = Neighbours(tmp_path, queue="q main", worker="box-a/0")
+    alive.join()
+    folder = tmp_path / "pace"
+    (folder / "1-dead.json").write_text(
+        json.dumps({"queue": "q main", "worker": "box-a/9", "host": socket.gethostname(), "pid": int(gone.stdout)})
+    )
+    (folder / "2-other.json").write_text(
+        json.dumps({"queue": "other main", "worker": "box-z/0", "host": socket.gethostname(), "pid": os.getpid()})
+    )
+    (folder / "3-broken.json").write_text("{not json")
+    assert alive.names() == {"box-a/0"}
+    assert sorted(p.name for p in folder.iterdir()) == sorted([alive.path.name, "2-other.json", "3-broken.json"])
 
 
 # ---------------------------------------------------------------- the Pacer

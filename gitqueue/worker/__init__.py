@@ -18,6 +18,7 @@ The parts, each above the ones after it (imports go down this list only, all abo
 - :mod:`~gitqueue.worker.runner`: the default runner, a task's command as a child process;
 - :mod:`~gitqueue.worker.hand`: the runs in hand, and the one push that reports and claims;
 - :mod:`~gitqueue.worker.pace`: batch sizing;
+- :mod:`~gitqueue.worker.neighbours`: this machine's workers on a queue, and their tasks' time;
 - :mod:`~gitqueue.worker.child`: one child process (process group, pipes, log, time limit, stop);
 - :mod:`~gitqueue.worker.lease`: :class:`Watch`, heartbeats and looks for a cancel, ``TakenAway``;
 - :mod:`~gitqueue.worker.signals`: the stop signals and ``Stop``;

@@ -94,6 +94,10 @@ class Hand:
         worker wins the push, try again after it, instead of waiting idle."""
         if self.pushing is not None:
             return  # one push at a time
+        with self.pace.sizing_turn(self.queue, held=len(self.held)):  # a first claim: see there
+            self._claim_next()
+
+    def _claim_next(self) -> None:
         s = self.summary
         self.pace.start(self.queue, say=self.say)  # learn the budget and the fleet before the first push
         asked = self.pace.size(ran=s.done + s.failed, held=len(self.held)) - len(self.held)
@@ -193,7 +197,7 @@ class Hand:
         if not reports:
             return self.queue.claim_batch(claim, **self._claim_options(), patient=patient) if claim else []
         then_claim = {**self._claim_options(), "count": claim} if claim else None
-        finished = self.queue.finish(reports, then_claim=then_claim, patient=patient, hand_off=True)
+        finished = self.queue.finish(reports, then_claim=then_claim, patient=patient, hand_off=self.pace.may_ask())
         with self.lock:
             del self.reports[: len(sent)]  # landed: reported (reports only grow meanwhile), held runs given back
             if release:
@@ -219,14 +223,16 @@ class Hand:
                 self.say(f"{task.id}: back to {task.state.value} ({retry}, attempts spent {task.attempts_spent})")
 
     def _claim_options(self) -> dict[str, Any]:
-        # A lost race asks for work (a request ref); whoever lands next claims for us.
+        # A lost race asks for work (a request ref); whoever lands next claims for us. Not under a
+        # push_budget: a request is a push of its own, and saves us none.
         own_cmd_only = not self.runs_everything and not self.options.command
         lease = self.pace.lease()  # a budget too small for the queue's lease lengthens it
         gpus = None if self.pool is None else len(self.pool.owned)
         ask = Ask(
             labels=dict(self.options.labels), own_cmd_only=own_cmd_only, gpus=gpus, lease=lease, slots=self.pace.slots
         )
-        return {"labels": self.options.labels, "eligible": self._eligible, "ask": ask, "lease": lease}
+        ask_for = ask if self.pace.may_ask() else None
+        return {"labels": self.options.labels, "eligible": self._eligible, "ask": ask_for, "lease": lease}
 
     def _eligible(self, task: Task) -> bool:
         if self.runs_everything:  # e.g. a @loop function: it runs every task

@@ -13,6 +13,7 @@ always did.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from gitqueue.pacing import Member, Pacer, landed_rate, read_fleet
 from gitqueue.queue import Queue
 from gitqueue.snapshot import Snapshot
 from gitqueue.task import State
+from gitqueue.worker.neighbours import Neighbours
 from gitqueue.worker.options import Options
 
 HISTORY = 100  # branch commits read for the fleet and the landed rate, after a landed push
@@ -42,6 +44,10 @@ class Pace:
         self.pending = 0  # tasks pending at the last look
         self.learnt = float("-inf")  # when (monotonic) the last look was
         self.started = False  # looked before the first push (see start)
+        self.neighbours: Neighbours | None = None  # this machine's workers on the queue (see start)
+        self._queue: Queue | None = None  # the queue it looks at before a push under a budget (see wait)
+        self._say: Callable[[str], None] | None = None
+        self._looked = float("-inf")  # when (monotonic) it last fetched to look (see wait)
         self._said: str | None = None  # the pacer's problem, once told
 
     def size(self, *, ran: int, held: int = 0, free: int = 1) -> int:
@@ -52,12 +58,35 @@ class Pace:
         limit = self.options.max_batch
         if self.options.max_tasks is not None:
             limit = min(limit, self.options.max_tasks - ran)
-        wanted = 1 if self.seconds_per_task is None else int(self.batch_seconds / max(self.seconds_per_task, 1e-3))
+        seconds = self.task_seconds
+        wanted = 1 if seconds is None else int(self.batch_seconds / max(seconds, 1e-3))
         wanted = max(1, min(limit, wanted))
         if not self.paced:
             return wanted
         more = self.pacer.batch(free=free, held=held, pending=max(self.pending, 1), wanted=max(0, wanted - held))
         return max(1, min(limit, held + more))
+
+    @property
+    def task_seconds(self) -> float | None:
+        """What a task takes: this worker's moving average, else what this machine's other
+        workers on the queue have seen (None: nobody knows yet, claim one to learn)."""
+        if self.seconds_per_task is not None or self.neighbours is None:
+            return self.seconds_per_task
+        return self.neighbours.task_seconds()
+
+    def sizing_turn(self, queue: Queue, *, held: int) -> contextlib.AbstractContextManager[None]:
+        """What to hold while the next claim is sized and pushed: for a worker's first claim,
+        with other workers of this machine on the queue, its turn on the cache, waited for
+        before the claim is sized, since those that had their turns meanwhile may have learnt
+        what a task takes: it claims a batch at once instead of one task to learn. Else nothing:
+        the claim's own try takes its turn (and, with runs ``held``, does not wait for it)."""
+        if held or self.seconds_per_task is not None or not self.neighbours_here():
+            return contextlib.nullcontext()
+        return queue.store.turn()  # the claim's own try takes it again: its turn already
+
+    def neighbours_here(self) -> bool:
+        """Whether other workers of this machine work on the queue (they share its cache)."""
+        return self.neighbours is not None and len(self.neighbours.names() - {self.neighbours.worker}) > 0
 
     @property
     def paced(self) -> bool:
@@ -77,8 +106,17 @@ class Pace:
         return reported and held * 2 <= self.batch
 
     def wait(self, now: float) -> float:
-        """Seconds until this worker's next branch push may go (0: now)."""
-        return self.pacer.wait(now) if self.paced else 0.0
+        """Seconds until this worker's next branch push may go (0: now). Under a budget, when
+        its turn comes, it looks at the branch again first (not more often than every half
+        turn): machines that showed up since it last looked shrink its share, and so delay it."""
+        if not self.paced:
+            return 0.0
+        wait, queue = self.pacer.wait(now), self._queue
+        stale = time.monotonic() - max(self.learnt, self._looked) >= max(LEARN_EVERY, self.pacer.interval / 2)
+        if wait == 0 and stale and queue is not None and self.pacer.budget is not None:
+            self._look(queue)
+            wait = self.pacer.wait(now)
+        return wait
 
     def turn(self, *, held: int) -> float:
         """Seconds to wait before a push with nothing else to do (nothing ``held``): under a
@@ -100,18 +138,37 @@ class Pace:
             return None
         return self.pacer.lease_for(self.pacer.lease)
 
+    def may_ask(self) -> bool:
+        """Whether a lost race may push a request for work (see :mod:`gitqueue.requests`): not
+        under a ``push_budget``, where every push counts and a request saves this worker none
+        of its own (it still pushes its reports), so it would only take another's turn."""
+        return self.pacer.budget is None
+
     def start(self, queue: Queue, *, say: Callable[[str], None] | None = None) -> None:
-        """Before this worker's first push: fetch once (with the lease refs) and :meth:`learn`,
-        so that the first claims already know the budget and the fleet seen so far. Once."""
+        """Before this worker's first push: note it among this machine's workers, fetch once
+        (with the lease refs) and :meth:`learn`, so that the first claims already know the
+        budget and the fleet seen so far. Once."""
         if self.started:
             return
-        self.started = True
+        self.started, self._queue, self._say = True, queue, say
+        self.neighbours = Neighbours(queue.runs_folder, queue=queue.here, worker=queue.worker)
+        self.neighbours.join()
+        self._look(queue)
+        self.learnt = float("-inf")  # the first landed push learns again: the fleet will have shown up by then
+
+    def _look(self, queue: Queue) -> None:
+        """Fetch (with the lease refs) and :meth:`learn` from the tip fetched."""
         try:
             tip = queue.store.fetch(leases=True)
         except GitqueueError:
             tip = None
-        self.learn(queue, say=say, tip=tip)
-        self.learnt = float("-inf")  # the first landed push learns again: the fleet will have shown up by then
+        self.learnt, self._looked = float("-inf"), time.monotonic()  # a remote away is not asked again at once
+        self.learn(queue, say=self._say, tip=tip)
+
+    def stop(self) -> None:
+        """This worker stops: it is no longer among this machine's workers."""
+        if self.neighbours is not None:
+            self.neighbours.leave()
 
     def learn(self, queue: Queue, *, say: Callable[[str], None] | None = None, tip: str | None = None) -> None:
         """After a landed push (or at ``tip``): read from the cache what the branch shows (the
@@ -125,19 +182,20 @@ class Pace:
         try:
             snap = Snapshot(queue.store, queue.cache, tip)
             settings = snap.settings
-            self.pending = sum(len(group) for group in snap.pending_groups())
+            self.pending = sum(1 for _ in snap.entries(State.PENDING))  # a count: no task file is read
             times = [entry.time for entry in queue.store.recent(tip, HISTORY)]
             me = Member(queue.worker, self.slots, now)
             asking = [Member(r.worker, r.ask.slots, r.at) for r in requests.read(queue.store, now=now)[0]]
             holding = {summary.worker for _, summary in snap.summaries(State.RUNNING) if summary.worker}
             asking += [Member(worker, 1, now) for worker in holding]  # served for a request: on no commit of its own
             within = float(settings.lease)
-            fleet = read_fleet(queue.store, tip, me=me, now=now, within=within, depth=HISTORY, also=asking)
+            local = self.neighbours.names() if self.neighbours is not None else ()
+            fleet = read_fleet(queue.store, tip, me=me, now=now, within=within, depth=HISTORY, also=asking, local=local)
         except GitqueueError:
             return
         self.pacer.budget, self.pacer.lease = settings.push_budget, settings.lease
         self.pacer.observe(fleet=fleet, branch_rate=landed_rate(times), push_seconds=queue.protocol.attempt_seconds)
-        self.pacer.observe(task_seconds=self.seconds_per_task)
+        self.pacer.observe(task_seconds=self.task_seconds)
         queue.lifecycle.claims.slots, queue.lifecycle.claims.fleet = self.slots, fleet.members
         problem = self.pacer.problem
         if problem is not None and problem != self._said and say is not None:
@@ -161,3 +219,5 @@ class Pace:
         """A run took this long: it weighs in the next batch's size."""
         average = self.seconds_per_task
         self.seconds_per_task = seconds if average is None else 0.7 * average + 0.3 * seconds
+        if self.neighbours is not None:  # this machine's workers yet to claim size their first claim by it
+            self.neighbours.tell(self.seconds_per_task)

@@ -95,6 +95,9 @@ class Slots:
                     self._claim()
                     continue
                 if not self.slots and not self.hand.held:
+                    if self.hand.pace.turn(held=0) > 0 and not self.came_back_empty:  # a push_budget's turn
+                        self.wake.wait(STEP)
+                        continue
                     code = self._idle(now)
                     if code is not None:
                         return code
@@ -147,7 +150,7 @@ class Slots:
         not before the next look once the queue gave less than asked."""
         pace, hand = self.hand.pace, self.hand
         if not self.slots and not hand.held:  # empty-handed: claim before deciding we are idle
-            return not self.came_back_empty
+            return not self.came_back_empty and pace.turn(held=0) <= 0  # (under a push_budget, in turn)
         if now < pace.retry_at or pace.wait(now) > 0:  # lost the last try, or not our turn (pacer)
             return False
         if pace.drained and now < self.next_try:

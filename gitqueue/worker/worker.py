@@ -79,11 +79,11 @@ class Worker:
 
     def run(self) -> int:
         """Work until the queue is drained (or the limits say stop); returns an exit code."""
-        warning = self.queue.head_warning()
-        if warning:
+        if warning := self.queue.head_warning():
             self.say(f"warning: {warning}")
         with self.signals.installed():
             try:
+                self.hand.pace.start(self.queue, say=self.say)  # the budget and the fleet before any push
                 code = self._loop() if self.slots is None else self.slots.run()
             except CacheDamaged:  # rebuilding did not help: give back what we hold before stopping
                 with contextlib.suppress(GitqueueError):
@@ -91,6 +91,7 @@ class Worker:
                 raise
             finally:
                 self.hand.note()
+                self.hand.pace.stop()
         elapsed = time.monotonic() - self.summary.started
         s = self.summary
         if code == 0 and s.failed:
