@@ -55,6 +55,7 @@ class Connection:
         monotonic: Callable[[], float] = time.monotonic,
         max_skew: float = 30.0,
         remote: RemoteRefs | None = None,
+        share_first_fetch: bool = False,
     ) -> None:
         self.url = redact(url)  # for people: never with a secret the URL holds
         self._git_url = url
@@ -69,6 +70,8 @@ class Connection:
         # No branch given: the queue is where the remote's HEAD points (git clone's default).
         self.branch = branch or self.remote_refs().head or config.DEFAULT_BRANCH
         self.store = GitStore(url, branch=self.branch, cache=cache, patience=patience)
+        if share_first_fetch:  # a worker: one fetch for every read of its start (see GitStore.share_first_fetch)
+            self.store.share_first_fetch(clock=monotonic)
         self.cache = TaskCache(self.store)
         self.max_skew = max_skew
         self.notes: list[str] = []  # what init did that people should know

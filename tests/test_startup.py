@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from gitqueue import Queue
+from gitqueue.gitstore import SHARED_FOR
 
 # Loaded only by the commands that need them: never by a worker.
 NOT_FOR_WORK = (
@@ -110,3 +111,61 @@ def test_a_fresh_cache_is_made_without_copying_templates(bare_remote: Path, tmp_
     assert len(inits) == 1 and "--template=" in inits[0]
     caches = [p for p in (tmp_path / "worker-cache").iterdir() if (p / "HEAD").exists()]
     assert len(caches) == 1 and not (caches[0] / "hooks").exists()
+
+
+def test_work_fetches_once_before_its_first_claim(bare_remote: Path, tmp_path: Path) -> None:
+    """Opening, looking for dead runs, learning the fleet and claiming share one fetch (issue 12:
+    over a forge far away each fetch is a round trip, and a fleet launched at once makes them all)."""
+    ids = _seed(str(bare_remote), 2)
+    starts, stats = _run_work(str(bare_remote), tmp_path, "--max-tasks", "1")
+    before = _before_first_push(starts)
+    fetches = [argv for argv in before if argv[0] == "git" and "fetch" in argv]
+    assert len(fetches) == 1
+    assert any(spec.startswith("+refs/gitqueue/leases/") for spec in fetches[0])  # all a start reads, at once
+    assert any(spec.startswith("+refs/gitqueue/requests/") for spec in fetches[0])
+    assert stats["done"] == 1
+    with Queue.open(str(bare_remote)) as q:
+        assert [t.id for t in q.tasks("done")] == ids[:1]
+        assert [t.id for t in q.tasks("pending")] == ids[1:]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_shared_first_fetch_serves_reads_until_the_first_claim(bare_remote: Path, tmp_path: Path) -> None:
+    first = _seed(str(bare_remote), 1)
+    clock = FakeClock()
+    with Queue.open(str(bare_remote), worker="w", monotonic=clock, share_first_fetch=True) as q:
+        seen = q.store.fetch(leases=True)  # served: opening fetched everything
+        assert q.store.fetches == 1
+        with Queue.open(str(bare_remote), worker="other", cache=tmp_path / "elsewhere") as other:
+            later = other.submit([{"args": {"i": 9}}])
+        assert q.store.fetch(leases=True) == seen and q.store.fetches == 1
+        claimed = q.claim()  # the first claim try is served too, and spends the view
+        assert claimed is not None and claimed.id == first[0]
+        assert q.store.fetch() != seen and q.store.fetches >= 2  # a real fetch again
+        assert [t.id for t in q.tasks("pending")] == later
+
+
+def test_a_shared_first_fetch_ends_with_a_push_or_its_time(bare_remote: Path, tmp_path: Path) -> None:
+    """Another machine's push (its own cache) after the shared fetch: seen once the view is too
+    old, or after our own push, which the view never makes land twice."""
+    _seed(str(bare_remote), 1)
+    clock = FakeClock()
+    with Queue.open(str(bare_remote), worker="w", monotonic=clock, share_first_fetch=True) as q:
+        with Queue.open(str(bare_remote), worker="other", cache=tmp_path / "elsewhere") as other:
+            theirs = other.submit([{"args": {"i": 1}}])
+        clock.now += SHARED_FOR  # too old now: fetched again
+        assert theirs[0] in [t.id for t in q.tasks("pending")]
+    with Queue.open(str(bare_remote), worker="w", monotonic=clock, share_first_fetch=True) as q:
+        with Queue.open(str(bare_remote), worker="other", cache=tmp_path / "elsewhere") as other:
+            other.submit([{"args": {"i": 2}}])
+        mine = q.submit([{"args": {"i": 3}}])  # built on the shared view, lost the race, built again: lands
+        assert q.store.rejected_pushes == 1
+        pending = [t.id for t in q.tasks("pending")]  # after our push: fetched
+        assert mine[0] in pending and len(pending) == 4
