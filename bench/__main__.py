@@ -15,12 +15,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cycle, drain, fleet, scale
+from bench import cycle, drain, fleet, scale, startup
 from bench.env import TRANSPORTS, machine, sandbox, transport
 from bench.report import Report, Section, median, ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = "abcdefg"
+PARTS = "abcdefgh"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--caches", default="shared,own", help="(c) with several workers: 'shared' (one machine) and/or 'own' [both]"
     )
-    p.add_argument("--delay", type=float, default=0.040, help="(g) one-way latency of the forge, seconds [0.040]")
+    p.add_argument("--delay", type=float, default=0.040, help="(g), (h) one-way latency of the forge, seconds [0.040]")
     p.add_argument("--scenarios", default=None, help=f"(g) which, of {','.join(fleet.SCENARIOS)} [16x1; --full: all]")
     p.add_argument("--labtasker-venv", type=Path, help="(f) reuse or create Labtasker's venv here")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.md", help="Markdown output [bench/results/latest.md]")
@@ -50,7 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    parts = set((opts.parts or (PARTS if opts.full else "abcdeg")).replace(",", ""))
+    parts = set((opts.parts or (PARTS if opts.full else "abcdegh")).replace(",", ""))
     if "b" in parts:
         parts.add("a")
     transports = (opts.transports or ",".join(TRANSPORTS)).split(",")
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("(e) grid", lambda: part_grid(report, root, opts.grid)))
         if "g" in parts:
             steps.append(("(g) fleet", lambda: part_fleet(report, root, opts, labtasker="f" in parts)))
+        if "h" in parts:
+            steps.append(("(h) startup", lambda: part_startup(report, root, opts)))
         if "f" in parts:
             steps.append(("(f) labtasker", lambda: part_labtasker(report, root, opts)))
         for name, step in steps:
@@ -395,6 +397,17 @@ def _fleet_targets(report: Report, r: fleet.FleetResult) -> None:
 
 
 # ---------------------------------------------------------------- (f)
+
+
+def part_startup(report: Report, root: Path, opts: argparse.Namespace) -> None:
+    r = startup.measure(root, workers=16, delay=opts.delay)
+    startup.add_sections(report, r)
+    last = max(r.first_task)
+    report.target(
+        "16 launched at once: every one runs its first task within 2 s of the launch (issue 12)",
+        f"{last:.2f} s for the last (the machine's floor: {startup.floor_seconds(r):.2f} s)",
+        last <= 2.0,
+    )
 
 
 def part_labtasker(report: Report, root: Path, opts: argparse.Namespace) -> None:
