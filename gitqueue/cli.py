@@ -836,7 +836,6 @@ def work(
         task_timeout=task_timeout,
         **_slots_and_gpus(slots=slots, gpus=gpus),
     )
-    # Opening the queue fetches once for everything the worker reads before its first claim.
     with Queue.open(queue, worker=worker or default_worker(), max_skew=max_skew, share_first_fetch=True) as q:
         code = Worker(q, options).run()
     raise typer.Exit(code)
