@@ -10,8 +10,10 @@ config, hooks), never the rooms of the queue above it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,25 @@ def default_worker() -> str:
     if env.get("SLURM_JOB_ID"):
         return f"slurm-{env['SLURM_JOB_ID']}"
     return f"{socket.gethostname()}/{os.getpid()}"
+
+
+class RemoteAsk:
+    """One ``git ls-remote`` of a remote (see :func:`gitqueue.git.remote_refs`) in a thread of its
+    own, while the caller goes on; :meth:`result` waits for it."""
+
+    def __init__(self, url: str, *, root: Path | None) -> None:
+        self.refs: RemoteRefs | None = None
+        self._thread = threading.Thread(target=self._ask, args=(url, root), name="gitqueue-ls-remote", daemon=True)
+        self._thread.start()
+
+    def _ask(self, url: str, root: Path | None) -> None:
+        with contextlib.suppress(GitqueueError, OSError):  # whoever wants the answer asks again, with retries
+            self.refs = remote_refs(url, root=root)
+
+    def result(self) -> RemoteRefs | None:
+        """The remote's HEAD and branches, or None if asking failed."""
+        self._thread.join()
+        return self.refs
 
 
 class Connection:
@@ -67,6 +88,9 @@ class Connection:
         self.monotonic = monotonic
         self._remote = remote
         self._cache_root = cache  # where caches (and a kept-open ssh connection) live; None: the default
+        self._asking: RemoteAsk | None = None
+        if share_first_fetch and branch and remote is None:  # a worker warns about the remote's HEAD first thing:
+            self._asking = RemoteAsk(url, root=cache)  # ask while the cache opens and fetches, not after
         # No branch given: the queue is where the remote's HEAD points (git clone's default).
         self.branch = branch or self.remote_refs().head or config.DEFAULT_BRANCH
         self.store = GitStore(url, branch=self.branch, cache=cache, patience=patience)
@@ -200,6 +224,8 @@ class Connection:
 
     def remote_refs(self) -> RemoteRefs:
         """The remote's HEAD and branches, asked once (retrying while it is unreachable)."""
+        if self._remote is None and self._asking is not None:
+            self._remote, self._asking = self._asking.result(), None  # None if it failed: asked again below
         deadline, delay = self.clock() + self.patience, 0.1
         while self._remote is None:
             try:

@@ -169,3 +169,28 @@ def test_a_shared_first_fetch_ends_with_a_push_or_its_time(bare_remote: Path, tm
         assert q.store.rejected_pushes == 1
         pending = [t.id for t in q.tasks("pending")]  # after our push: fetched
         assert mine[0] in pending and len(pending) == 4
+
+
+def _git_events(trace: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in trace.read_text().splitlines()]
+
+
+def test_with_the_branch_told_the_remote_is_asked_while_the_cache_fetches(bare_remote: Path, tmp_path: Path) -> None:
+    """A worker warns when the remote's HEAD names another branch: the ls-remote that learns it
+    goes beside opening the cache and its first fetch, not one round trip after them."""
+    ids = _seed(str(bare_remote), 1)
+    trace = tmp_path / "trace2.json"
+    env = {**os.environ, "GIT_TRACE2_EVENT": str(trace), "GITQUEUE_BRANCH": "main"}
+    env["GITQUEUE_CACHE"] = str(tmp_path / "worker-cache")
+    argv = [sys.executable, "-m", "gitqueue", "work", "--queue", str(bare_remote), "--log-dir", str(tmp_path / "logs")]
+    proc = subprocess.run([*argv, "--", "true"], capture_output=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    events = _git_events(trace)
+    starts = {e["sid"]: e for e in events if e["event"] == "start"}
+    asks = [e for e in starts.values() if "ls-remote" in e["argv"]]  # type: ignore[operator]
+    fetch = next(e for e in starts.values() if "fetch" in e["argv"])  # type: ignore[operator]
+    fetch_exit = next(e for e in events if e["event"] == "exit" and e["sid"] == fetch["sid"])
+    assert len(asks) == 1
+    assert str(asks[0]["time"]) < str(fetch_exit["time"])  # under way before the first fetch ended
+    with Queue.open(str(bare_remote)) as q:
+        assert [t.id for t in q.tasks("done")] == ids
