@@ -304,7 +304,7 @@ class GitStore(LeaseRefs, RequestRefs):
         shared = self._from_shared(requests=requests)
         if shared is not None:
             return shared.tip
-        sharing, self._share_next = self._share_next, False
+        sharing = self._share_next  # until one lands: a remote unreachable at first is retried alike
         asked = self._share_clock() if sharing else 0.0
         self.fetches += 1
         started = time.monotonic()
@@ -314,7 +314,7 @@ class GitStore(LeaseRefs, RequestRefs):
                 try:
                     tip = self._fetch(leases or sharing, requests or sharing)
                     if sharing:
-                        self._shared = SharedFetch(tip, asked)
+                        self._share_next, self._shared = False, SharedFetch(tip, asked)
                     return tip
                 except CacheDamaged as exc:
                     if rebuilt is not None and folder_id(self.path) == rebuilt:
