@@ -109,8 +109,7 @@ class Cache(Commits):
         if self.path.exists():  # a remnant without HEAD (half deleted, say): not a cache
             self._move_aside()
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.path.parent))
-        # No templates: nobody runs hooks in a cache, and copying git's samples is half of init's time.
-        proc = run_git(["init", "--bare", "-q", "--template=", str(tmp)])
+        proc = run_git(["init", "--bare", "-q", str(tmp)])
         if proc.returncode:
             raise GitqueueError(f"cannot create the local cache {tmp}: {proc.stderr.decode().strip()}")
         with open(tmp / "config", "a") as config:

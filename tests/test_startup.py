@@ -102,17 +102,6 @@ def _before_first_push(starts: list[list[str]]) -> list[list[str]]:
     return starts[:first]
 
 
-def test_a_fresh_cache_is_made_without_copying_templates(bare_remote: Path, tmp_path: Path) -> None:
-    """The cache is a bare repository that nobody runs hooks in: no sample hooks to copy."""
-    _seed(str(bare_remote), 1)
-    starts, stats = _run_work(str(bare_remote), tmp_path, "--max-tasks", "1")
-    assert stats["done"] == 1
-    inits = [argv for argv in starts if "init" in argv]
-    assert len(inits) == 1 and "--template=" in inits[0]
-    caches = [p for p in (tmp_path / "worker-cache").iterdir() if (p / "HEAD").exists()]
-    assert len(caches) == 1 and not (caches[0] / "hooks").exists()
-
-
 def test_work_fetches_once_before_its_first_claim(bare_remote: Path, tmp_path: Path) -> None:
     """Opening, looking for dead runs, learning the fleet and claiming share one fetch (issue 12:
     over a forge far away each fetch is a round trip, and a fleet launched at once makes them all)."""
