@@ -2,7 +2,8 @@
 
 The quick set (default) takes a few minutes on a 2-core machine; ``--full`` adds the drains
 over git daemon and smart HTTP, the 100,000-task queue, the same drain out of 1,000 and
-100,000 tasks (h; alone: ``--parts h``, about a minute) and the Labtasker comparison.
+100,000 tasks (h; alone: ``--parts h``, about a minute) and the Labtasker comparison; (i), a
+fleet's launch, is in both.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cycle, drain, fleet, scale
+from bench import cycle, drain, fleet, scale, startup
 from bench.env import TRANSPORTS, machine, sandbox, transport
 from bench.report import Report, Section, median, ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = "abcdefgh"
+PARTS = "abcdefghi"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +41,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--caches", default="shared,own", help="(c) with several workers: 'shared' (one machine) and/or 'own' [both]"
     )
-    p.add_argument("--delay", type=float, default=0.040, help="(g) one-way latency of the forge, seconds [0.040]")
+    p.add_argument("--delay", type=float, default=0.040, help="(g), (h) one-way latency of the forge, seconds [0.040]")
     p.add_argument("--scenarios", default=None, help=f"(g) which, of {','.join(fleet.SCENARIOS)} [16x1; --full: all]")
     p.add_argument("--scale-sizes", default="1000,100000", help="(h) queue sizes drained from [1000,100000]")
     p.add_argument("--scale-drain", type=int, default=500, help="(h) tasks drained out of each queue [500]")
@@ -54,7 +55,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    parts = set((opts.parts or (PARTS if opts.full else "abcdeg")).replace(",", ""))
+    parts = set((opts.parts or (PARTS if opts.full else "abcdegi")).replace(",", ""))
     if "b" in parts:
         parts.add("a")
     transports = (opts.transports or ",".join(TRANSPORTS)).split(",")
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("(e) grid", lambda: part_grid(report, root, opts.grid)))
         if "g" in parts:
             steps.append(("(g) fleet", lambda: part_fleet(report, root, opts, labtasker="f" in parts)))
+        if "i" in parts:
+            steps.append(("(i) startup", lambda: part_startup(report, root, opts)))
         if "f" in parts:
             steps.append(("(f) labtasker", lambda: part_labtasker(report, root, opts)))
         for name, step in steps:
@@ -443,6 +446,17 @@ def _fleet_targets(report: Report, r: fleet.FleetResult) -> None:
 
 
 # ---------------------------------------------------------------- (f)
+
+
+def part_startup(report: Report, root: Path, opts: argparse.Namespace) -> None:
+    r = startup.measure(root, workers=16, delay=opts.delay)
+    startup.add_sections(report, r)
+    last = max(r.first_task)
+    report.target(
+        "16 launched at once: every one runs its first task within 2 s of the launch (issue 12)",
+        f"{last:.2f} s for the last (the machine's floor: {startup.floor_seconds(r):.2f} s)",
+        last <= 2.0,
+    )
 
 
 def part_labtasker(report: Report, root: Path, opts: argparse.Namespace) -> None:

@@ -6,30 +6,31 @@ on stderr and the exit code their class names (see ``gitqueue --help``).
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from gitqueue import __version__, config, hooks, progress
+from gitqueue import __version__, config
 from gitqueue import validate as validate_rules
 from gitqueue.config import SETTINGS_FILE, resolve_queue_url
 from gitqueue.errors import EditConflict, GitqueueError, InvalidTask, NothingToClaim
-from gitqueue.localrepo import LocalRepo
 from gitqueue.queue import Queue, default_worker
-from gitqueue.snapshot import Problem
-from gitqueue.sweep import Sweep, parse_value
 from gitqueue.task import State, Task, load_yaml
+
+if TYPE_CHECKING:  # what only some commands use loads in them: `gitqueue work` on a fleet starts fast
+    from rich.console import Console
+    from rich.table import Table
+
+    from gitqueue.snapshot import Problem
+    from gitqueue.sweep import Sweep
 
 EXIT_CODES = """Exit codes: 0 ok; 1 error; 2 bad usage; 3 nothing to claim; 4 the run no longer holds
 the task (nothing changed); 5 the queue's remote is unreachable (retried for --patience seconds);
@@ -102,9 +103,24 @@ def _complete_states(incomplete: str) -> list[str]:
 
 IdArg = Annotated[str, typer.Argument(metavar="ID", autocompletion=_complete_ids)]
 IdsArg = Annotated[list[str] | None, typer.Argument(metavar="ID", autocompletion=_complete_ids)]
-err = Console(stderr=True)
-# In a terminal tables fit its width; piped into a file or a pager, rows stay whole.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+
+
+@functools.cache
+def err() -> Console:
+    """The rich console on stderr, made on first use: rich loads only for the commands that print
+    through it (not for `gitqueue work`, which a fleet starts many of at once)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@functools.cache
+def out() -> Console:
+    """The rich console on stdout (see :func:`err`)."""
+    from rich.console import Console
+
+    # In a terminal tables fit its width; piped into a file or a pager, rows stay whole.
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 
 
 def _version(value: bool) -> None:
@@ -135,7 +151,11 @@ def _root(
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, Any]:
     """``["lr=0.01", "bs=32"]`` -> ``{"lr": 0.01, "bs": 32}``."""
     pairs: dict[str, Any] = {}
-    for item in items or []:
+    if not items:
+        return pairs  # (a worker without --label need not load sweep.py)
+    from gitqueue.sweep import parse_value
+
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=what)
@@ -308,6 +328,9 @@ def submit(
       gitqueue submit --from tasks.yaml      # a list of {args: ..., priority: ...}
       seq 5 | jq -c '{args: {seed: .}}' | gitqueue submit --from -
     """
+    from gitqueue import progress
+    from gitqueue.sweep import Sweep
+
     _check_format(fmt, ("ids", "json"))
     plan = Sweep.from_specs(
         fixed=pairs or [],
@@ -326,14 +349,14 @@ def submit(
             raise typer.BadParameter("--id names one task; a grid or file makes several", param_hint="--id")
         specs[0]["id"] = task_id
     subject = plan.subject(len(specs)) if not plan.empty and len(specs) > 1 else None
-    with Queue.open(queue) as q, progress.on_terminal(q, err):
+    with Queue.open(queue) as q, progress.on_terminal(q, err()):
         ids = q.submit(specs, subject=subject)
     if fmt == "json":
         _print_json(ids)
     else:
         for task_id_ in ids:
             typer.echo(task_id_)
-        err.print(f"submitted {len(ids)} task{'s' if len(ids) != 1 else ''}")
+        err().print(f"submitted {len(ids)} task{'s' if len(ids) != 1 else ''}")
 
 
 @app.command()
@@ -374,9 +397,9 @@ def tune(
             progress = tuner.progress(tuner.trials())
         else:
             try:
-                progress = tuner.run(poll=poll, sleep=time.sleep, say=lambda p: err.print(_tune_line(study.name, p)))
+                progress = tuner.run(poll=poll, sleep=time.sleep, say=lambda p: err().print(_tune_line(study.name, p)))
             except KeyboardInterrupt:
-                err.print(f"{study.name}: stopped; `gitqueue tune {study_file}` goes on from the queue")
+                err().print(f"{study.name}: stopped; `gitqueue tune {study_file}` goes on from the queue")
                 raise typer.Exit(130) from None
     if not best:
         return
@@ -573,7 +596,7 @@ def ls(
         tasks = [t for t in q.tasks(state, where=where, problems=problems) if tag is None or tag in t.tags]
     if where is not None or tag is not None:  # a filter cannot look inside a file that does not parse
         if problems:
-            err.print(f"{len(problems)} invalid task file(s) not shown: `gitqueue validate` names them")
+            err().print(f"{len(problems)} invalid task file(s) not shown: `gitqueue validate` names them")
         problems = []
     if fmt == "json":
         shown = validate_rules.display
@@ -583,7 +606,7 @@ def ls(
         for task in tasks:
             typer.echo(task.id)
         if problems:
-            err.print(f"{len(problems)} invalid task file(s) left out: `gitqueue validate` names them")
+            err().print(f"{len(problems)} invalid task file(s) left out: `gitqueue validate` names them")
     else:
         rows = []
         for task in tasks:
@@ -650,6 +673,8 @@ def status(
       gitqueue status
       gitqueue status --watch
     """
+    from gitqueue import progress
+
     _check_format(fmt, ("table", "json"))
     with Queue.open(queue) as q:
         if fmt == "json":
@@ -657,9 +682,9 @@ def status(
             return
         _warn_head(q)
         if not watch:
-            out.print(_status_view(progress.queue_status(q)))
+            out().print(_status_view(progress.queue_status(q)))
             return
-        if not out.is_terminal:  # a log or a pipe: a line each time something changed
+        if not out().is_terminal:  # a log or a pipe: a line each time something changed
             try:
                 progress.watch_lines(q, interval=interval, emit=typer.echo)
             except KeyboardInterrupt:
@@ -667,7 +692,7 @@ def status(
             return
         from rich.live import Live
 
-        with Live(_status_view(progress.queue_status(q)), console=out, auto_refresh=False) as live:
+        with Live(_status_view(progress.queue_status(q)), console=out(), auto_refresh=False) as live:
             try:
                 while True:
                     time.sleep(interval)
@@ -683,6 +708,12 @@ def _warn_head(q: Queue) -> None:
 
 
 def _status_view(info: dict[str, Any]) -> Table:
+    from rich.markup import escape
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    from gitqueue import progress
+
     grid = Table.grid(padding=(0, 2))
     counts = info["counts"]
     grid.add_row(f"[bold]{escape(info['queue'])}[/]")  # escape: what a queue holds is never markup
@@ -805,7 +836,7 @@ def work(
         task_timeout=task_timeout,
         **_slots_and_gpus(slots=slots, gpus=gpus),
     )
-    with Queue.open(queue, worker=worker or default_worker(), max_skew=max_skew) as q:
+    with Queue.open(queue, worker=worker or default_worker(), max_skew=max_skew, share_first_fetch=True) as q:
         code = Worker(q, options).run()
     raise typer.Exit(code)
 
@@ -856,6 +887,8 @@ def reap(
 
 def _lease_line(run: dict[str, Any]) -> str:
     """One run under way: whose, its last sign of life, when its lease runs out."""
+    from gitqueue import progress
+
     beat = f"last heartbeat {run['heartbeat']}" if run["heartbeat"] else "no heartbeat yet"
     ends = "lease end unknown"
     if run["lease_ends"]:
@@ -987,7 +1020,7 @@ def report(
 
     def said(sweep: Any) -> None:
         prog = sweep.progress
-        err.print(f"wrote {output}: {prog.finished} of {prog.total} tasks finished, {prog.describe()}")
+        err().print(f"wrote {output}: {prog.finished} of {prog.total} tasks finished, {prog.describe()}")
 
     with Queue.open(queue) as q:
         reporter = Reporter(q, metric=metric, where=where)
@@ -1040,20 +1073,7 @@ def validate(
         return
     if (staged or since) and top is None:
         raise typer.BadParameter("--staged and --since work in a clone of the queue", param_hint="--staged/--since")
-    if staged or since:
-        with LocalRepo(top or Path.cwd()) as repo:
-            problems = validate_rules.check_staged(repo) if staged else validate_rules.check_since(repo, since or "")
-        if paths:  # the pre-commit framework names files too: every one of them with --all-files
-            problems = sorted(set(problems) | set(validate_rules.check_disk(top, paths)), key=lambda p: p.path)
-    elif paths:
-        problems = validate_rules.check_disk(top, paths)
-    elif queue is None and top is not None and (top / SETTINGS_FILE).exists():
-        with progress.counting(err, "checking files") as counted:
-            problems = validate_rules.check_disk(top, progress=counted)
-    else:
-        with Queue.open(queue) as q, progress.on_terminal(q, err):
-            _warn_head(q)
-            problems = q.validate()
+    problems = _validate_problems(top, paths=paths, staged=staged, since=since, queue=queue)
     if fmt == "json":
         _print_json([{"path": validate_rules.display(p.path), "problem": p.message} for p in problems])
     else:
@@ -1061,9 +1081,32 @@ def validate(
             typer.echo(problem.message)
         files = len({p.path for p in problems})
         plural = "s" * (len(problems) != 1), "s" * (files != 1)
-        err.print(f"{len(problems)} problem{plural[0]} in {files} file{plural[1]}" if problems else "no problems")
+        err().print(f"{len(problems)} problem{plural[0]} in {files} file{plural[1]}" if problems else "no problems")
     if problems:
         raise typer.Exit(1)
+
+
+def _validate_problems(
+    top: Path | None, *, paths: list[Path] | None, staged: bool, since: str | None, queue: str | None
+) -> list[Problem]:
+    """What `validate` checks, by its options: the commits, the files on disk, or the queue."""
+    from gitqueue import progress
+    from gitqueue.localrepo import LocalRepo
+
+    if staged or since:
+        with LocalRepo(top or Path.cwd()) as repo:
+            problems = validate_rules.check_staged(repo) if staged else validate_rules.check_since(repo, since or "")
+        if paths:  # the pre-commit framework names files too: every one of them with --all-files
+            problems = sorted(set(problems) | set(validate_rules.check_disk(top, paths)), key=lambda p: p.path)
+        return problems
+    if paths:
+        return validate_rules.check_disk(top, paths)
+    if queue is None and top is not None and (top / SETTINGS_FILE).exists():
+        with progress.counting(err(), "checking files") as counted:
+            return validate_rules.check_disk(top, progress=counted)
+    with Queue.open(queue) as q, progress.on_terminal(q, err()):
+        _warn_head(q)
+        return q.validate()
 
 
 def _validate_ci(top: Path | None, fmt: str) -> None:
@@ -1122,6 +1165,8 @@ def hooks_install(
       gitqueue hooks install --server /srv/git/sweeps.git
       gitqueue hooks install --client .
     """
+    from gitqueue import hooks
+
     for path in hooks.install(server=server, client=client, branch=branch, force=force):
         typer.echo(f"installed {path}")
 
@@ -1282,6 +1327,8 @@ def hooks_ci(
       gitqueue hooks ci github > .github/workflows/gitqueue.yml
       gitqueue hooks ci gitlab > .gitlab-ci.yml
     """
+    from gitqueue import hooks
+
     if forge not in hooks.CI_WORKFLOWS:
         raise typer.BadParameter(f"{forge!r}: choose {' or '.join(hooks.CI_WORKFLOWS)}", param_hint="FORGE")
     typer.echo(hooks.ci_workflow(forge), nl=False)

@@ -10,8 +10,10 @@ config, hooks), never the rooms of the queue above it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +41,25 @@ def default_worker() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
+class RemoteAsk:
+    """One ``git ls-remote`` of a remote (see :func:`gitqueue.git.remote_refs`) in a thread of its
+    own, while the caller goes on; :meth:`result` waits for it."""
+
+    def __init__(self, url: str, *, root: Path | None) -> None:
+        self.refs: RemoteRefs | None = None
+        self._thread = threading.Thread(target=self._ask, args=(url, root), name="gitqueue-ls-remote", daemon=True)
+        self._thread.start()
+
+    def _ask(self, url: str, root: Path | None) -> None:
+        with contextlib.suppress(GitqueueError, OSError):  # whoever wants the answer asks again, with retries
+            self.refs = remote_refs(url, root=root)
+
+    def result(self) -> RemoteRefs | None:
+        """The remote's HEAD and branches, or None if asking failed."""
+        self._thread.join()
+        return self.refs
+
+
 class Connection:
     """One queue's repository and branch, attached through a local cache (see :class:`gitqueue.queue.Queue`)."""
 
@@ -55,6 +76,7 @@ class Connection:
         monotonic: Callable[[], float] = time.monotonic,
         max_skew: float = 30.0,
         remote: RemoteRefs | None = None,
+        share_first_fetch: bool = False,
     ) -> None:
         self.url = redact(url)  # for people: never with a secret the URL holds
         self._git_url = url
@@ -66,9 +88,14 @@ class Connection:
         self.monotonic = monotonic
         self._remote = remote
         self._cache_root = cache  # where caches (and a kept-open ssh connection) live; None: the default
+        self._asking: RemoteAsk | None = None
+        if share_first_fetch and branch and remote is None:  # a worker warns about the remote's HEAD first thing:
+            self._asking = RemoteAsk(url, root=cache)  # ask while the cache opens and fetches, not after
         # No branch given: the queue is where the remote's HEAD points (git clone's default).
         self.branch = branch or self.remote_refs().head or config.DEFAULT_BRANCH
         self.store = GitStore(url, branch=self.branch, cache=cache, patience=patience)
+        if share_first_fetch:  # a worker: one fetch for every read of its start (see GitStore.share_first_fetch)
+            self.store.share_first_fetch(clock=monotonic)
         self.cache = TaskCache(self.store)
         self.max_skew = max_skew
         self.notes: list[str] = []  # what init did that people should know
@@ -197,6 +224,8 @@ class Connection:
 
     def remote_refs(self) -> RemoteRefs:
         """The remote's HEAD and branches, asked once (retrying while it is unreachable)."""
+        if self._remote is None and self._asking is not None:
+            self._remote, self._asking = self._asking.result(), None  # None if it failed: asked again below
         deadline, delay = self.clock() + self.patience, 0.1
         while self._remote is None:
             try:

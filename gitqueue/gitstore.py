@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -50,6 +52,17 @@ MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
 LEASE_REFS = "refs/gitqueue/leases"
 # Where workers that need work ask for it: one ref per worker (see gitqueue.requests).
 REQUEST_REFS = "refs/gitqueue/requests"
+# Seconds a shared first fetch serves the fetches after it (see GitStore.share_first_fetch): as long
+# as the protocol builds on a push of its own without fetching (protocol.OPTIMISTIC_WINDOW).
+SHARED_FOR = 2.0
+
+
+@dataclass(frozen=True)
+class SharedFetch:
+    """A fetch's view (the tip it found, and when it was asked for) that the fetches after it get."""
+
+    tip: str | None
+    at: float
 
 
 class PushOutcome(Enum):
@@ -236,6 +249,9 @@ class GitStore(LeaseRefs, RequestRefs):
         self.fetches = 0
         self.heartbeat_pushes = 0  # pushes to lease refs (one per heartbeat push, however many refs it holds)
         self.last_rejection = ""  # what the remote said when it last refused a push
+        self._share_next = False  # the next fetch brings every ref and serves those after it
+        self._shared: SharedFetch | None = None
+        self._share_clock: Callable[[], float] = time.monotonic
 
     def close(self) -> None:
         """Close the cache (see :meth:`Cache.close`), and pack it if this instance pushed."""
@@ -247,21 +263,59 @@ class GitStore(LeaseRefs, RequestRefs):
     def _refill(self) -> None:
         self._fetch(True)
 
+    def heal(self, why: str, *, fetch: bool = True) -> None:
+        """Rebuild the damaged cache (see :meth:`Cache.heal`); a shared first fetch is spent with it."""
+        self._shared = None
+        super().heal(why, fetch=fetch)
+
     # ------------------------------------------------------------ remote
+
+    def share_first_fetch(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        """Let the next fetch bring the lease and request refs too, and give its view to the
+        fetches after it, up to and including the first that asks for request refs (a worker's
+        first claim try), for at most SHARED_FOR seconds (on ``clock``) and until this store
+        pushes or heals.
+
+        A worker's start reads the queue several times in a row before its first push (opening
+        it, looking for dead runs, learning the fleet, claiming): over a forge far away each read
+        is a round trip, and a fleet launched at once makes them all at once. One fetch answers
+        them all; a view that old is what the protocol already builds on after a push of its
+        own, and the claim's push is still a compare-and-swap on the tip it saw.
+        """
+        self._share_next, self._share_clock = True, clock
+
+    def _from_shared(self, *, requests: bool) -> SharedFetch | None:
+        """The shared first fetch, if it still serves this fetch (spent by the first with ``requests``)."""
+        shared = self._shared
+        if shared is None or self._share_clock() - shared.at >= SHARED_FOR:
+            self._shared = None
+            return None
+        if requests:
+            self._shared = None
+        return shared
 
     def fetch(self, *, leases: bool = False, requests: bool = False) -> str | None:
         """Bring the remote branch into the cache; return its tip, or None if it has none.
 
         With ``leases``, also mirror the remote's lease refs (see :meth:`leases`); with
-        ``requests``, its request refs (see :meth:`requests`).
+        ``requests``, its request refs (see :meth:`requests`). A shared first fetch (see
+        :meth:`share_first_fetch`) may answer instead, without reaching the remote.
         """
+        shared = self._from_shared(requests=requests)
+        if shared is not None:
+            return shared.tip
+        sharing = self._share_next  # until one lands: a remote unreachable at first is retried alike
+        asked = self._share_clock() if sharing else 0.0
         self.fetches += 1
         started = time.monotonic()
         try:
             rebuilt = None  # the folder the last rebuild made
             for _ in range(FETCH_HEALS):
                 try:
-                    return self._fetch(leases, requests)
+                    tip = self._fetch(leases or sharing, requests or sharing)
+                    if sharing:
+                        self._share_next, self._shared = False, SharedFetch(tip, asked)
+                    return tip
                 except CacheDamaged as exc:
                     if rebuilt is not None and folder_id(self.path) == rebuilt:
                         # The cache we just rebuilt is still there, and damaged again: not our
@@ -333,6 +387,7 @@ class GitStore(LeaseRefs, RequestRefs):
         caller learns the outcome with :meth:`settle`.
         """
         self.pushes += 1
+        self._shared = None  # what follows a push of ours sees what it did
         if self.pushes % MAINTAIN_EVERY == 0:
             self.maintain()
         extra = ["--atomic", *also] if also else []

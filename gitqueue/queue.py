@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitqueue import deps, filters, history, leftovers, reads
 from gitqueue import validate as rules
@@ -31,8 +31,10 @@ from gitqueue.protocol import Change, heals
 from gitqueue.reaping import Reaped, Reaper
 from gitqueue.requests import Ask
 from gitqueue.snapshot import Problem, Snapshot
-from gitqueue.sweep import Sweep
 from gitqueue.task import State, Task, id_order
+
+if TYPE_CHECKING:  # a sweep's plan is made by its caller: a worker need not load sweep.py
+    from gitqueue.sweep import Sweep
 
 
 class Queue(Connection):

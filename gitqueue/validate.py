@@ -21,16 +21,18 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from gitqueue import deps
 from gitqueue.config import SETTINGS_FILE, Settings
 from gitqueue.errors import GitqueueError, InvalidTask
 from gitqueue.gitstore import GitStore
-from gitqueue.localrepo import LocalRepo
 from gitqueue.objects import LINK_MODE, TREE_MODE
 from gitqueue.snapshot import FILE_MODES, Entry, Problem, Snapshot, not_a_file
 from gitqueue.task import MARKER, State, Task, fan, load_yaml, parse_task, split_task_path
+
+if TYPE_CHECKING:  # the hooks and `gitqueue validate --staged` open the repository: workers need not load it
+    from gitqueue.localrepo import LocalRepo
 
 STATES = frozenset(state.value for state in State)
 
