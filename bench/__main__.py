@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import cycle, drain, fleet, scale, startup
-from bench.env import TRANSPORTS, machine, sandbox, transport
+from bench.env import TRANSPORTS, compile_gitqueue, machine, sandbox, transport
 from bench.report import Report, Section, median, ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if profile:
         profile.unlink(missing_ok=True)
     started = time.monotonic()
+    compile_gitqueue()
     with sandbox(keep=opts.keep) as root:
         steps: list[tuple[str, Callable[[], None]]] = []
         if "a" in parts:

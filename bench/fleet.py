@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bench.checks import Check, exactly_once
 from bench.drain import run_workers
-from bench.env import git, gitqueue_command, sandbox, seed_queue
+from bench.env import compile_gitqueue, git, gitqueue_command, sandbox, seed_queue
 from bench.proxy import LatencyProxy
 from gitqueue.testing import GitDaemon, log_ref_updates, make_bare_repo, ref_updates
 
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     scenarios = chosen(opts)
     ok = True
+    compile_gitqueue()
     with sandbox() as root:
         mode = slots_mode()
         print(" | ".join(COLUMNS))
