@@ -65,8 +65,11 @@ def test_a_lone_worker_without_a_budget_batches_as_today(queue: Queue, bare_remo
         assert pace.heartbeat_every(600) == 30.0 and pace.heartbeat_every(9) == 3.0  # today's periods
     assert all(queue.get(i).state is State.DONE for i in ids)
     # One claim first (no task time known yet), then a batch of max_batch, topped up each time
-    # half of it has run: today's sizes.
-    assert claim_sizes(bare_remote) == [1, 8, 4, 4, 4, 4, 4, 1]
+    # half of it has run, up to max_batch in hand: the top-up's push goes on beside the next runs,
+    # so how many ran meanwhile (and so each top-up's size) varies, never past max_batch.
+    sizes = claim_sizes(bare_remote)
+    assert sizes[:2] == [1, 8] and sum(sizes) == 30 and max(sizes) <= 8
+    assert len(sizes) <= 8  # no more pushes than topping up by halves takes
     assert "warning" not in log.getvalue()
 
 
