@@ -234,7 +234,7 @@ class Pacer:
         what it holds stays within its share by slots of ``pending`` (tasks still pending)."""
         if pending <= 0:
             return 0
-        need = wanted
+        need = max(wanted, free - held)  # every free slot gets a run, even before a task's time is known
         if self.interval > 0 and self.task_seconds:  # paced: hold what the slots start before the next push
             per_slot = math.floor(self.interval / self.task_seconds) + 1  # (not before a task's time is
             need = max(wanted, free + self.slots * per_slot - held)  # known: unseen workers may want them)

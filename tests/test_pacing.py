@@ -252,6 +252,16 @@ def test_no_worker_holds_more_than_its_share_by_slots_of_what_is_pending() -> No
     assert pacer.batch(free=0, held=0, pending=0, wanted=5) == 0
 
 
+def test_a_first_claim_under_a_budget_fills_every_free_slot_before_a_tasks_time_is_known() -> None:
+    """Its next turn may be many seconds away: one run for four slots would leave three idle."""
+    pacer = Pacer(slots=4, budget=PushBudget(12, 60.0), lease=600)
+    pacer.observe(fleet=Fleet(4, 16))  # no task time yet
+    assert pacer.interval > 0
+    assert pacer.batch(free=4, held=0, pending=576, wanted=1) == 4
+    assert pacer.batch(free=4, held=1, pending=575, wanted=0) == 3
+    assert pacer.batch(free=4, held=0, pending=8, wanted=1) == 2  # never more than its share by slots
+
+
 def test_a_budget_too_small_for_the_leases_lengthens_them_and_says_so() -> None:
     pacer = Pacer(slots=1, budget=PushBudget(6, 60.0), lease=60)
     pacer.observe(fleet=Fleet(20, 20))
