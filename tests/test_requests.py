@@ -398,6 +398,23 @@ HOLD_JOB = textwrap.dedent(
 )
 
 
+def start_box_a(tmp_path: Path, url: str, *options: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """Install BEAT_HOOK on the remote at ``url`` (a path) and start worker box-a running
+    HOLD_JOB, with a cache of its own and ``options`` before ``--``; returns the process and
+    its folder (``ran``, the ``release-*`` files and its ``stderr``)."""
+    hook = Path(url) / "hooks" / "pre-receive"
+    hook.write_text(BEAT_HOOK)
+    hook.chmod(0o755)
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (tmp_path / "job.py").write_text(HOLD_JOB)
+    argv = [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "box-a", *options]
+    argv += ["--log-dir", str(folder / "logs"), "--", sys.executable, str(tmp_path / "job.py"), str(folder)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GITQUEUE_CACHE": str(tmp_path / "cache-a")}
+    with open(folder / "stderr", "wb") as err:
+        return subprocess.Popen(argv, env=env, stderr=err, cwd=folder), folder
+
+
 @pytest.mark.parametrize("slots", ["1", "2"])
 def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
     tmp_path: Path, bare_remote: Path, remote_repo: RemoteRepo, slots: str
@@ -407,19 +424,8 @@ def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, {"id": "t1", "args": {}})
-    hook = bare_remote / "hooks" / "pre-receive"
-    hook.write_text(BEAT_HOOK)
-    hook.chmod(0o755)
-    folder = tmp_path / "a"
-    folder.mkdir()
-    (tmp_path / "job.py").write_text(HOLD_JOB)
-    argv = [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "box-a", "--idle-timeout", "3"]
-    argv += ["--slots", slots]
-    argv += ["--log-dir", str(folder / "logs"), "--", sys.executable, str(tmp_path / "job.py"), str(folder)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GITQUEUE_CACHE": str(tmp_path / "cache-a")}
+    proc, folder = start_box_a(tmp_path, url, "--idle-timeout", "3", "--slots", slots)
     ran = folder / "ran"
-    with open(folder / "stderr", "wb") as err:
-        proc = subprocess.Popen(argv, env=env, stderr=err, cwd=folder)
     try:
         poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
         (bare_remote / "beat-box-a").touch()  # from now on every branch push of box-a loses
@@ -460,18 +466,8 @@ def test_a_worker_whose_pushes_keep_losing_hands_its_reports_to_whoever_lands(
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, {"id": "t1", "args": {}})
-    hook = bare_remote / "hooks" / "pre-receive"
-    hook.write_text(BEAT_HOOK)
-    hook.chmod(0o755)
-    folder = tmp_path / "a"
-    folder.mkdir()
-    (tmp_path / "job.py").write_text(HOLD_JOB)
-    argv = [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "box-a", "--slots", slots]
-    argv += ["--log-dir", str(folder / "logs"), "--", sys.executable, str(tmp_path / "job.py"), str(folder)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GITQUEUE_CACHE": str(tmp_path / "cache-a")}
+    proc, folder = start_box_a(tmp_path, url, "--slots", slots)
     ran = folder / "ran"
-    with open(folder / "stderr", "wb") as err:
-        proc = subprocess.Popen(argv, env=env, stderr=err, cwd=folder)
     try:
         poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
         (bare_remote / "beat-box-a").touch()  # from now on every branch push of box-a loses
@@ -555,18 +551,8 @@ def test_a_worker_whose_push_beside_its_last_runs_lost_reports_them_before_it_st
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, *({"id": f"t{i}", "args": {}} for i in range(1, 6)))
-    hook = bare_remote / "hooks" / "pre-receive"
-    hook.write_text(BEAT_HOOK)
-    hook.chmod(0o755)
-    folder = tmp_path / "a"
-    folder.mkdir()
-    (tmp_path / "job.py").write_text(HOLD_JOB)
-    argv = [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "box-a"]
-    argv += ["--log-dir", str(folder / "logs"), "--", sys.executable, str(tmp_path / "job.py"), str(folder)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GITQUEUE_CACHE": str(tmp_path / "cache-a")}
+    proc, folder = start_box_a(tmp_path, url)
     ran = folder / "ran"
-    with open(folder / "stderr", "wb") as err:
-        proc = subprocess.Popen(argv, env=env, stderr=err, cwd=folder)
     try:
         poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
         (folder / "release-t1").touch()  # its report claims the rest in one batch
