@@ -86,6 +86,11 @@ class LostRace(GitqueueError):
     """Another writer moved the branch first; the caller rebuilds on the new tip and retries."""
 
 
+class Defer(Exception):
+    """Raised by a change's ``build``: push nothing on this view, look again after a short pause
+    (another worker's push is due to do this one's work: see :mod:`gitqueue.requests`)."""
+
+
 class PushRefused(GitqueueError):
     """The remote's hook refused the push (it would leave the queue invalid); its reasons follow."""
 

@@ -48,6 +48,7 @@ from gitqueue.urls import scrub
 
 FETCH_HEALS = 3  # rebuilds of a cache that goes away (is deleted) again and again within one fetch
 MAINTAIN_EVERY = 2000  # pushes between looks at the cache's loose objects
+ASKED_LATELY = 30.0  # seconds since a fetch last saw requests for work, during which every claim fetches first
 # Where runs keep their leases alive: one ref per run token, outside the queue branch.
 LEASE_REFS = "refs/gitqueue/leases"
 # Where workers that need work ask for it: one ref per worker (see gitqueue.requests).
@@ -119,9 +120,16 @@ class RequestRefs(SideRefs):
     ``requests``, pushed by the worker that asks, deleted by whoever serves them (atomically,
     with the claims) or by the worker that takes its request back."""
 
+    asked_at = float("-inf")  # when (monotonic) a fetch last brought request refs
+
     def requests(self) -> dict[str, str]:
         """Request refs seen by the last ``fetch(requests=True)``: ref name -> request commit."""
         return self._mirrored("requests")
+
+    def asked_lately(self, within: float = ASKED_LATELY) -> bool:
+        """Whether a fetch in the last ``within`` seconds brought request refs: workers ask for
+        work on this queue, and only a fetch shows new requests."""
+        return time.monotonic() - self.asked_at < within
 
     def _forget_requests(self, refspecs: list[str]) -> None:
         """Request refs a landed push deleted are gone from our mirror too (an optimistic try,
@@ -359,6 +367,8 @@ class GitStore(LeaseRefs, RequestRefs):
                 return None
             raise remote_error(self.url, proc.stderr.decode(errors="replace"), doing="fetch from")
         self._seen = self._read_ref()
+        if requests and self.requests():
+            self.asked_at = time.monotonic()
         return self._seen
 
     def _check_fetch(self, err: str) -> None:

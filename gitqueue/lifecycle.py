@@ -24,7 +24,7 @@ from typing import Protocol as Interface
 from gitqueue import history
 from gitqueue import requests as asking
 from gitqueue import validate as rules
-from gitqueue.errors import GitqueueError, InvalidTask, InvalidTransition, LostRace, NotHeld
+from gitqueue.errors import Defer, GitqueueError, InvalidTask, InvalidTransition, LostRace, NotHeld
 from gitqueue.gitstore import LEASE_REFS, REQUEST_REFS
 from gitqueue.pacing import SLOTS_TRAILER
 from gitqueue.protocol import Change, Protocol
@@ -33,7 +33,7 @@ from gitqueue.snapshot import Snapshot
 from gitqueue.task import SPENT_OUTCOMES, State, Task, now_iso, parse_time, render, result_problem, same_args
 
 ERROR_TAIL = 2000
-AHEAD = 2  # runs per slot served to a request while plenty is pending: the one to start, and the next
+AHEAD = 4  # runs per slot served to a request while plenty is pending (at most half its fair share)
 
 
 class RunOwner(Interface):
@@ -199,6 +199,8 @@ class Lifecycle:
             served = self.served(snap)
             if served:  # nothing to commit: another worker's push claimed them for us
                 return Change(subject="", value=served)
+            if ask is not None:
+                self._defer()
             return self.claims.change(snap, labels, lease, eligible, count)
 
         on_lost = None if ask is None else lambda: self._lost(count, ask)
@@ -246,6 +248,12 @@ class Lifecycle:
         if not self.asker.ask(count, ask, reports=[report_json(report) for report in reports if report.token]):
             return 0
         return 1 + self.asker.older(asking.read(self.store, now=self.clock())[0])
+
+    def _defer(self) -> None:
+        """Defer (push nothing on this view) while an older asker's push is due to serve our
+        request too (see :meth:`gitqueue.requests.Asker.defers`)."""
+        if self.asker.asked and self.asker.defers(asking.read(self.store, now=self.clock())[0]):
+            raise Defer
 
     def withdraw(self) -> list[Task]:
         """Take our request back, if one is out (this worker stops): delete its ref, and give
@@ -304,6 +312,8 @@ class Lifecycle:
             served = self.served(snap)  # claimed for us by another worker (a report only: see take_found)
             if claim_options is None:  # a report only: it still serves the requests it sees
                 served = []
+            if not served and (ask is not None or hand_off):
+                self._defer()
             options = {**(claim_options or {}), "count": max(0, (claim_options or {}).get("count", 1) - len(served))}
             change.value.claimed = served
             if claim_options is None:
@@ -578,8 +588,8 @@ class Claims:
             holders[request.worker] -= ended
             held = max(0, holders[request.worker])
             want = request.count
-            if want and share(request.worker) >= 2 * AHEAD * request.ask.slots:  # plenty: its next runs too
-                want = max(want, AHEAD * request.ask.slots)
+            if want:  # plenty pending: its next runs too, up to half its share
+                want = max(want, min(AHEAD * request.ask.slots, share(request.worker) // 2))
             give = min(want, max(share(request.worker) - held, 0 if held else 1))
             guard = self.checks.guard(snap, request.fits)
             step, runs = self._claims(

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from gitqueue.cache import CacheBusy
-from gitqueue.errors import CacheDamaged, GitqueueError, LostRace, RemoteUnavailable
+from gitqueue.errors import CacheDamaged, Defer, GitqueueError, LostRace, RemoteUnavailable
 from gitqueue.git import Identity, tell_retrying
 from gitqueue.gitstore import GitStore, PushOutcome
 from gitqueue.snapshot import Snapshot, TaskCache
@@ -145,6 +145,7 @@ class _Try:
     value: Any = None
     finished: bool = False
     refetch: bool = False
+    deferred: bool = False
     unreachable: RemoteUnavailable | None = None
 
 
@@ -253,8 +254,8 @@ class Protocol:
             if attempt.unreachable is not None:
                 unreachable, deadline = attempt.unreachable, min(deadline, self.clock() + self.patience)
                 continue
-            if attempt.refetch:
-                fetch = True
+            if attempt.refetch or attempt.deferred:  # rebuild on a fetched view (deferred: after a pause)
+                fetch = attempt.refetch or self._look_again(patient)
                 continue
             if attempt.finished or self._landed(attempt):
                 return attempt.value
@@ -271,6 +272,14 @@ class Protocol:
             last_tip = attempt.snap.tip
             self._pause_after(lost, still, asked=asked)
 
+    def _look_again(self, patient: bool) -> bool:
+        """A build deferred to another worker's push: pause about one and a half tries before
+        the next look (LostRace if not ``patient``: the caller tries again later). True: fetch."""
+        if not patient:
+            raise LostRace("another worker's push is due to serve our request")
+        self.sleep(max(0.05, 1.5 * self.attempt_seconds) * random.uniform(0.75, 1.25))
+        return True
+
     def _try(
         self, build: Callable[[Snapshot], Change | None], *, fetch: bool, leases: bool, patient: bool, requests: bool
     ) -> _Try:
@@ -278,13 +287,17 @@ class Protocol:
         build, and commit and push what was built."""
         with self.store.turn(wait=patient):  # not patient: no waiting for the others either
             started = self.monotonic()
-            recent = None if fetch else self.store.recent_landing(OPTIMISTIC_WINDOW)
+            # Requests for work are seen only by fetching: on a queue where workers ask, always fetch.
+            optimistic = not fetch and not (requests and self.store.asked_lately())
+            recent = self.store.recent_landing(OPTIMISTIC_WINDOW) if optimistic else None
             try:
                 snap = Snapshot(self.store, self.cache, recent or self.store.fetch(leases=leases, requests=requests))
             except RemoteUnavailable as exc:
                 return _Try(unreachable=exc)
             try:
                 change = build(snap)
+            except Defer:
+                return _Try(deferred=True)
             except GitqueueError:
                 if recent is None:
                     raise

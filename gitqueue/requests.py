@@ -41,6 +41,7 @@ REQUEST_TTL = 30.0  # seconds: an older request is ignored (its worker may be go
 MOST_ASKED = 64  # tasks one request may ask for, whatever its trailer says
 MOST_REPORTED = 256  # reports one request may carry
 MOST_REPORT_BYTES = 1_000_000  # a bigger Gitqueue-Reports trailer makes the request unsound
+DEFER_FOR = 2.5  # seconds an asker waits for an older asker's push to serve it too, before racing
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,14 @@ class Asker:
             if request.commit == self._last:
                 return index
         return 0
+
+    def defers(self, live: list[Request]) -> bool:
+        """Whether to push nothing on a view whose live requests (oldest first) are ``live``:
+        a request of ours is out, and so is an older one, whose worker races the branch now and
+        whose push serves ours with it. A crowd of askers then makes one push, not one each
+        (of which all but one would lose). At most DEFER_FOR seconds after our request: an
+        older asker that is not racing (busy with a run, or gone) is not waited for longer."""
+        return bool(self.asked) and self.clock() - self._at < DEFER_FOR and self.older(live) > 0
 
     def answered(self) -> None:
         """Our requests are answered (or deleted by our own claim's push): none is out."""

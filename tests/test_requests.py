@@ -17,7 +17,7 @@ from conftest import RemoteRepo, poll_until
 
 from gitqueue.lifecycle import Report, report_json
 from gitqueue.queue import Queue
-from gitqueue.requests import REQUEST_TTL, Ask, ref_name
+from gitqueue.requests import DEFER_FOR, REQUEST_TTL, Ask, ref_name
 from gitqueue.requests import message as requests_message
 from gitqueue.task import State
 from gitqueue.testing import GitDaemon, make_bare_repo
@@ -627,12 +627,13 @@ def test_runs_claimed_for_any_request_a_worker_pushed_are_found_after_an_earlier
     assert remote_repo.states()[served.id] == "done"
 
 
-@pytest.mark.parametrize(("tasks", "each"), [(40, 2), (6, 1)])
-def test_with_plenty_pending_a_request_for_one_gets_the_next_run_too(
+@pytest.mark.parametrize(("tasks", "each"), [(40, 4), (12, 2), (6, 1)])
+def test_with_plenty_pending_a_request_for_one_gets_the_next_runs_too(
     bare_remote: Path, remote_repo: RemoteRepo, tasks: int, each: int
 ) -> None:
-    """Asked for one run: with plenty pending (a fair share of four or more) it is served two,
-    the one to start and the next (claimed ahead); with little pending, only the one."""
+    """Asked for one run: with plenty pending it is served up to half its fair share, at most
+    AHEAD (4) per slot: the one to start and the next ones (claimed ahead); with little
+    pending, only the one."""
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, *({"id": f"t{i:02d}", "args": {}} for i in range(tasks)))
@@ -647,3 +648,84 @@ def test_with_plenty_pending_a_request_for_one_gets_the_next_run_too(
     finally:
         for asker in askers:
             asker.close()
+
+
+def test_a_younger_asker_pushes_nothing_while_the_older_askers_push_serves_it(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """Many askers, one push: a worker whose request is younger than another's does not race the
+    branch (all but one racer would lose); it looks again after a pause and finds its run,
+    claimed by the older asker's push."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(4)))
+    older = machine(url, "box-b/1")
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 1:  # while the younger asker waits, the older one races and lands for both
+            older.claim_batch(1, ask=Ask())
+
+    younger = machine(url, "box-c/1", sleep=sleep)
+    try:
+        assert older.ask_for_work(1, Ask()) and younger.ask_for_work(1, Ask())
+        runs = younger.claim_batch(1, ask=Ask())
+        assert runs and all(run.record.get("claimed_by") == "box-b/1" for run in runs)
+        assert younger.store.pushes == 0, "the younger asker never pushed to the branch"
+        assert older.store.pushes == 1 and len(pauses) == 1
+        assert request_refs(remote_repo) == {}, "the older asker's push deleted both requests"
+    finally:
+        older.close()
+        younger.close()
+
+
+def test_a_younger_asker_races_after_a_while_if_the_older_asker_never_pushes(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """An older asker busy with a run (or gone) is not waited for long: after DEFER_FOR seconds
+    of its clock the younger asker claims for itself."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}}, {"id": "b", "args": {}})
+    now = [time.time()]
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += DEFER_FOR  # the older asker does nothing meanwhile
+
+    older = machine(url, "box-b/1")
+    younger = machine(url, "box-c/1", sleep=sleep, clock=lambda: now[0])
+    try:
+        assert older.ask_for_work(1, Ask())
+        now[0] += 1.0
+        assert younger.ask_for_work(1, Ask())
+        runs = younger.claim_batch(1, ask=Ask())
+        assert [run.id for run in runs] == ["a"] and "request" not in runs[0].record
+        assert younger.store.pushes == 1 and len(pauses) == 1
+        assert remote_repo.states() == {"a": "running", "b": "running"}, "its push served the older request too"
+    finally:
+        older.close()
+        younger.close()
+
+
+def test_a_worker_that_saw_requests_looks_before_each_push_and_serves_new_ones(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """Right after its own push landed a worker may build on it without fetching, unless it has
+    seen others asking for work: then it fetches first, so a request pushed meanwhile is served."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(6)))
+    server, first, second = (machine(url, f"box-{n}/1") for n in "abc")
+    try:
+        assert first.ask_for_work(1, Ask())
+        server.claim_batch(1)  # serves box-b
+        assert len(first.adopt()) >= 1
+        assert second.ask_for_work(1, Ask())  # asks right after that push landed
+        server.claim_batch(1)  # within the optimistic window of its last landing
+        assert len(second.adopt()) >= 1, "the second push did not see the request made after the first"
+    finally:
+        for queue in (server, first, second):
+            queue.close()
