@@ -10,17 +10,20 @@ import os
 import signal
 import subprocess
 import threading
+import time
+from collections import defaultdict
 from pathlib import Path
 
 from conftest import RemoteRepo, poll_until
 
 from gitqueue import Queue
-from gitqueue.pacing import SLOTS_TRAILER
+from gitqueue.pacing import SLOTS_TRAILER, Fleet
 from gitqueue.queue import Report, Run
 from gitqueue.task import State
 from gitqueue.testing import log_ref_updates, ref_updates
 from gitqueue.worker.lease import Watch
-from gitqueue.worker.options import Options
+from gitqueue.worker.hand import Aside, Hand
+from gitqueue.worker.options import Options, Summary
 from gitqueue.worker.pace import Pace
 from gitqueue.worker.worker import Worker
 
@@ -193,3 +196,32 @@ def test_a_worker_waiting_for_its_turn_stops_at_once_on_a_signal(queue: Queue, b
         ["git", "log", "--format=%s", "-2", "main"], cwd=bare_remote, capture_output=True, check=True, text=True
     ).stdout.splitlines()
     assert [s.split(" ")[0] for s in subjects] == ["done", "claim"]
+
+
+def test_a_paced_worker_claims_again_before_its_turn_when_its_runs_in_hand_run_out() -> None:
+    """Paced, a worker pushes once per turn; but with fewer runs in hand than a claim takes to
+    bring more, it claims at once rather than run dry waiting for its turn."""
+    pace = Pace(Options(), slots=1)
+    pace.pacer.observe(fleet=Fleet(workers=2, slots=2, members={"me": 1, "other": 1}), push_seconds=0.5)
+    pace.took(1.0)
+    pace.pushed(time.monotonic())
+    pace.batch = 8
+    assert pace.paced and pace.wait(time.monotonic()) > 0
+    assert not pace.due(held=5, reported=True), "five seconds in hand: it waits for its turn"
+    assert pace.due(held=1, reported=False), "one second in hand, a claim takes about one: claim now"
+    pace.served(4.0)  # claims have come to take longer: it claims earlier
+    assert pace.due(held=3, reported=False)
+
+
+def test_a_claim_is_not_skipped_when_the_last_push_beside_a_run_is_over_but_not_taken_in(
+    queue: Queue, bare_remote: Path
+) -> None:
+    queue.submit([{"args": {"n": n}} for n in range(3)])
+    hand = Hand(
+        queue, Options(command=["true"]), summary=Summary(), seconds=defaultdict(float), say=lambda _: None,
+        runs_everything=False,
+    )  # fmt: skip
+    hand.pushing = (Aside(lambda: [], wake=threading.Event()), 0)
+    poll_until(lambda: hand.pushing is not None and hand.pushing[0].over(), what="the push beside a run to end")
+    hand.claim_next()
+    assert hand.pushing is None and len(hand.held) == 1, "the ended push was taken in, and the claim went on"

@@ -92,8 +92,8 @@ class Hand:
         """Report what ended and claim the next batch. With runs still in hand, one try in a
         thread of its own while the next run goes on (see :meth:`settle_push`): if another
         worker wins the push, try again after it, instead of waiting idle."""
-        if self.pushing is not None:
-            return  # one push at a time
+        if self.pushing is not None and not self.settle_push(wait=False):
+            return  # one push at a time: the last one is still under way
         with self.pace.sizing_turn(self.queue, held=len(self.held)):  # a first claim: see there
             self._claim_next()
 
@@ -145,6 +145,7 @@ class Hand:
             now = time.monotonic()
             self.held_since.update({run.token: now for run in found})
             self.held.extend(found)
+            self.pace.batch = len(self.held)  # as a landed claim's: claim again once half of it has run
             self.note()
         return found
 
@@ -183,6 +184,10 @@ class Hand:
         if self.queue.protocol.last_landed != landed_before:  # our push landed: pace the next
             self.pace.pushed(time.monotonic())
             self.pace.learn(self.queue, say=self.say)
+        elif claimed:  # served by another worker's push: learn the fleet from the view that showed it
+            self.pace.learn(self.queue, say=self.say, tip=self.queue.lifecycle.found_on)
+        if claimed:
+            self.pace.served(time.monotonic() - started)
         self.note()
         return claimed
 

@@ -28,6 +28,7 @@ from gitqueue.worker.options import Options
 
 HISTORY = 100  # branch commits read for the fleet and the landed rate, after a landed push
 LEARN_EVERY = 2.0  # seconds: a worker pushing faster than this learns at most this often
+LEAD = 2.0  # paced, claim again once the runs in hand last less than this many claims' time
 
 
 class Pace:
@@ -40,6 +41,7 @@ class Pace:
         self.batch_seconds = options.batch_seconds  # grows while our pushes lose races
         self.lost_tries, self.retry_at = 0, 0.0  # one-try flushes lost in a row; next try not before
         self.batch, self.drained = 0, False  # runs in hand after the last claim; it got fewer than asked
+        self.claim_seconds = 1.0  # moving average: from a claim's start until it brought runs
         self.pacer = Pacer(slots=self.slots, budget=None, lease=600)
         self.pending = 0  # tasks pending at the last look
         self.learnt = float("-inf")  # when (monotonic) the last look was
@@ -63,6 +65,7 @@ class Pace:
         wanted = max(1, min(limit, wanted))
         if not self.paced:
             return wanted
+        self.pacer.observe(task_seconds=seconds)
         more = self.pacer.batch(free=free, held=held, pending=max(self.pending, 1), wanted=max(0, wanted - held))
         return max(1, min(limit, held + more))
 
@@ -101,9 +104,18 @@ class Pace:
             return True
         if self.drained or time.monotonic() < self.retry_at:  # lost the last try: give others a moment
             return False
-        if self.wait(time.monotonic()) > 0:
+        low = self.paced and self.pacer.budget is None and self.runway(held) <= LEAD * self.claim_seconds
+        if self.wait(time.monotonic()) > 0 and not low:  # our turn (no budget: unless the runs in hand run out)
             return False
-        return reported and held * 2 <= self.batch
+        return low or (reported and held * 2 <= self.batch)
+
+    def runway(self, held: int) -> float:
+        """Seconds the ``held`` runs in hand keep this worker's slots busy (0 before a task's time is known)."""
+        return held * (self.task_seconds or 0.0) / self.slots
+
+    def served(self, seconds: float) -> None:
+        """A claim brought runs after ``seconds`` (its push, or another worker's serving our request)."""
+        self.claim_seconds = 0.7 * self.claim_seconds + 0.3 * seconds
 
     def wait(self, now: float) -> float:
         """Seconds until this worker's next branch push may go (0: now). Under a budget, when
