@@ -154,7 +154,8 @@ class Pacer:
     takes (:attr:`branch_takes`); workers sharing this one's cache alone never pace it, as
     they take turns on the cache instead of racing. Each worker takes its part by slots, so its pushes are
     ``interval`` seconds apart, and each push claims enough to keep its slots fed until the
-    next, never more than its share by slots of what is pending.
+    next, never more than its share by slots of what is pending (under a budget, of all that is
+    outstanding: see :meth:`batch`).
 
     Heartbeats: one push per worker process every ``heartbeat_every`` seconds, a third of the
     lease. With a budget they may take at most half of it; a lease too short for that is
@@ -170,6 +171,7 @@ class Pacer:
         self.push_seconds: float | None = None  # one fetch-build-push cycle of this worker's
         self.task_seconds: float | None = None
         self._last_push: float | None = None
+        self._pushes = 0
 
     def observe(
         self,
@@ -192,12 +194,19 @@ class Pacer:
             self.task_seconds = task_seconds
 
     def pushed(self, now: float) -> None:
-        """This worker pushed to the branch at ``now``."""
-        self._last_push = now
+        """This worker pushed to the branch at ``now``. Its first push was sized before a task's
+        time was known: the second may follow as soon as the slots need it, in place of the next
+        turn (the one after is two turns after the first push), so that in any span from the
+        start a machine pushes at most one more than its turns (a budget's one first push)."""
+        self._pushes += 1
+        if self._pushes == 2 and self._last_push is not None:  # early: it takes the next turn's place
+            self._last_push = max(now, self._last_push + self.interval)
+        else:
+            self._last_push = now
 
     def wait(self, now: float) -> float:
         """Seconds until this worker may push to the branch again (0: now)."""
-        if self._last_push is None:
+        if self._last_push is None or self._pushes == 1:  # see pushed: the second may go at once
             return 0.0
         return max(0.0, self._last_push + self.interval - now)
 
@@ -228,16 +237,26 @@ class Pacer:
             return None
         return max(1 / self.push_seconds, self.branch_rate or 0.0)
 
-    def batch(self, *, free: int, held: int, pending: int, wanted: int) -> int:
+    def batch(self, *, free: int, held: int, pending: int, wanted: int, now: float | None = None) -> int:
         """How many tasks the next push claims: what the worker ``wanted``, or more if its
         ``free`` slots and ``held`` claims would run dry before its next push; capped so that
-        what it holds stays within its share by slots of ``pending`` (tasks still pending)."""
+        what it holds stays within its share by slots of ``pending`` (tasks still pending).
+        Not under a budget, whose turns are far apart: there the claim's own fair share of all
+        that is outstanding, read on the branch (the others' runs included), caps it, since a cap
+        on pending alone leaves part of it for the next turn, then part of that for the one
+        after (a drain's tail of whole turns). ``now`` (monotonic): the second push, which may
+        come early (see :meth:`pushed`), holds enough to last until the turn after next."""
         if pending <= 0:
             return 0
         need = max(wanted, free - held)  # every free slot gets a run, even before a task's time is known
         if self.interval > 0 and self.task_seconds:  # paced: hold what the slots start before the next push
-            per_slot = math.floor(self.interval / self.task_seconds) + 1  # (not before a task's time is
+            horizon = self.interval
+            if self._pushes == 1 and self._last_push is not None and now is not None:
+                horizon = max(horizon, self._last_push + 2 * self.interval - now)
+            per_slot = math.floor(horizon / self.task_seconds) + 1  # (not before a task's time is
             need = max(wanted, free + self.slots * per_slot - held)  # known: unseen workers may want them)
+        if self.budget is not None:  # turns far apart: the claim's fair share of all that is outstanding caps it
+            return max(0, min(need, pending))
         share = math.ceil((pending + held) * self.slots / self.fleet.slots) - held
         return max(0, min(need, pending, max(share, 1 if free > held else 0)))
 

@@ -4,6 +4,7 @@ and the branch, and a Pacer that keeps the whole fleet's pushes within budget ov
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import socket
@@ -244,12 +245,41 @@ def test_a_quiet_branch_does_not_hold_a_fleet_to_its_quiet_rate() -> None:
 
 
 def test_no_worker_holds_more_than_its_share_by_slots_of_what_is_pending() -> None:
-    pacer = Pacer(slots=2, budget=PushBudget(6, 60.0), lease=600)
-    pacer.observe(fleet=Fleet(4, 8), task_seconds=1.0)  # slow pushes, short tasks: it wants many ahead
+    pacer = Pacer(slots=2, budget=None, lease=600)
+    pacer.observe(fleet=Fleet(4, 8), push_seconds=2.0, task_seconds=0.1)  # slow pushes, short tasks: many ahead
+    assert pacer.interval > 0
     assert pacer.batch(free=2, held=0, pending=40, wanted=1) == 10
     assert pacer.batch(free=2, held=10, pending=30, wanted=1) == 0
     assert pacer.batch(free=2, held=0, pending=1, wanted=1) == 1  # a free slot with nothing held may always take one
     assert pacer.batch(free=0, held=0, pending=0, wanted=5) == 0
+
+
+def test_under_a_budget_the_claims_fair_share_caps_a_batch_not_the_pending_alone() -> None:
+    """Turns are far apart under a budget: a cap on what is pending alone (the others hold runs
+    too) would leave part of it for the next turn, then part of that for the one after. The
+    claim's own fair share of all that is outstanding, read on the branch, caps it instead
+    (Claims.change; see test_pacer's test of the fair share by slots)."""
+    pacer = Pacer(slots=2, budget=PushBudget(6, 60.0), lease=600)
+    pacer.observe(fleet=Fleet(4, 8), task_seconds=1.0)  # turns 50 s apart, 1 s tasks: it wants many ahead
+    assert pacer.batch(free=2, held=10, pending=30, wanted=1) == 30
+    assert pacer.batch(free=0, held=0, pending=0, wanted=5) == 0
+
+
+def test_a_second_push_may_follow_the_first_at_once_in_place_of_the_next_turn() -> None:
+    """The first push was sized before a task's time was known: the second may go as soon as the
+    slots need it, sized to last until the turn after next; from then on turns are an interval
+    apart, so a machine never pushes more than one more than its turns (a budget's first push)."""
+    pacer = Pacer(slots=4, budget=PushBudget(12, 60.0), lease=600)
+    pacer.observe(fleet=Fleet(4, 16), task_seconds=5.0)
+    interval = pacer.interval
+    pacer.pushed(100.0)
+    assert pacer.wait(103.0) == 0
+    early = pacer.batch(free=4, held=0, pending=1000, wanted=0, now=103.0)
+    assert early == 4 * (math.floor((2 * interval - 3.0) / 5.0) + 1) + 4  # until the turn after next
+    pacer.pushed(103.0)
+    assert pacer.wait(103.0) == pytest.approx(100.0 + 2 * interval - 103.0)
+    pacer.pushed(100.0 + 2 * interval)
+    assert pacer.wait(100.0 + 2 * interval) == pytest.approx(interval)
 
 
 def test_a_first_claim_under_a_budget_fills_every_free_slot_before_a_tasks_time_is_known() -> None:
@@ -259,7 +289,7 @@ def test_a_first_claim_under_a_budget_fills_every_free_slot_before_a_tasks_time_
     assert pacer.interval > 0
     assert pacer.batch(free=4, held=0, pending=576, wanted=1) == 4
     assert pacer.batch(free=4, held=1, pending=575, wanted=0) == 3
-    assert pacer.batch(free=4, held=0, pending=8, wanted=1) == 2  # never more than its share by slots
+    assert pacer.batch(free=4, held=0, pending=8, wanted=1) == 4  # its free slots: the claim's fair share caps it
 
 
 def test_a_budget_too_small_for_the_leases_lengthens_them_and_says_so() -> None:
@@ -303,7 +333,7 @@ class SimWorker:
         self.start_held(now)
         claimed, free = 0, self.slots - len(self.running)
         if (self.ended or free) and self.pacer.wait(now) == 0:
-            claimed = self.pacer.batch(free=free, held=self.held, pending=pending, wanted=max(0, free - self.held))
+            claimed = self.pacer.batch(free=free, held=self.held, pending=pending, wanted=max(0, free - self.held), now=now)
             if claimed or self.ended:
                 self.branch_pushes.append(now)
                 self.pacer.pushed(now)

@@ -66,7 +66,8 @@ class Pace:
         if not self.paced:
             return wanted
         self.pacer.observe(task_seconds=seconds)
-        more = self.pacer.batch(free=free, held=held, pending=max(self.pending, 1), wanted=max(0, wanted - held))
+        pending, want = max(self.pending, 1), max(0, wanted - held)
+        more = self.pacer.batch(free=free, held=held, pending=pending, wanted=want, now=time.monotonic())
         return max(1, min(limit, held + more))
 
     @property
