@@ -140,6 +140,18 @@ class RequestRefs(SideRefs):
                 with contextlib.suppress(OSError):
                     (self.path / self.namespace / "requests" / name).unlink()
 
+    def _request_leases(self, refspecs: list[str]) -> list[str]:
+        """Options that make each request deletion among ``refspecs`` a compare-and-swap: the
+        ref is deleted only if it still holds the request commit our last fetch saw. Git deletes
+        a ref that is gone without a word, so without this a push built on a request its worker
+        had taken back (it stopped) would still land the claims made for it, stranded until their
+        lease runs out; and a request asked anew meanwhile would be deleted unserved. A lease that
+        fails rejects the whole atomic push: a lost race, tried again on a fresh fetch. (No ref
+        is ever forced: a deletion only, of a ref outside the branch, and only if unchanged.)"""
+        seen = self.requests()
+        names = [spec.removeprefix(f":{REQUEST_REFS}/") for spec in refspecs if spec.startswith(f":{REQUEST_REFS}/")]
+        return [f"--force-with-lease={REQUEST_REFS}/{name}:{seen[name]}" for name in names if name in seen]
+
     def push_request(self, name: str, *, message: str, author: Identity, parent: str | None) -> str | None:
         """Push a request commit (empty tree, on ``parent``: our last request, if any) to the
         request ref ``name``; return it, or None if it could not be pushed.
@@ -400,7 +412,7 @@ class GitStore(LeaseRefs, RequestRefs):
         self._shared = None  # what follows a push of ours sees what it did
         if self.pushes % MAINTAIN_EVERY == 0:
             self.maintain()
-        extra = ["--atomic", *also] if also else []
+        extra = ["--atomic", *self._request_leases(also), *also] if also else []
         started = time.monotonic()
         try:
             proc = run_git(

@@ -729,3 +729,36 @@ def test_a_worker_that_saw_requests_looks_before_each_push_and_serves_new_ones(
     finally:
         for queue in (server, first, second):
             queue.close()
+
+
+def test_claims_for_a_request_taken_back_meanwhile_never_land(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    """A server read a request, and its worker took it back (it stopped) before the server's push:
+    the push must not land claims for a worker that is gone (they would sit running until their
+    lease ran out). The request ref's deletion is a compare-and-swap: the push loses, and the try
+    on a fresh fetch claims for the server alone."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(8)))
+    asker = machine(url, "box-b/1")
+    server = machine(url, "box-a/1")
+    assert asker.ask_for_work(1, Ask())
+    serve = server.lifecycle.claims.serve
+    left: list[bool] = []
+
+    def serve_then_the_asker_stops(*args: Any, **kwargs: Any) -> Any:
+        change = serve(*args, **kwargs)
+        if not left:  # between the server's fetch and its push
+            asker.close()  # takes its request back
+            left.append(True)
+        return change
+
+    server.lifecycle.claims.serve = serve_then_the_asker_stops  # type: ignore[method-assign]
+    try:
+        runs = server.claim_batch(1)
+    finally:
+        server.close()
+    assert left and len(runs) == 1
+    with Queue.open(url, worker="look") as look:
+        holders = {task.run["worker"] for task in look.tasks(State.RUNNING) if task.run}
+    assert holders == {"box-a/1"}, holders
+    assert request_refs(remote_repo) == {}
