@@ -312,7 +312,8 @@ class Lifecycle:
             served = self.served(snap)  # claimed for us by another worker (a report only: see take_found)
             if claim_options is None:  # a report only: it still serves the requests it sees
                 served = []
-            if not served and (ask is not None or hand_off):
+            carried = all(report.token in self.asker.handed for report in batch)  # by our request
+            if not served and (ask is not None or (hand_off and carried)):
                 self._defer()
             options = {**(claim_options or {}), "count": max(0, (claim_options or {}).get("count", 1) - len(served))}
             change.value.claimed = served

@@ -241,8 +241,8 @@ class Pacer:
         """How many tasks the next push claims: what the worker ``wanted``, or more if its
         ``free`` slots and ``held`` claims would run dry before its next push; capped so that
         what it holds stays within its share by slots of ``pending`` (tasks still pending).
-        Not under a budget, whose turns are far apart: there the claim's own fair share of all
-        that is outstanding, read on the branch (the others' runs included), caps it, since a cap
+        Under a budget, whose turns are far apart, that cap is left to the claim's own fair
+        share of all that is outstanding, read on the branch (the others' runs included): a cap
         on pending alone leaves part of it for the next turn, then part of that for the one
         after (a drain's tail of whole turns). ``now`` (monotonic): the second push, which may
         come early (see :meth:`pushed`), holds enough to last until the turn after next."""

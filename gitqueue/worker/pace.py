@@ -14,6 +14,7 @@ always did.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 
@@ -111,8 +112,9 @@ class Pace:
         return low or (reported and held * 2 <= self.batch)
 
     def runway(self, held: int) -> float:
-        """Seconds the ``held`` runs in hand keep this worker's slots busy (0 before a task's time is known)."""
-        return held * (self.task_seconds or 0.0) / self.slots
+        """Seconds the ``held`` runs in hand keep this worker's slots busy (unknown: infinite)."""
+        seconds = self.task_seconds
+        return math.inf if seconds is None else held * seconds / self.slots
 
     def served(self, seconds: float) -> None:
         """A claim brought runs after ``seconds`` (its push, or another worker's serving our request)."""
