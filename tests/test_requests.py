@@ -3,12 +3,14 @@ lands on the branch next claims for it in the same push, deleting the request re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +417,26 @@ def start_box_a(tmp_path: Path, url: str, *options: str) -> tuple[subprocess.Pop
         return subprocess.Popen(argv, env=env, stderr=err, cwd=folder), folder
 
 
+@contextlib.contextmanager
+def box_a_running_t1(
+    tmp_path: Path, url: str, *options: str, release: Iterable[str]
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """:func:`start_box_a`, then wait until it runs t1; yields the process, its folder and the
+    file of what it ran. On the way out every run named in ``release`` is let go, and a worker
+    still running is killed (so a failed test leaves no process behind)."""
+    proc, folder = start_box_a(tmp_path, url, *options)
+    ran = folder / "ran"
+    try:
+        poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
+        yield proc, folder, ran
+    finally:
+        for name in release:
+            (folder / f"release-{name}").touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("slots", ["1", "2"])
 def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
     tmp_path: Path, bare_remote: Path, remote_repo: RemoteRepo, slots: str
@@ -424,10 +446,8 @@ def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, {"id": "t1", "args": {}})
-    proc, folder = start_box_a(tmp_path, url, "--idle-timeout", "3", "--slots", slots)
-    ran = folder / "ran"
-    try:
-        poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
+    options = ("--idle-timeout", "3", "--slots", slots)
+    with box_a_running_t1(tmp_path, url, *options, release=("t1", "t2", "t3")) as (proc, folder, ran):
         (bare_remote / "beat-box-a").touch()  # from now on every branch push of box-a loses
         (folder / "release-t1").touch()
         poll_until(lambda: request_refs(remote_repo), what="box-a asking for work", timeout=60)
@@ -444,12 +464,6 @@ def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
             (folder / f"release-{for_a}").touch()
             mine.done()
         proc.wait(timeout=90)
-    finally:
-        for name in ("t1", "t2", "t3"):
-            (folder / f"release-{name}").touch()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, (folder / "stderr").read_text()
     assert sorted(ran.read_text().split()) == sorted(["t1", for_a])  # each ran once, t1 first
     assert remote_repo.states() == {"t1": "done", "t2": "done", "t3": "done"}
@@ -466,10 +480,7 @@ def test_a_worker_whose_pushes_keep_losing_hands_its_reports_to_whoever_lands(
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, {"id": "t1", "args": {}})
-    proc, folder = start_box_a(tmp_path, url, "--slots", slots)
-    ran = folder / "ran"
-    try:
-        poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
+    with box_a_running_t1(tmp_path, url, "--slots", slots, release=("t1",)) as (proc, folder, _):
         (bare_remote / "beat-box-a").touch()  # from now on every branch push of box-a loses
         (folder / "release-t1").touch()
         poll_until(lambda: request_refs(remote_repo), what="box-a handing its report over", timeout=60)
@@ -480,11 +491,6 @@ def test_a_worker_whose_pushes_keep_losing_hands_its_reports_to_whoever_lands(
             assert remote_repo.states() == {"t1": "done", "t2": "running"}
             proc.wait(timeout=60)  # nothing left to report or to claim: it stops
             mine.done()
-    finally:
-        (folder / "release-t1").touch()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, (folder / "stderr").read_text()
     assert request_refs(remote_repo) == {}  # deleted by the push that recorded the report
     with Queue.open(url) as q:
@@ -551,10 +557,7 @@ def test_a_worker_whose_push_beside_its_last_runs_lost_reports_them_before_it_st
     url = str(bare_remote)
     Queue.init(url).close()
     submit(url, *({"id": f"t{i}", "args": {}} for i in range(1, 6)))
-    proc, folder = start_box_a(tmp_path, url)
-    ran = folder / "ran"
-    try:
-        poll_until(lambda: ran.exists() and ran.read_text().split() == ["t1"], what="box-a running t1", timeout=60)
+    with box_a_running_t1(tmp_path, url, release=[f"t{i}" for i in range(1, 6)]) as (proc, folder, ran):
         (folder / "release-t1").touch()  # its report claims the rest in one batch
         poll_until(lambda: set(remote_repo.states().values()) == {"done", "running"}, what="t1 done", timeout=60)
         assert remote_repo.states() == {"t1": "done", **dict.fromkeys(["t2", "t3", "t4", "t5"], "running")}
@@ -573,12 +576,6 @@ def test_a_worker_whose_push_beside_its_last_runs_lost_reports_them_before_it_st
         with machine(url, "box-b") as server:
             server.claim_batch(0)  # records what box-a's request carries
         proc.wait(timeout=60)
-    finally:
-        for i in range(1, 6):
-            (folder / f"release-t{i}").touch()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, (folder / "stderr").read_text()
     assert remote_repo.states() == dict.fromkeys(["t1", "t2", "t3", "t4", "t5"], "done")
     with Queue.open(url) as q:
