@@ -21,8 +21,8 @@ from gitqueue.pacing import SLOTS_TRAILER, Fleet
 from gitqueue.queue import Report, Run
 from gitqueue.task import State
 from gitqueue.testing import log_ref_updates, ref_updates
-from gitqueue.worker.lease import Watch
 from gitqueue.worker.hand import Aside, Hand
+from gitqueue.worker.lease import Watch
 from gitqueue.worker.options import Options, Summary
 from gitqueue.worker.pace import Pace
 from gitqueue.worker.worker import Worker

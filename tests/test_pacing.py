@@ -333,7 +333,9 @@ class SimWorker:
         self.start_held(now)
         claimed, free = 0, self.slots - len(self.running)
         if (self.ended or free) and self.pacer.wait(now) == 0:
-            claimed = self.pacer.batch(free=free, held=self.held, pending=pending, wanted=max(0, free - self.held), now=now)
+            claimed = self.pacer.batch(
+                free=free, held=self.held, pending=pending, wanted=max(0, free - self.held), now=now
+            )
             if claimed or self.ended:
                 self.branch_pushes.append(now)
                 self.pacer.pushed(now)
