@@ -158,20 +158,25 @@ class RequestRefs(SideRefs):
 
         Only its worker writes that ref, and the workers that serve it only delete it, so the
         push is a fast-forward or a creation (never a forced push). A ref left by an earlier
-        process of the same worker name is fetched and built on, once.
+        process of the same worker name is fetched and built on, once. Asking is best effort: a
+        damaged cache (another worker of this machine may be rebuilding it) pushes nothing, and
+        the next claim's try heals it.
         """
+        try:
+            return self._push_request(name, message=message, author=author, parent=parent)
+        except (subprocess.TimeoutExpired, CacheDamaged):
+            return None
+
+    def _push_request(self, name: str, *, message: str, author: Identity, parent: str | None) -> str | None:
         for _ in range(2):
             if parent is not None and not self.has(parent):
                 parent = None
-            try:
-                commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
-                proc = run_git(
-                    ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{REQUEST_REFS}/{name}"],
-                    cwd=self.path,
-                    env=self.git_env,
-                )
-            except subprocess.TimeoutExpired:
-                return None
+            commit = self.write_commit(tree=self.write_tree({}), parent=parent, message=message, author=author)
+            proc = run_git(
+                ["push", "--porcelain", "--no-verify", "-q", self.url, f"{commit}:{REQUEST_REFS}/{name}"],
+                cwd=self.path,
+                env=self.git_env,
+            )
             if proc.returncode == 0:
                 return commit
             parent = self._fetch_one(REQUEST_REFS, "requests", name)

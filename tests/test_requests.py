@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -759,3 +760,20 @@ def test_claims_for_a_request_taken_back_meanwhile_never_land(bare_remote: Path,
         holders = {task.run["worker"] for task in look.tasks(State.RUNNING) if task.run}
     assert holders == {"box-a/1"}, holders
     assert request_refs(remote_repo) == {}
+
+
+def test_a_request_a_damaged_cache_cannot_write_is_not_pushed_and_the_worker_goes_on(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """Asking is best effort: a cache whose objects folder went away (another worker of the
+    machine is rebuilding it) pushes no request and raises nothing; the next claim heals the
+    cache and claims. Before, the damage escaped the claim's lost race and stopped the worker."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "t1", "args": {}})
+    with machine(url, "box-b/1") as asker:
+        asker.snapshot()
+        shutil.rmtree(asker.store.path / "objects")
+        assert asker.ask_for_work(1, Ask()) is False
+        assert request_refs(remote_repo) == {}
+        assert [run.id for run in asker.claim_batch(1)] == ["t1"]
