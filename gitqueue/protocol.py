@@ -314,8 +314,12 @@ class Protocol:
     def _landed(self, attempt: _Try) -> bool:
         """Whether the try's push landed (an unknown outcome learnt by fetching, outside the turn)."""
         outcome = attempt.outcome
-        if outcome is PushOutcome.UNKNOWN:
-            outcome = self.store.settle(attempt.commit)
+        heals = 0
+        while outcome is PushOutcome.UNKNOWN:
+            try:
+                outcome = self.store.settle(attempt.commit)
+            except CacheDamaged as exc:  # rebuilt: settle again, by fetching into the new cache
+                heals = self.rebuild(exc, heals)
         if outcome is not PushOutcome.LANDED:
             return False
         recent = attempt.recent

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import pytest
 from conftest import RemoteRepo
 
 from gitqueue import NotHeld, Queue, State
+from gitqueue import gitstore as GITSTORE
 from gitqueue.errors import LostRace
 from gitqueue.gitstore import PushOutcome
 from gitqueue.queue import Change
@@ -432,6 +434,40 @@ def test_push_that_landed_but_was_never_confirmed(remote_url: str, remote_repo: 
         assert run is not None and run.id == ids[0]
         assert (q.store.pushes - pushes, q.store.rejected_pushes - rejected) == (1, 0)
         assert q.get(ids[0]).token == run.token
+        run.done()
+    counts = actions(remote_repo)
+    assert counts[("claim", ids[0])] == 1 and counts[("claim", ids[1])] == 0
+    assert remote_repo.states() == {ids[0]: "done", ids[1]: "pending"}
+    remote_repo.fsck()
+
+
+def test_a_cache_that_keeps_going_away_while_a_push_is_settled_is_rebuilt_and_the_claim_counted(
+    remote_url: str, remote_repo: RemoteRepo
+) -> None:
+    """The server dies before it can confirm a push that landed, and the local cache is deleted
+    before each of the next fetches, more times than one fetch rebuilds it (a user's ``rm -rf``
+    racing the rebuilds): the worker rebuilds it again, learns its claim landed, and claims
+    nothing twice (a failure here once stopped a worker mid-drain)."""
+    with Queue.init(remote_url, worker="box/0") as q:
+        ids = q.submit([{"args": {"n": i}} for i in range(2)])
+        hook = install_hook(
+            remote_repo.path, "reference-transaction", '[ "$1" = committed ] || exit 0\nrm -f "$0"\nkill -9 $PPID\n'
+        )
+        settled = watch_settling(q.store)
+        real_fetch, deletions = q.store._fetch, [GITSTORE.FETCH_HEALS + 1]
+
+        def fetch_into_a_deleted_cache(*args: Any) -> str | None:
+            if not hook.exists() and deletions[0] > 0:  # after the push: the cache goes before each fetch
+                deletions[0] -= 1
+                shutil.rmtree(q.store.path)
+            return real_fetch(*args)
+
+        q.store._fetch = fetch_into_a_deleted_cache  # type: ignore[method-assign]
+        run = q.claim()
+        assert deletions == [0], "the cache must have gone before each of those fetches"
+        assert settled == [PushOutcome.LANDED]
+        assert run is not None and run.id == ids[0]
+        assert q.store.heals > GITSTORE.FETCH_HEALS
         run.done()
     counts = actions(remote_repo)
     assert counts[("claim", ids[0])] == 1 and counts[("claim", ids[1])] == 0
