@@ -26,9 +26,8 @@ import pytest
 from conftest import RemoteRepo
 
 from gitqueue import NotHeld, Queue, State
-from gitqueue import gitstore as GITSTORE
 from gitqueue.errors import LostRace
-from gitqueue.gitstore import PushOutcome
+from gitqueue.gitstore import FETCH_HEALS, PushOutcome
 from gitqueue.queue import Change
 from gitqueue.testing import GitDaemon, make_bare_repo
 
@@ -454,7 +453,7 @@ def test_a_cache_that_keeps_going_away_while_a_push_is_settled_is_rebuilt_and_th
             remote_repo.path, "reference-transaction", '[ "$1" = committed ] || exit 0\nrm -f "$0"\nkill -9 $PPID\n'
         )
         settled = watch_settling(q.store)
-        real_fetch, deletions = q.store._fetch, [GITSTORE.FETCH_HEALS + 1]
+        real_fetch, deletions = q.store._fetch, [FETCH_HEALS + 1]
 
         def fetch_into_a_deleted_cache(*args: Any) -> str | None:
             if not hook.exists() and deletions[0] > 0:  # after the push: the cache goes before each fetch
@@ -467,7 +466,7 @@ def test_a_cache_that_keeps_going_away_while_a_push_is_settled_is_rebuilt_and_th
         assert deletions == [0], "the cache must have gone before each of those fetches"
         assert settled == [PushOutcome.LANDED]
         assert run is not None and run.id == ids[0]
-        assert q.store.heals > GITSTORE.FETCH_HEALS
+        assert q.store.heals > FETCH_HEALS
         run.done()
     counts = actions(remote_repo)
     assert counts[("claim", ids[0])] == 1 and counts[("claim", ids[1])] == 0
