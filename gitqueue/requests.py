@@ -42,6 +42,9 @@ MOST_ASKED = 64  # tasks one request may ask for, whatever its trailer says
 MOST_REPORTED = 256  # reports one request may carry
 MOST_REPORT_BYTES = 1_000_000  # a bigger Gitqueue-Reports trailer makes the request unsound
 DEFER_FOR = 2.5  # seconds an asker waits for an older asker's push to serve it too, before racing
+MOST_KEPT, MOST_KEPT_BYTES = 256, 65_536  # request messages kept once read (see _message_of), and their size
+
+_MESSAGES: dict[str, str] = {}  # request commit -> its message, as read once
 
 
 @dataclass(frozen=True)
@@ -204,10 +207,20 @@ def read(store: GitStore, *, now: float) -> tuple[list[Request], list[str]]:
 
 
 def _message_of(store: GitStore, commit: str) -> str:
-    if not store.has(commit):
+    """A request commit's message ("" if the cache lacks it), read from the cache once: every
+    build of a claim reads the live requests, and a commit never changes."""
+    text = _MESSAGES.get(commit)
+    if text is not None:
+        return text
+    if not store.has(commit):  # a git process each: why the messages are kept
         return ""
     data = store.read(commit).decode(errors="replace")
-    return data.split("\n\n", 1)[1] if "\n\n" in data else ""
+    text = data.split("\n\n", 1)[1] if "\n\n" in data else ""
+    if len(text) <= MOST_KEPT_BYTES:
+        if len(_MESSAGES) >= MOST_KEPT:
+            _MESSAGES.clear()
+        _MESSAGES[commit] = text
+    return text
 
 
 def parse(ref: str, commit: str, text: str) -> Request | None:

@@ -22,6 +22,7 @@ from gitqueue.lifecycle import Report, report_json
 from gitqueue.queue import Queue
 from gitqueue.requests import DEFER_FOR, REQUEST_TTL, Ask, ref_name
 from gitqueue.requests import message as requests_message
+from gitqueue.requests import read as requests_read
 from gitqueue.task import State
 from gitqueue.testing import GitDaemon, make_bare_repo
 
@@ -777,3 +778,28 @@ def test_a_request_a_damaged_cache_cannot_write_is_not_pushed_and_the_worker_goe
         assert asker.ask_for_work(1, Ask()) is False
         assert request_refs(remote_repo) == {}
         assert [run.id for run in asker.claim_batch(1)] == ["t1"]
+
+
+def test_each_request_commit_is_read_from_the_cache_once(bare_remote: Path, remote_repo: RemoteRepo) -> None:
+    """Every build of a claim reads the live requests (and a deferring asker reads them twice):
+    a request commit never changes, so its message is read once, not one git process per read."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "a", "args": {}})
+    for worker in ("box-b/1", "box-c/1"):
+        ask_and_die(url, worker)
+    with machine(url, "box-a/1") as server:
+        server.store.fetch(requests=True)
+        looked: list[str] = []
+        real_has = server.store.has
+
+        def has(sha: str) -> bool:
+            looked.append(sha)
+            return real_has(sha)
+
+        server.store.has = has  # type: ignore[method-assign]
+        first = requests_read(server.store, now=time.time())
+        again = requests_read(server.store, now=time.time())
+        assert [r.worker for r in first[0]] == ["box-b/1", "box-c/1"]
+        assert again == first
+        assert sorted(looked) == sorted(request_refs(remote_repo).values())  # once each
