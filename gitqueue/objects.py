@@ -202,6 +202,22 @@ class Objects:
             self._trees.move_to_end(sha)
         return entries
 
+    def count_files(self, sha: str, suffix: bytes = b".yaml") -> int:
+        """How many entries of a tree are files named ``*suffix``: from the parsed tree if it
+        is kept, else from the raw object, without parsing it into the cache (a count of a
+        whole queue's folders would push out the trees its claims read)."""
+        kept = self._trees.get(sha)
+        if kept is not None:
+            named = suffix.decode()
+            return sum(1 for name, (mode, _) in kept.items() if mode != TREE_MODE and name.endswith(named))
+        data, count, pos = self.read(sha), 0, 0
+        while pos < len(data):
+            nul = data.index(b"\0", pos)
+            if not data.startswith(TREE_MODE + b" ", pos) and data.endswith(suffix, pos, nul):
+                count += 1
+            pos = nul + 21  # the name's NUL, then the 20-byte object id
+        return count
+
     def _remember(self, sha: str, entries: dict[str, tuple[bytes, str]]) -> None:
         """Keep recently used trees, up to TREE_CACHE_ENTRIES entries in all: every claim
         makes new versions of a few large trees, and their old versions are rarely read."""

@@ -25,6 +25,7 @@ from gitqueue.task import State, Task, check_id, fan, id_order, parse_task
 FLAT_LIMIT = 1000
 PREFETCH = 2000  # tasks parsed after one bulk read when listing
 ENTRY_CACHE = 150_000  # pending entries kept, shared by claiming and the worker's checks
+COUNT_CACHE = 10_000  # fan-out folders whose task files were counted, kept by tree id
 
 
 def _group_key(prefix: str, tree: str) -> str:
@@ -89,6 +90,16 @@ class TaskCache:
         self.order = CandidateOrder()
         self._entries: OrderedDict[tuple[str, str], list[Entry]] = OrderedDict()
         self._entry_count = 0
+        self._counts: dict[str, int] = {}  # fan-out folder's tree id -> its task files
+
+    def count(self, tree: str, make: Callable[[], int]) -> int:
+        """The task files of one fan-out folder at ``tree``, counted once (bounded by count)."""
+        found = self._counts.get(tree)
+        if found is None:
+            if len(self._counts) >= COUNT_CACHE:
+                self._counts.clear()
+            found = self._counts[tree] = make()
+        return found
 
     def entries(self, key: tuple[str, str], make: Callable[[], list[Entry]]) -> list[Entry]:
         """Entries of one tree, made once and kept while recently used (bounded by count)."""
@@ -182,6 +193,18 @@ class Snapshot:
                         yield Entry(f"{state.value}/{name}/{sub}", blob, state, sub[:-5], submode)
             elif name.endswith(".yaml"):
                 yield Entry(f"{state.value}/{name}", sha, state, name[:-5], mode)
+
+    def count(self, state: State) -> int:
+        """How many task files a state folder holds, as :meth:`entries` lists them: a
+        fan-out folder is counted once per version (by tree id), so a count after a claim
+        reads only the folders the claim changed, however big the queue."""
+        total = 0
+        for name, (mode, sha) in self.folder(state.value).items():
+            if mode == TREE_MODE:
+                total += self.cache.count(sha, partial(self.store.count_files, sha))
+            elif name.endswith(".yaml"):
+                total += 1
+        return total
 
     def pending_groups(self) -> Iterator[list[Candidate]]:
         """Pending tasks in groups that change independently (the flat files, each fan-out

@@ -60,3 +60,21 @@ def test_a_damaged_loose_object_is_never_read_as_good(tmp_path: Path, damage: st
     with pytest.raises(GitqueueError, match=blob):
         reader.read(blob)
     reader._repo.close()
+
+
+def test_a_tree_s_task_files_are_counted_from_the_raw_object_or_the_parsed_one(tmp_path: Path) -> None:
+    """Files named *.yaml, not folders so named nor other files; counting a tree not in memory
+    leaves it out of memory (a count of every folder would push out the trees claims read)."""
+    repo = make_bare_repo(tmp_path / "objects.git")
+    writer = Objects(repo)
+    blob = writer.write_blob(b"args: {}\n")
+    inner = writer.write_tree({"inner.yaml": (BLOB_MODE, blob)})
+    entries = {f"t{i}.yaml": (BLOB_MODE, blob) for i in range(300)}
+    entries |= {"notes.txt": (BLOB_MODE, blob), "odd.yaml": (b"40000", inner), "run.yaml": (b"100755", blob)}
+    tree = writer.write_tree(entries)
+    writer._repo.close()
+    fresh = Objects(repo)
+    assert fresh.count_files(tree) == 301
+    assert tree not in fresh._trees
+    assert len(fresh.tree(tree)) == 303 and fresh.count_files(tree) == 301  # now from the parsed tree
+    fresh._repo.close()

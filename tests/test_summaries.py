@@ -15,7 +15,7 @@ import pytest
 
 from gitqueue import Queue, index, snapshot
 from gitqueue.snapshot import Entry, Snapshot
-from gitqueue.task import fan
+from gitqueue.task import State, fan
 from tests.conftest import RemoteRepo
 
 
@@ -168,3 +168,24 @@ def test_a_worker_ranks_each_changed_folder_as_a_new_process_would(
     )
     run = queue.claim()
     assert run is not None and run.id == best[1]
+
+
+def test_pending_is_counted_as_listed_and_recounted_only_where_a_claim_changed_it(
+    queue: Queue, remote_repo: RemoteRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker counts what is pending to pace itself: at 100,000 tasks a count that parsed
+    every fan-out folder took a third of a worker's time, and pushed the folders its claims
+    read out of memory. A folder is counted once per version, the same files entries() lists."""
+    odd = {f"pending/{fan(LOW)}/notes.txt": "not a task\n", f"pending/{fan(GPU)}/odd.yaml/inner.yaml": "args: {}\n"}
+    remote_repo.person_commit({**FILES, **odd})
+    snap = queue.snapshot()
+    assert snap.count(State.PENDING) == len(list(snap.entries(State.PENDING))) == len(FILES)
+    run = queue.claim()
+    assert run is not None and run.id == HIGH
+    after = queue.snapshot()
+    folders = {name: sha for name, (_, sha) in after.folder("pending").items()}
+    read: list[str] = []
+    real = queue.store.read
+    monkeypatch.setattr(queue.store, "read", lambda sha: read.append(sha) or real(sha))
+    assert after.count(State.PENDING) == len(FILES) - 1
+    assert set(read) <= {folders[fan(HIGH)]}, "only the folder the claim changed is counted again"

@@ -197,7 +197,7 @@ class Pace:
         try:
             snap = Snapshot(queue.store, queue.cache, tip)
             settings = snap.settings
-            self.pending = sum(1 for _ in snap.entries(State.PENDING))  # a count: no task file is read
+            self.pending = snap.count(State.PENDING)  # no task file is read
             times = [entry.time for entry in queue.store.recent(tip, HISTORY)]
             me = Member(queue.worker, self.slots, now)
             asking = [Member(r.worker, r.ask.slots, r.at) for r in requests.read(queue.store, now=now)[0]]
