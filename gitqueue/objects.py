@@ -30,7 +30,9 @@ from pathlib import Path
 from gitqueue.errors import CacheDamaged, GitqueueError
 from gitqueue.git import Identity, run_git
 
-TREE_CACHE_ENTRIES = 100_000  # tree entries kept in memory (the folders a cycle of several workers changes)
+# Tree entries kept in memory: above the pending folders of a 100,000-task queue, whose first claim
+# passes over every one twice (ranking, stray files); with less, each pass pushed out the next tree.
+TREE_CACHE_ENTRIES = 150_000
 TREE_MODE = b"40000"
 BLOB_MODE = b"100644"
 LINK_MODE = b"120000"
