@@ -37,15 +37,16 @@ the task (nothing changed); 5 the queue's remote is unreachable (retried for --p
 6 the remote refused our credentials (not retried); 7 (work) a task it ran failed."""
 
 
-_argument_type = TyperArgument.display_type_rich
+_argument_type = getattr(TyperArgument, "display_type_rich", None)
 
 
 def _named_argument_type(self: TyperArgument, ctx: Any) -> str | None:
     """An argument with a metavar says what it takes; typer's own ``<list[str]>`` says nothing."""
-    return None if self.metavar is not None else _argument_type(self, ctx)
+    return None if self.metavar is not None or _argument_type is None else _argument_type(self, ctx)
 
 
-TyperArgument.display_type_rich = _named_argument_type  # type: ignore[method-assign,assignment]
+if _argument_type is not None:  # typer 0.29 and later; older ones show no such type
+    setattr(TyperArgument, "display_type_rich", _named_argument_type)  # noqa: B010 (typer's own name)
 
 
 class _Group(TyperGroup):
