@@ -51,15 +51,22 @@ args = json.loads(os.environ["GITQUEUE_ARGS"])
 stem = str(marks / f"{task}.{attempt}")
 
 
+def mark(suffix, text):
+    # Write-then-rename: a test polling for the marker never reads it half written.
+    part = pathlib.Path(stem + suffix + ".part")
+    part.write_text(text)
+    os.replace(part, stem + suffix)
+
+
 def stopped(signum, frame):
-    pathlib.Path(stem + ".stopped").write_text(str(signum))
+    mark(".stopped", str(signum))
     if not args.get("stubborn"):
         sys.exit(128 + signum)
 
 
 signal.signal(signal.SIGTERM, stopped)
 signal.signal(signal.SIGINT, stopped)
-pathlib.Path(stem + ".pid").write_text(str(os.getpid()))
+mark(".pid", str(os.getpid()))
 print(f"stdout of {task}", flush=True)
 print(f"stderr of {task}", file=sys.stderr, flush=True)
 if int(attempt) in args.get("hold", []):
