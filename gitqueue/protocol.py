@@ -177,6 +177,10 @@ class Protocol:
         self.backed_off = 0.0  # seconds slept after lost races
         self.streak = 0  # our pushes in a row that landed on our own last push, unfetched
         self.last_landed: str | None = None
+        # Workers started together lose their first race to our first claim and ask for work
+        # after our fetch showed no request: until a fetch looks again, no try builds on our own
+        # landing unfetched. None: no claim of ours landed yet; False: not looked since; True.
+        self.looked_after_claim: bool | None = None
         self.contenders = 1  # workers seen holding runs at the last claim or lost race: how wide to spread
         self._identity: Identity | None = None
 
@@ -258,6 +262,8 @@ class Protocol:
                 fetch = attempt.refetch or self._look_again(patient)
                 continue
             if attempt.finished or self._landed(attempt):
+                if requests and self.looked_after_claim is None and not attempt.finished:
+                    self.looked_after_claim = False
                 return attempt.value
             fetch = True
             assert attempt.snap is not None
@@ -288,12 +294,14 @@ class Protocol:
         with self.store.turn(wait=patient):  # not patient: no waiting for the others either
             started = self.monotonic()
             # Requests for work are seen only by fetching: on a queue where workers ask, always fetch.
-            optimistic = not fetch and not (requests and self.store.asked_lately())
-            recent = self.store.recent_landing(OPTIMISTIC_WINDOW) if optimistic else None
+            asking = requests and (self.store.asked_lately() or self.looked_after_claim is False)
+            recent = self.store.recent_landing(OPTIMISTIC_WINDOW) if not (fetch or asking) else None
             try:
                 snap = Snapshot(self.store, self.cache, recent or self.store.fetch(leases=leases, requests=requests))
             except RemoteUnavailable as exc:
                 return _Try(unreachable=exc)
+            if recent is None and requests and self.looked_after_claim is False:
+                self.looked_after_claim = True
             try:
                 change = build(snap)
             except Defer:

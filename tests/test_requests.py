@@ -730,6 +730,24 @@ def test_a_worker_that_saw_requests_looks_before_each_push_and_serves_new_ones(
             queue.close()
 
 
+def test_a_worker_looks_before_its_second_push_though_its_first_fetch_showed_nobody_asking(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """Workers started together: one lands its first claim, the others lose to it and ask. Its
+    first fetch came before they asked, so it has never seen a request; it must still fetch
+    before its next push, or it builds on its own landing again and again while every other
+    machine waits for it (seen in bench/fleet: 15 machines idle for 8 s)."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(6)))
+    with machine(url, "box-a/1") as server, machine(url, "box-b/1") as asker:
+        assert [run.id for run in server.claim_batch(1)] == ["t0"]  # nobody asking yet
+        assert asker.ask_for_work(1, Ask())  # lost to that push: asks
+        server.claim_batch(1)  # right after its landing, within the optimistic window
+        assert [run.id for run in asker.adopt()] == ["t2"], "the second push did not look for requests"
+        assert request_refs(remote_repo) == {}
+
+
 def test_claims_for_a_request_taken_back_meanwhile_never_land(bare_remote: Path, remote_repo: RemoteRepo) -> None:
     """A server read a request, and its worker took it back (it stopped) before the server's push:
     the push must not land claims for a worker that is gone (they would sit running until their
