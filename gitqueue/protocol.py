@@ -147,6 +147,7 @@ class _Try:
     refetch: bool = False
     deferred: bool = False
     unreachable: RemoteUnavailable | None = None
+    requests: bool = False  # the push was a claim's or a report's, built with the request refs
 
 
 class Protocol:
@@ -262,8 +263,6 @@ class Protocol:
                 fetch = attempt.refetch or self._look_again(patient)
                 continue
             if attempt.finished or self._landed(attempt):
-                if requests and self.looked_after_claim is None and not attempt.finished:
-                    self.looked_after_claim = False
                 return attempt.value
             fetch = True
             assert attempt.snap is not None
@@ -317,7 +316,7 @@ class Protocol:
             commit = self.commit(snap, change)
             outcome = self.store.push(commit, snap.tip, also=list(dict.fromkeys(change.also)))  # each ref once
             self.attempt_seconds = 0.8 * self.attempt_seconds + 0.2 * (self.monotonic() - started)
-        return _Try(snap=snap, recent=recent, commit=commit, outcome=outcome, value=change.value)
+        return _Try(snap=snap, recent=recent, commit=commit, outcome=outcome, value=change.value, requests=requests)
 
     def _landed(self, attempt: _Try) -> bool:
         """Whether the try's push landed (an unknown outcome learnt by fetching, outside the turn)."""
@@ -333,6 +332,8 @@ class Protocol:
         recent = attempt.recent
         self.streak = self.streak + 1 if recent is not None and recent == self.last_landed else 0
         self.last_landed = attempt.commit
+        if attempt.requests and self.looked_after_claim is None:  # the next try looks (see __init__)
+            self.looked_after_claim = False
         return True
 
     def _pause_after(self, lost: int, still: int, *, asked: int = 0) -> None:
