@@ -234,9 +234,10 @@ class Protocol:
         decided again from a fetched one); after OPTIMISTIC_STREAK such pushes back to back it
         pauses about one try, so rivals elsewhere (they fetch first) get a gap.
 
-        With ``requests`` each fetch also brings the request refs (see :mod:`gitqueue.requests`);
-        ``on_lost`` is called after each race lost to another machine, before backing off (a
-        worker asks for work there; it returns what :meth:`_pause_after` takes as ``asked``).
+        With ``requests`` each fetch also brings the request refs (see :mod:`gitqueue.requests`),
+        and a try fetches while workers ask lately and once after our first claim landed. ``on_lost``
+        is called after each race lost to another machine, before backing off (a worker asks for
+        work there; it returns what :meth:`_pause_after` takes as ``asked``).
         """
         lost = still = heals = 0
         last_tip: str | None = None
