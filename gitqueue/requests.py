@@ -212,7 +212,7 @@ def _message_of(store: GitStore, commit: str) -> str:
     text = _MESSAGES.get(commit)
     if text is not None:
         return text
-    if not store.has(commit):  # a git process each: why the messages are kept
+    if not store.has(commit):  # a round trip to git each: why the messages are kept
         return ""
     data = store.read(commit).decode(errors="replace")
     text = data.split("\n\n", 1)[1] if "\n\n" in data else ""

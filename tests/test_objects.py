@@ -47,6 +47,23 @@ def _commit(repo: Path, tree: str) -> str:
     return out.stdout.strip()
 
 
+def test_has_answers_for_loose_packed_and_missing_objects_and_outlives_its_cat_file(tmp_path: Path) -> None:
+    repo = make_bare_repo(tmp_path / "objects.git")
+    blob, tree = _written(repo)
+    reader = Objects(repo)
+    assert reader.has(blob) and reader.has(tree) and not reader.has("0" * 40)
+    subprocess.run(["git", "-c", "gc.auto=0", "update-ref", "refs/keep", _commit(repo, tree)], cwd=repo, check=True)
+    subprocess.run(["git", "repack", "-adq"], cwd=repo, check=True)
+    subprocess.run(["git", "prune-packed"], cwd=repo, check=True)
+    assert not (repo / "objects" / blob[:2] / blob[2:]).exists()
+    assert reader.has(blob) and not reader.has("1" * 40)
+    header = reader._repo.git._get_persistent_cmd("cat_file_header", "cat_file", batch_check=True)
+    header.proc.kill()  # as a signal to the whole job would
+    header.proc.wait()
+    assert reader.has(blob) and reader.has(tree) and not reader.has("2" * 40)
+    reader._repo.close()
+
+
 @pytest.mark.parametrize("damage", ["other content", "not zlib", "empty"])
 def test_a_damaged_loose_object_is_never_read_as_good(tmp_path: Path, damage: str) -> None:
     repo = make_bare_repo(tmp_path / "objects.git")
