@@ -4,7 +4,8 @@ Every chunk read from one side is forwarded to the other ``delay`` seconds after
 in order, on sockets with TCP_NODELAY (so the proxy adds no Nagle stalls of its own: see
 GIT-NOTES, "Stock git daemon ... lose ~40 ms per round trip"). An 80 ms round trip is
 ``LatencyProxy(upstream_port, delay=0.040)``. It runs in one background thread with an asyncio
-loop and is a context manager: the listening socket and every connection close on exit.
+loop and is a context manager: the listening socket and every connection close on exit, and
+no task of its own outlives it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 
 class LatencyProxy:
@@ -27,56 +29,74 @@ class LatencyProxy:
         self.connections = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="latency-proxy", daemon=True)
-        self._server: asyncio.base_events.Server | None = None
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of the proxy's own, referenced until it ends (a task nothing references may be
+        collected while it waits, and asyncio then reports it destroyed while pending)."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def __enter__(self) -> LatencyProxy:
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
         self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=10)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._loop.call_soon_threadsafe(self._spawn, self._listen())
         return self
 
     def __exit__(self, *exc: object) -> None:
         async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for _ in range(10):  # cancelling a connection's task may leave its pipes' tasks: again
-                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            # Every task here is the proxy's own (its accept loop, each connection, each pipe and
+            # its sender): cancelled, each closes what it holds. (Not asyncio.start_server: in
+            # Python 3.11 closing it while connections are being accepted leaks their sockets,
+            # and a cancelled connection handler is logged as an error.)
+            for _ in range(10):  # a pipe's sender is cancelled by its pipe: again until none is left
+                others = list(self._tasks)
                 if not others:
                     break
                 for task in others:
                     task.cancel()
-                await asyncio.gather(*others, return_exceptions=True)
+                await asyncio.wait(others, timeout=10)
+            self._listener.close()  # connections still waiting to be accepted are reset
 
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+        self._listener.close()
 
     def url(self, name: str) -> str:
         """A ``git://`` URL through the proxy, for a ``git daemon`` upstream."""
         return f"git://127.0.0.1:{self.port}/{name}"
 
-    async def _listen(self) -> asyncio.base_events.Server:
-        return await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def _listen(self) -> None:
+        """Accept connections until cancelled, each served by a task of its own."""
+        while True:
+            conn, _ = await self._loop.sock_accept(self._listener)
+            self._spawn(self._accept(conn))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, conn: socket.socket) -> None:
         self.connections += 1
+        writers: list[asyncio.StreamWriter] = []
         try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader, writer = await asyncio.open_connection(sock=conn)
+            writers.append(writer)
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+            writers.append(up_writer)
+            up_writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pipes = self._spawn(self._pipe(reader, up_writer)), self._spawn(self._pipe(up_reader, writer))
+            await asyncio.gather(*pipes, return_exceptions=True)
         except OSError:
-            writer.close()
-            return
-        for w in (writer, up_writer):
-            sock = w.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
-        except asyncio.CancelledError:
-            pass  # the proxy is closing
+            pass  # the upstream is away
         finally:
-            for w in (writer, up_writer):
+            if not writers:
+                conn.close()
+            for w in writers:
                 with contextlib.suppress(OSError, RuntimeError):
                     w.close()
 
@@ -97,7 +117,7 @@ class LatencyProxy:
                 writer.write(data)
                 await writer.drain()
 
-        sender = asyncio.ensure_future(send())
+        sender = self._spawn(send())
         try:
             while True:
                 data = await reader.read(65536)
@@ -105,10 +125,8 @@ class LatencyProxy:
                 if not data:
                     break
             await sender
-        except (OSError, asyncio.CancelledError):
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)  # let it end before the loop stops
-            raise
+        finally:
+            sender.cancel()  # the connection broke, or the proxy is closing (which waits for it)
 
 
 @contextlib.contextmanager
