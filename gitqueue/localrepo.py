@@ -44,6 +44,10 @@ class LocalRepo(GitStore):
         """A repository that is no cache cannot be rebuilt: say what is wrong with it."""
         raise GitqueueError(f"cannot read {self.url}: {why}")
 
+    def has(self, sha: str) -> bool:
+        """Whether the repository holds the object ``sha``: one ``git cat-file -e`` (no GitPython)."""
+        return run_git(["cat-file", "-e", sha], cwd=self.path).returncode == 0
+
     def read(self, sha: str) -> bytes:
         if self._batch is None:
             self._batch = subprocess.Popen(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gitqueue.errors import GitqueueError
+from gitqueue.localrepo import LocalRepo
 from gitqueue.objects import BLOB_MODE, Objects
 from gitqueue.testing import make_bare_repo
 
@@ -58,6 +59,7 @@ def test_has_answers_for_loose_packed_and_missing_objects_and_outlives_its_cat_f
     assert not (repo / "objects" / blob[:2] / blob[2:]).exists()
     assert reader.has(blob) and not reader.has("1" * 40)
     header = reader._repo.git._get_persistent_cmd("cat_file_header", "cat_file", batch_check=True)
+    assert header.proc is not None
     header.proc.kill()  # as a signal to the whole job would
     header.proc.wait()
     assert reader.has(blob) and reader.has(tree) and not reader.has("2" * 40)
@@ -95,3 +97,11 @@ def test_a_tree_s_task_files_are_counted_from_the_raw_object_or_the_parsed_one(t
     assert tree not in fresh._trees
     assert len(fresh.tree(tree)) == 303 and fresh.count_files(tree) == 301  # now from the parsed tree
     fresh._repo.close()
+
+
+def test_a_local_repository_answers_whether_it_holds_an_object(tmp_path: Path) -> None:
+    """LocalRepo (a hook's view, a person's clone) has no GitPython: it asks git itself."""
+    repo = make_bare_repo(tmp_path / "local.git")
+    blob, tree = _written(repo)
+    with LocalRepo(repo) as local:
+        assert local.has(blob) and local.has(tree) and not local.has("4" * 40)
