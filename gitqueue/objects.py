@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gitqueue.errors import CacheDamaged, GitqueueError
 from gitqueue.git import Identity, run_git
@@ -73,6 +74,19 @@ def _abandon(stream: object) -> None:
     inner = getattr(stream, "stream", None)
     if inner is not None and hasattr(inner, "_size"):
         inner._nbr = inner._size
+
+
+def _batch_knows(repo: Any, sha: str) -> bool:
+    """Whether the ``git.Repo``'s long-lived ``cat-file --batch-check`` finds ``sha`` (one that
+    died says no, and is replaced for the next ask: a signal to the whole job reaches it too)."""
+    try:
+        repo.odb.info(bytes.fromhex(sha))
+        return True
+    except ValueError:  # missing, as far as it knows
+        return False
+    except Exception:  # it died: BrokenPipeError and the like
+        repo.git.clear_cache()
+        return False
 
 
 def _sound(sha: str, kind: bytes | str, data: bytes) -> bool:
@@ -304,19 +318,11 @@ class Objects:
         return self.write_tree(entries)
 
     def has(self, sha: str) -> bool:
-        """Whether the cache holds the object ``sha``: a loose file is looked for in-process, else
-        GitPython's long-lived ``git cat-file --batch-check`` is asked (a ``git cat-file -e`` each
-        was ~800 processes a drain). Any doubt (missing, or a cat-file that died) is settled by
-        ``git cat-file -e``, as before."""
-        if os.path.isfile(f"{self._objects}/{sha[:2]}/{sha[2:]}"):
+        """Whether the cache holds the object ``sha``: a loose file, else what GitPython's
+        long-lived ``git cat-file --batch-check`` says (a ``git cat-file -e`` each was ~800
+        processes a drain); in doubt, ``git cat-file -e``."""
+        if os.path.isfile(f"{self._objects}/{sha[:2]}/{sha[2:]}") or _batch_knows(self._repo, sha):
             return True
-        try:
-            self._repo.odb.info(bytes.fromhex(sha))
-            return True
-        except ValueError:  # missing, as far as this cat-file knows
-            pass
-        except Exception:  # it died (BrokenPipeError and the like): a fresh one next time
-            self._repo.git.clear_cache()
         return run_git(["cat-file", "-e", sha], cwd=self.path).returncode == 0
 
     def diff_trees(self, old: str | None, new: str | None, prefix: str = "") -> Iterator[TreeChange]:
