@@ -10,12 +10,27 @@ Built on :class:`gitqueue.objects.Objects` (it reads commits as objects) and may
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from gitqueue.errors import GitqueueError
 from gitqueue.git import Identity, run_git
 from gitqueue.objects import Objects, TreeChange
+
+ENTRIES_KEPT = 4096  # commits' log entries kept in memory for recent(); all dropped when full
+
+
+def _committer_time(raw: bytes) -> float | None:
+    """The committer time in a commit's raw text (None: no committer line)."""
+    for line in raw.split(b"\n"):
+        if line.startswith(b"committer "):
+            return float(line.rsplit(b" ", 2)[1])
+        if not line:
+            break
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,10 @@ class LogEntry:
 
 class Commits(Objects):
     """The commits of one git folder, read through its objects."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._entries: dict[str, tuple[LogEntry, float]] = {}  # commit -> entry, committer time (recent)
 
     def identity(self, fallback: str) -> Identity:
         """The person's identity by git's own rules, else ``gitqueue <fallback>``.
@@ -111,14 +130,45 @@ class Commits(Objects):
         return entries
 
     def recent(self, tip: str, count: int) -> list[LogEntry]:
-        """The last ``count`` commits up to ``tip``, newest first, without their changes."""
-        proc = run_git(["rev-list", f"--max-count={count}", tip], cwd=self.path)
-        if proc.returncode:
-            raise GitqueueError(f"cannot read the history of {tip}: {proc.stderr.decode(errors='replace').strip()}")
-        return [self._log_entry(commit, ()) for commit in proc.stdout.decode().split()]
+        """The last ``count`` commits up to ``tip``, newest first by commit time (as ``git
+        rev-list`` lists them), without their changes. Walked in-process, each commit read once
+        in a process's life: a worker reads the last 100 after every landed push to pace itself,
+        which was a ``git rev-list`` and 100 reads each time. A parent this folder lacks ends
+        its line of history (as at a shallow clone's edge)."""
+        if count <= 0:
+            return []
+        if not self.has(tip):
+            raise GitqueueError(f"cannot read the history of {tip}: it is not in {self.path}")
+        order = itertools.count()
+        found: list[LogEntry] = []
+        queue = [(-self._dated(tip)[1], next(order), tip)]
+        seen = {tip}
+        while queue and len(found) < count:
+            commit = heapq.heappop(queue)[2]
+            entry = self._dated(commit)[0]
+            found.append(entry)
+            for parent in entry.parents:
+                if parent not in seen and self.has(parent):
+                    seen.add(parent)
+                    heapq.heappush(queue, (-self._dated(parent)[1], next(order), parent))
+        return found
+
+    def _dated(self, commit: str) -> tuple[LogEntry, float]:
+        """A commit's entry (no changes) and its committer time, read once and kept."""
+        kept = self._entries.get(commit)
+        if kept is None:
+            raw = self.read(commit)
+            kept = self._entry_of(commit, raw, ()), _committer_time(raw) or 0.0
+            if len(self._entries) >= ENTRIES_KEPT:
+                self._entries.clear()
+            self._entries[commit] = kept
+        return kept
 
     def _log_entry(self, commit: str, changes: tuple[TreeChange, ...]) -> LogEntry:
-        raw = self.read(commit)
+        return self._entry_of(commit, self.read(commit), changes)
+
+    @staticmethod
+    def _entry_of(commit: str, raw: bytes, changes: tuple[TreeChange, ...]) -> LogEntry:
         head, _, message = raw.partition(b"\n\n")
         parents, author, email, when = [], "", "", 0.0
         for line in head.split(b"\n"):
@@ -136,12 +186,10 @@ class Commits(Objects):
 
     def commit_time(self, commit: str) -> float:
         """The committer time of ``commit`` (as the committing machine's clock had it)."""
-        for line in self.read(commit).split(b"\n"):
-            if line.startswith(b"committer "):
-                return float(line.rsplit(b" ", 2)[1])
-            if not line:
-                break
-        raise GitqueueError(f"commit {commit} has no committer line")
+        when = _committer_time(self.read(commit))
+        if when is None:
+            raise GitqueueError(f"commit {commit} has no committer line")
+        return when
 
     def is_ancestor(self, commit: str, tip: str) -> bool:
         if commit == tip:

@@ -36,6 +36,7 @@ class LocalRepo(GitStore):
         self.namespace = self.ref = ""
         self._trees = OrderedDict()
         self._tree_entries = 0
+        self._entries = {}
         self.pushes = self.rejected_pushes = self.fetches = 0
         self.seconds = defaultdict(float)
         self._batch: subprocess.Popen[bytes] | None = None

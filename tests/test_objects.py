@@ -3,12 +3,14 @@ each checked against its id, so a damaged object is never taken for a good one."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import zlib
 from pathlib import Path
 
 import pytest
 
+from gitqueue.commits import Commits
 from gitqueue.errors import GitqueueError
 from gitqueue.localrepo import LocalRepo
 from gitqueue.objects import BLOB_MODE, Objects
@@ -97,6 +99,45 @@ def test_a_tree_s_task_files_are_counted_from_the_raw_object_or_the_parsed_one(t
     assert tree not in fresh._trees
     assert len(fresh.tree(tree)) == 303 and fresh.count_files(tree) == 301  # now from the parsed tree
     fresh._repo.close()
+
+
+def _dated_commit(repo: Path, tree: str, when: int, message: str, *parents: str) -> str:
+    stamp = f"{1_700_000_000 + when} +0000"
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+    env |= {"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp, "PATH": os.environ["PATH"]}
+    argv = ["git", "commit-tree", tree, "-m", message, *(arg for p in parents for arg in ("-p", p))]
+    return subprocess.run(argv, cwd=repo, check=True, capture_output=True, text=True, env=env).stdout.strip()
+
+
+def test_recent_lists_what_git_rev_list_lists_across_a_merge_and_a_packed_history(tmp_path: Path) -> None:
+    """A worker reads the last 100 commits after each landed push, in-process now: the same
+    commits in the same order as ``git rev-list --max-count``, a person's merge included."""
+    repo = make_bare_repo(tmp_path / "history.git")
+    _, tree = _written(repo)
+    root = _dated_commit(repo, tree, 1000, "root")
+    ours = theirs = root
+    for n in range(6):  # two lines of history interleaved in time, then merged
+        ours = _dated_commit(repo, tree, 1010 + 20 * n, f"ours {n}", ours)
+        theirs = _dated_commit(repo, tree, 1020 + 20 * n, f"theirs {n}", theirs)
+    tip = _dated_commit(repo, tree, 2000, "merge\n\nGitqueue-Action: claim", ours, theirs)
+    tip = _dated_commit(repo, tree, 2010, "after", tip)
+    subprocess.run(["git", "update-ref", "refs/heads/main", tip], cwd=repo, check=True)
+    for packed in (False, True):
+        if packed:
+            subprocess.run(["git", "repack", "-adq"], cwd=repo, check=True)
+            subprocess.run(["git", "prune-packed"], cwd=repo, check=True)
+        commits = Commits(repo)
+        for count in (0, 1, 5, 100):
+            listed = subprocess.run(
+                ["git", "rev-list", f"--max-count={count}", tip], cwd=repo, check=True, capture_output=True, text=True
+            ).stdout.split()
+            assert [entry.commit for entry in commits.recent(tip, count)] == listed, (packed, count)
+        merge = commits.recent(tip, 2)[1]
+        assert merge.parents == (ours, theirs) and merge.time == 1_700_002_000 and merge.author == "t"
+        assert merge.subject == "merge" and merge.trailer("Gitqueue-Action") == "claim"
+        with pytest.raises(GitqueueError, match="not in"):
+            commits.recent("3" * 40, 5)
+        commits._repo.close()
 
 
 def test_a_local_repository_answers_whether_it_holds_an_object(tmp_path: Path) -> None:
