@@ -137,26 +137,29 @@ class Commits(Objects):
         its line of history (as at a shallow clone's edge)."""
         if count <= 0:
             return []
-        if not self.has(tip):
+        first = self._dated(tip)
+        if first is None:
             raise GitqueueError(f"cannot read the history of {tip}: it is not in {self.path}")
         order = itertools.count()
         found: list[LogEntry] = []
-        queue = [(-self._dated(tip)[1], next(order), tip)]
+        queue = [(-first[1], next(order), first[0])]
         seen = {tip}
         while queue and len(found) < count:
-            commit = heapq.heappop(queue)[2]
-            entry = self._dated(commit)[0]
+            entry = heapq.heappop(queue)[2]
             found.append(entry)
             for parent in entry.parents:
-                if parent not in seen and self.has(parent):
+                if parent not in seen and (dated := self._dated(parent)) is not None:
                     seen.add(parent)
-                    heapq.heappush(queue, (-self._dated(parent)[1], next(order), parent))
+                    heapq.heappush(queue, (-dated[1], next(order), dated[0]))
         return found
 
-    def _dated(self, commit: str) -> tuple[LogEntry, float]:
-        """A commit's entry (no changes) and its committer time, read once and kept."""
+    def _dated(self, commit: str) -> tuple[LogEntry, float] | None:
+        """A commit's entry (no changes) and its committer time, read once and kept (None: this
+        folder lacks the commit; only a commit not kept yet is looked for)."""
         kept = self._entries.get(commit)
         if kept is None:
+            if not self.has(commit):
+                return None
             raw = self.read(commit)
             kept = self._entry_of(commit, raw, ()), _committer_time(raw) or 0.0
             if len(self._entries) >= ENTRIES_KEPT:

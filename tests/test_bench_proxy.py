@@ -86,8 +86,7 @@ def test_closing_with_connections_open_leaves_no_task_pending(echo: int, caplog:
             sock = socket.create_connection(("127.0.0.1", proxy.port))
             sock.sendall(b"x" * (n + 1))  # still in the proxy's delay when it closes
             socks.append(sock)
-        first = socks[0]
-        first.sendall(b"y")
+        socks[0].sendall(b"y")  # a second chunk on one of them
     for sock in socks:
         sock.settimeout(10)
         assert _closed(sock), "the proxy closed every connection on exit"
