@@ -54,6 +54,33 @@ def test_version() -> None:
     assert gq("--version").stdout.strip() == f"gitqueue {__version__}"
 
 
+@pytest.mark.parametrize("argv", [["work", "--help"], ["ls", "--help"], ["hooks", "--help"], ["slurm", "--help"]])
+def test_main_builds_only_the_command_named_and_it_reads_the_same(argv: list[str]) -> None:
+    one = gitqueue.cli.only(argv[0])
+    built = get_command(one)
+    assert list(built.commands) == [argv[0]]  # type: ignore[attr-defined]
+    assert gq(*argv).stdout == runner.invoke(one, argv).stdout
+
+
+@pytest.mark.parametrize("first", [None, "--patience", "--help", "wrok"])
+def test_main_builds_every_command_when_the_first_word_is_none(first: str | None) -> None:
+    assert gitqueue.cli.only(first) is app
+    wrong = runner.invoke(gitqueue.cli.only("wrok"), ["wrok"])
+    assert wrong.exit_code == 2 and "No such command 'wrok'" in wrong.output
+
+
+def test_main_runs_the_command_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["gitqueue", "--version"])
+    with pytest.raises(SystemExit) as whole:
+        gitqueue.cli.main()
+    monkeypatch.setattr(sys, "argv", ["gitqueue", "validate", "--help"])
+    with pytest.raises(SystemExit) as one:
+        gitqueue.cli.main()
+    assert (whole.value.code, one.value.code) == (0, 0)
+    out = capsys.readouterr().out
+    assert out.startswith(f"gitqueue {__version__}\n") and "gitqueue validate [OPTIONS] [PATH]" in out
+
+
 def test_init_embedded(tmp_path: Path) -> None:
     result = gq("init")
     assert "queue ready" in result.stdout
