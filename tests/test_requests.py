@@ -461,7 +461,7 @@ def test_a_worker_whose_pushes_keep_losing_runs_what_others_claimed_for_it(
             poll_until(lambda: for_a in ran.read_text().split(), what=f"box-a running {for_a}", timeout=60)
             own = [m for m in remote_repo.log("%B") if "Gitqueue-Worker: box-a\n" in m + "\n"]
             assert len(own) == 1 and own[0].startswith("claim t1 by box-a")  # no push of its own landed since
-            assert (bare_remote / "beaten").read_text().count("beaten") >= 2
+            assert (bare_remote / "beaten").read_text().count("beaten") >= 1  # (the try finding the run may not push)
             (bare_remote / "beat-box-a").unlink()
             (folder / f"release-{for_a}").touch()
             mine.done()
