@@ -96,6 +96,11 @@ class Cache(Commits):
         self.seconds: defaultdict[str, float] = defaultdict(float)  # wall time in fetch, push (stats)
         self._seen: str | None = None  # the branch's newest tip we know of: fetched, or pushed by us
 
+    @property
+    def seen(self) -> str | None:
+        """The branch's newest tip this instance knows of (fetched, or pushed by it)."""
+        return self._seen
+
     # ------------------------------------------------------------ lifecycle
 
     def _open(self) -> None:

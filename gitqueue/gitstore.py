@@ -121,10 +121,17 @@ class RequestRefs(SideRefs):
     with the claims) or by the worker that takes its request back."""
 
     asked_at = float("-inf")  # when (monotonic) a fetch last brought request refs
+    requests_fetched_at = float("-inf")  # when (monotonic) the last fetch mirroring the request refs began
 
     def requests(self) -> dict[str, str]:
         """Request refs seen by the last ``fetch(requests=True)``: ref name -> request commit."""
         return self._mirrored("requests")
+
+    def request_gone(self, name: str, *, since: float) -> bool:
+        """Whether a fetch after ``since`` (monotonic: when we last pushed request ref ``name``)
+        found the ref gone: whoever served it deleted it in the push that served it, which that
+        fetch's tip holds."""
+        return self.requests_fetched_at > since and name not in self.requests()
 
     def asked_lately(self, within: float = ASKED_LATELY) -> bool:
         """Whether a fetch in the last ``within`` seconds brought request refs: workers ask for
@@ -356,6 +363,7 @@ class GitStore(LeaseRefs, RequestRefs):
             self.seconds["fetch"] += time.monotonic() - started
 
     def _fetch(self, leases: bool, requests: bool = False) -> str | None:
+        started = time.monotonic()
         refspecs = [f"+refs/heads/{self.branch}:{self.ref}"]
         if leases:
             refspecs.append(f"+{LEASE_REFS}/*:{self.namespace}/leases/*")
@@ -384,8 +392,10 @@ class GitStore(LeaseRefs, RequestRefs):
                 return None
             raise remote_error(self.url, proc.stderr.decode(errors="replace"), doing="fetch from")
         self._seen = self._read_ref()
-        if requests and self.requests():
-            self.asked_at = time.monotonic()
+        if requests:
+            self.requests_fetched_at = started  # it saw every request pushed before it started
+            if self.requests():
+                self.asked_at = time.monotonic()
         return self._seen
 
     def _check_fetch(self, err: str) -> None:

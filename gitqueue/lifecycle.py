@@ -262,9 +262,16 @@ class Lifecycle:
         runs return when their lease runs out, like any dead worker's."""
         if not self.asker.pushed:
             return []
-        if self.asker.asked:
-            self.asker.take_back()
-        served = self.served(self.protocol.snapshot())
+        tip = self.store.seen
+        if tip is not None and (not self.asker.asked or self.asker.gone()):
+            # Answered (or deleted) in a push that our last view holds: a server that built on an
+            # older view cannot land (the branch moved), one on a newer sees no request to serve.
+            snap = Snapshot(self.store, self.cache, tip)
+        else:
+            if self.asker.asked:
+                self.asker.take_back()
+            snap = self.protocol.snapshot()
+        served = self.served(snap)
         self.asker.answered()
         if not served:
             return []

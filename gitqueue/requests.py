@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,7 @@ class Asker:
         self.handed: set[str] = set()  # run tokens whose reports a request of ours carried
         self._last: str | None = None
         self._at = float("-inf")
+        self.pushed_at = float("-inf")  # when (monotonic) our last request's push returned
         self._carried: frozenset[str] = frozenset()  # the tokens of the reports our last request carried
 
     @property
@@ -120,6 +122,7 @@ class Asker:
         self.pushed.add(commit)
         self.handed |= carried
         self._last, self._at, self._carried = commit, self.clock(), carried
+        self.pushed_at = time.monotonic()
         return True
 
     def answers(self, snap: Snapshot) -> list[Task]:
@@ -153,6 +156,11 @@ class Asker:
         """Our requests are answered (or deleted by our own claim's push): none is out."""
         self.asked.clear()
         self._carried = frozenset()
+
+    def gone(self) -> bool:
+        """Whether a fetch since our last request's push found its ref gone: whoever served it
+        (or dropped it, stale) deleted it in a push that fetch's tip holds."""
+        return self.store.request_gone(self.ref, since=self.pushed_at)
 
     def take_back(self) -> None:
         """Delete our request ref: this worker stops asking."""

@@ -531,6 +531,49 @@ def test_a_lander_records_only_reports_whose_run_still_holds_its_task_in_the_req
         assert remote_repo.states()["t1"] == "done"
 
 
+def spy_drops(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The request refs ``queue`` deletes from now on (deleted as before)."""
+    dropped: list[str] = []
+    drop = queue.store.drop_request
+    monkeypatch.setattr(queue.store, "drop_request", lambda name: (dropped.append(name), drop(name)))
+    return dropped
+
+
+def test_a_worker_whose_request_was_answered_stops_without_a_push_or_a_fetch(
+    bare_remote: Path, remote_repo: RemoteRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(3)))
+    with machine(url, "box-a") as a, machine(url, "box-b") as b:
+        [run] = a.claim_batch(1)
+        assert a.lifecycle.asker.ask(0, Ask(), reports=[report_json(Report("t0", run.token, "done"))])
+        b.claim_batch(1)  # records box-a's report and deletes its request ref
+        assert remote_repo.states()["t0"] == "done" and request_refs(remote_repo) == {}
+        a.store.fetch(requests=True)  # as a worker's next try does: it shows the ref gone
+        dropped, fetches = spy_drops(a, monkeypatch), a.store.fetches
+        assert a.withdraw() == []
+        assert (dropped, a.store.fetches) == ([], fetches)  # nothing left to take back or look for
+    assert remote_repo.states() == {"t0": "done", "t1": "running", "t2": "pending"}
+
+
+def test_a_worker_whose_request_may_still_be_out_takes_it_back_and_looks_again(
+    bare_remote: Path, remote_repo: RemoteRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, *({"id": f"t{i}", "args": {}} for i in range(3)))
+    with machine(url, "box-a") as a, machine(url, "box-b") as b:
+        a.claim_batch(0)  # (it fetched before asking: that view cannot show the request)
+        assert a.ask_for_work(1, Ask())
+        b.claim_batch(1)  # serves box-a, deleting its ref, after box-a's last fetch
+        assert remote_repo.states()["t1"] == "running" and request_refs(remote_repo) == {}
+        dropped, fetches = spy_drops(a, monkeypatch), a.store.fetches
+        assert [task.id for task in a.withdraw()] == ["t1"]  # found by fetching, and given back
+        assert dropped == [a.lifecycle.asker.ref] and a.store.fetches > fetches
+    assert remote_repo.states() == {"t0": "running", "t1": "pending", "t2": "pending"}
+
+
 def test_a_request_with_broken_reports_is_dropped_and_the_push_still_lands(
     bare_remote: Path, remote_repo: RemoteRepo
 ) -> None:
