@@ -91,6 +91,8 @@ class FleetResult:
     wall: float
     finished: bool
     first_run_all: float  # launch until the last machine started its first task
+    first_run_any: float  # launch until the first task started
+    last_end: float  # launch until the last task's command ended (its start plus the task's seconds)
     per_machine: list[int]  # tasks started by each machine (retries included)
     pushes: Pushes
     attempts: int
@@ -166,11 +168,13 @@ def set_push_budget(remote: Path, budget: str) -> str:
     return commit
 
 
-def _starts(path: Path, launch_wall: float) -> tuple[dict[str, float], Counter[str], Counter[str]]:
-    """Per machine: seconds from launch to its first task and tasks started; starts per task id."""
+def _starts(path: Path, launch_wall: float) -> tuple[dict[str, float], Counter[str], Counter[str], float]:
+    """Per machine: seconds from launch to its first task and tasks started; starts per task id;
+    seconds from launch to the last task's start."""
     first: dict[str, float] = {}
     count: Counter[str] = Counter()
     per_task: Counter[str] = Counter()
+    last = float("-inf")
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             parts = line.split()
@@ -180,7 +184,8 @@ def _starts(path: Path, launch_wall: float) -> tuple[dict[str, float], Counter[s
             count[machine] += 1
             per_task[parts[2]] += 1
             first[machine] = min(first.get(machine, float("inf")), at - launch_wall)
-    return first, count, per_task
+            last = max(last, at - launch_wall)
+    return first, count, per_task, last
 
 
 def layout(s: Scenario, mode: str) -> list[tuple[str, str]]:
@@ -217,12 +222,13 @@ def drain_once(root: Path, s: Scenario, *, mode: str, delay: float, budget: floa
             url, base / "workers", workers=len(places), budget=budget, command=task_command(starts, s.seconds),
             layout=places, options=options,
         )  # fmt: skip
-    first, count, per_task = _starts(starts, launch_wall)
+    first, count, per_task, last_start = _starts(starts, launch_wall)
     machines = sorted({name.split(".")[0] for name, _ in places}, key=lambda n: int(n.split("-")[1]))
     steady = max(x["ended"] for x in stats) - min(x["started"] for x in stats) if stats else wall
     result = FleetResult(
         scenario=s, mode=mode, delay=delay if s.proxy else 0.0, wall=wall, finished=finished,
         first_run_all=max(first.get(n, float("inf")) for n in machines),
+        first_run_any=min(first.values(), default=float("nan")), last_end=last_start + s.seconds,
         per_machine=[count.get(n, 0) for n in machines], pushes=read_pushes(hook_log),
         attempts=int(sum(x["pushes"] for x in stats)), rejected=int(sum(x["rejected_pushes"] for x in stats)),
         ran_twice=sum(1 for n in per_task.values() if n > 1), check=exactly_once(remote, ids, seed),
@@ -253,7 +259,7 @@ def run(root: Path, s: Scenario, *, delay: float, budget: float, mode: str | Non
 
 COLUMNS = ["scenario", "slots by", "efficiency (or vs 1 worker)", "all machines busy after", "branch pushes/min",
            "refs/gitqueue pushes/min", "all pushes/min", "rejected/task", "push attempts/task", "tasks per machine",
-           "exactly once", "drain"]  # fmt: skip
+           "exactly once", "drain", "first task / last ends / last exit"]  # fmt: skip
 
 
 def headline(r: FleetResult) -> str:
@@ -273,6 +279,7 @@ def row(r: FleetResult) -> list[object]:
         f"`{s.name}`: {s.describe}", r.mode, headline(r), busy, f"{r.per_min(p.branch):.1f}",
         f"{r.per_min(p.gitqueue):.1f}", total,
         r.rejected / s.tasks, r.attempts / s.tasks, r.spread, once, f"{r.wall:.1f}s{done}",
+        f"{r.first_run_any:.1f} / {r.last_end:.1f} / {r.wall:.1f} s",
     ]  # fmt: skip
 
 

@@ -129,7 +129,7 @@ def measure(root: Path, *, workers: int = 16, delay: float = 0.040, budget: floa
             envs.append({**os.environ, "GITQUEUE_CACHE": str(folder / f"cache-{i}"), "GITQUEUE_STATS_FILE": str(stats)})
         launch_wall = time.time()
         launch = launch_all("`gitqueue work`", argvs, envs=envs, cwd=folder, budget=budget)
-        first, _, _ = _starts(starts, launch_wall)
+        first, _, _, _ = _starts(starts, launch_wall)
         found = floors(workers, url=url, cwd=folder, budget=budget)
     stats = []
     for i in range(workers):
