@@ -247,7 +247,10 @@ class Lifecycle:
             raise LostRace("runs claimed for us are waiting")
         if not self.asker.ask(count, ask, reports=[report_json(report) for report in reports if report.token]):
             return 0
-        return 1 + self.asker.older(asking.read(self.store, now=self.clock())[0])
+        older = self.asker.older(asking.read(self.store, now=self.clock())[0])
+        # Carrying reports, it looks again within two tries whatever its place: the next push of
+        # anyone records them, and until an older asker's push is due its tries only fetch (defer).
+        return 1 + min(older, 1 if reports else older)
 
     def _defer(self) -> None:
         """Defer (push nothing on this view) while an older asker's push is due to serve our
@@ -314,6 +317,8 @@ class Lifecycle:
 
         def build(snap: Snapshot) -> Change | None:
             change = self._record(snap, batch)
+            if claim_options is None and not change.files:  # nothing of ours to record (our request's
+                return change  # server did): others' reports are theirs to land, one more racer slows them
             finished = change.value.tasks
             done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
             served = self.served(snap)  # claimed for us by another worker (a report only: see take_found)
@@ -514,7 +519,9 @@ class Claims:
         ``fleet`` and those asking for work), so that one worker does not hold tasks that idle
         workers could run. ``finishing`` runs of ours are being reported in the same commit: they
         no longer count. The same change claims for every live request of another worker (see
-        :meth:`serve`); with ``count`` 0 it only serves them.
+        :meth:`serve`); with ``count`` 0 it only serves them. Looking for work and finding none
+        for anyone, with nothing of ours to report, it makes no change only to record the reports
+        other workers' requests carry.
         """
         live, dropped = self.requests(snap)
         if count <= 0 and not live:  # a report alone, and nobody to serve: nothing to claim
@@ -528,6 +535,8 @@ class Claims:
         if own is not None and self.asker.asked:  # our own request, answered by our own claim
             own.also.append(f":{REQUEST_REFS}/{self.asker.ref}")
         change = self.serve(snap, live, dropped, share=share, holders=holders, taken=taken, done=done, base=own)
+        if count > 0 and not taken and not finishing:  # looking for work, none for anyone: others' reports
+            return None  # are theirs to land (each landing records them all); one more racer slows them
         if change is not None:
             change.value = runs
         return change

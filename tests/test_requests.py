@@ -574,6 +574,54 @@ def test_a_worker_whose_request_may_still_be_out_takes_it_back_and_looks_again(
     assert remote_repo.states() == {"t0": "running", "t1": "pending", "t2": "pending"}
 
 
+def test_a_worker_whose_reports_were_recorded_pushes_nothing_only_to_record_others(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """At a drain's end every machine whose last reports another's push had recorded (its
+    request carried them) still pushed, to record the reports other machines' requests carried:
+    one more racer against those machines (each landing records them all), for nothing of its own."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "t0", "args": {}}, {"id": "t1", "args": {}})
+    with machine(url, "box-a") as a, machine(url, "box-b") as b, machine(url, "box-c") as c:
+        [mine] = a.claim_batch(1)
+        [theirs] = c.claim_batch(1)
+        report = Report("t0", mine.token, "done")
+        assert a.lifecycle.asker.ask(0, Ask(), reports=[report_json(report)])
+        b.claim_batch(0)  # it serves: records box-a's report
+        assert remote_repo.states()["t0"] == "done"
+        assert c.lifecycle.asker.ask(0, Ask(), reports=[report_json(Report("t1", theirs.token, "done"))])
+        tip = remote_repo.tip()
+        finished = a.finish([report], hand_off=True)  # its own report: recorded already
+        assert finished.losses == [] and finished.tasks == []
+        assert remote_repo.tip() == tip, "box-a pushed only to record box-c's report"
+        assert list(request_refs(remote_repo)) == [ref_name("box-c")]
+        assert [task.id for task in c.finish([Report("t1", theirs.token, "done")], hand_off=True).tasks] == ["t1"]
+    assert remote_repo.states() == {"t0": "done", "t1": "done"} and request_refs(remote_repo) == {}
+
+
+def test_a_worker_with_nothing_to_claim_pushes_nothing_to_record_others_reports(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """At a drain's end every idle worker pushed to record the reports other machines' requests
+    carried, racing those machines (each landing records them all) and one another: a crowd of
+    pushes for nothing of its own. It claims nothing and leaves them to land their own."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "t0", "args": {}})
+    with machine(url, "box-a") as a, machine(url, "box-b") as b:
+        [run] = a.claim_batch(1)
+        report = Report("t0", run.token, "done", result={"score": 1})
+        assert a.lifecycle.asker.ask(0, Ask(), reports=[report_json(report)])
+        tip = remote_repo.tip()
+        assert b.claim_batch(1) == []  # nothing pending for it
+        assert remote_repo.tip() == tip, "box-b pushed to the branch"
+        assert list(request_refs(remote_repo)) == [ref_name("box-a")]
+        finished = a.finish([report], hand_off=True)  # box-a lands its own report
+        assert [task.id for task in finished.tasks] == ["t0"]
+        assert remote_repo.states() == {"t0": "done"} and request_refs(remote_repo) == {}
+
+
 def test_a_request_with_broken_reports_is_dropped_and_the_push_still_lands(
     bare_remote: Path, remote_repo: RemoteRepo
 ) -> None:
