@@ -237,7 +237,9 @@ class Pacer:
             return None
         return max(1 / self.push_seconds, self.branch_rate or 0.0)
 
-    def batch(self, *, free: int, held: int, pending: int, wanted: int, now: float | None = None) -> int:
+    def batch(
+        self, *, free: int, held: int, pending: int, wanted: int, now: float | None = None, latency: float = 0.0
+    ) -> int:
         """How many tasks the next push claims: what the worker ``wanted``, or more if its
         ``free`` slots and ``held`` claims would run dry before its next push; capped so that
         what it holds stays within its share by slots of ``pending`` (tasks still pending).
@@ -245,7 +247,10 @@ class Pacer:
         share of all that is outstanding, read on the branch (the others' runs included): a cap
         on pending alone leaves part of it for the next turn, then part of that for the one
         after (a drain's tail of whole turns). ``now`` (monotonic): the second push, which may
-        come early (see :meth:`pushed`), holds enough to last until the turn after next."""
+        come early (see :meth:`pushed`), holds enough to last until the turn after next.
+        ``latency``: seconds from a push's start until its runs are in hand (its fetch and push,
+        tries lost to others): what is held must last until the next push's runs arrive, not
+        only until it starts."""
         if pending <= 0:
             return 0
         need = max(wanted, free - held)  # every free slot gets a run, even before a task's time is known
@@ -253,6 +258,7 @@ class Pacer:
             horizon = self.interval
             if self._pushes == 1 and self._last_push is not None and now is not None:
                 horizon = max(horizon, self._last_push + 2 * self.interval - now)
+            horizon += max(0.0, latency)
             per_slot = math.floor(horizon / self.task_seconds) + 1  # (not before a task's time is
             need = max(wanted, free + self.slots * per_slot - held)  # known: unseen workers may want them)
         if self.budget is not None:  # turns far apart: the claim's fair share of all that is outstanding caps it

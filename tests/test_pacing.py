@@ -254,6 +254,16 @@ def test_no_worker_holds_more_than_its_share_by_slots_of_what_is_pending() -> No
     assert pacer.batch(free=0, held=0, pending=0, wanted=5) == 0
 
 
+def test_a_batch_lasts_until_the_next_pushs_runs_arrive_not_only_until_it_starts() -> None:
+    """4 machines x 4 slots, 1 s tasks: sized to last one interval, a machine's slots ran dry
+    every few seconds while its next claim's fetch and push (and tries lost) went on."""
+    pacer = Pacer(slots=4, budget=None, lease=600)
+    pacer.observe(fleet=Fleet(4, 16), push_seconds=0.4, task_seconds=1.0)
+    assert pacer.interval == pytest.approx(2.0)  # 16 slots / 4 ours / 2 pushes a second for the fleet
+    assert pacer.batch(free=4, held=0, pending=200, wanted=1) == 4 + 4 * 3  # the free slots, then 2 s more each
+    assert pacer.batch(free=4, held=0, pending=200, wanted=1, latency=1.0) == 4 + 4 * 4  # and 1 s until it lands
+
+
 def test_under_a_budget_the_claims_fair_share_caps_a_batch_not_the_pending_alone() -> None:
     """Turns are far apart under a budget: a cap on what is pending alone (the others hold runs
     too) would leave part of it for the next turn, then part of that for the one after. The

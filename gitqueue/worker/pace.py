@@ -68,7 +68,9 @@ class Pace:
             return wanted
         self.pacer.observe(task_seconds=seconds)
         pending, want = max(self.pending, 1), max(0, wanted - held)
-        more = self.pacer.batch(free=free, held=held, pending=pending, wanted=want, now=time.monotonic())
+        more = self.pacer.batch(
+            free=free, held=held, pending=pending, wanted=want, now=time.monotonic(), latency=self.claim_seconds
+        )
         return max(1, min(limit, held + more))
 
     @property
