@@ -18,7 +18,7 @@ from conftest import RemoteRepo, poll_until
 
 from gitqueue import Queue
 from gitqueue.pacing import SLOTS_TRAILER, Fleet
-from gitqueue.queue import Report, Run
+from gitqueue.queue import Ask, Report, Run
 from gitqueue.task import State
 from gitqueue.testing import log_ref_updates, ref_updates
 from gitqueue.worker.hand import Aside, Hand
@@ -132,6 +132,23 @@ def test_a_budget_too_small_for_the_lease_is_said_once_and_runs_get_a_longer_lea
     assert [leases[i] for i in ids] == [6, 6, 6, 6]  # it looked before its first claim
     said = [line for line in log.getvalue().splitlines() if "too small" in line]
     assert len(said) == 1 and "runs are claimed with a 6s lease instead" in said[0], log.getvalue()
+
+
+def test_a_worker_served_for_its_request_keeps_the_slots_its_request_said(queue: Queue, bare_remote: Path) -> None:
+    """A machine that only ever ran what others claimed for it has no commit of its own to say
+    its slots: counted as 1 once its request was served, a 4 x 4 fleet looked like 10 or 13
+    slots to its members, and their batches were sized for a fleet smaller than it is."""
+    queue.submit([{"args": {"n": n}} for n in range(20)])
+    with Queue(str(bare_remote), worker="box-1") as one, Queue(str(bare_remote), worker="box-4") as four:
+        pace = Pace(Options(), slots=1)
+        assert four.ask_for_work(4, Ask(slots=4))
+        pace.learn(one, tip=one.store.fetch(leases=True, requests=True))
+        assert pace.pacer.fleet.members == {"box-1": 1, "box-4": 4}  # from its live request
+        one.claim_batch(1)  # and, in the same push, box-4's
+        assert {t.run["worker"] for t in queue.tasks(State.RUNNING) if t.run} == {"box-1", "box-4"}
+        pace.learnt = float("-inf")  # (a worker learns at most every LEARN_EVERY seconds)
+        pace.learn(one, tip=one.store.fetch(leases=True, requests=True))
+        assert pace.pacer.fleet.members == {"box-1": 1, "box-4": 4}  # served: no request, no commit of its own
 
 
 def test_the_fair_share_of_a_backlog_is_by_slots(queue: Queue, bare_remote: Path) -> None:

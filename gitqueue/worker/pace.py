@@ -52,6 +52,7 @@ class Pace:
         self._say: Callable[[str], None] | None = None
         self._looked = float("-inf")  # when (monotonic) it last fetched to look (see wait)
         self._said: str | None = None  # the pacer's problem, once told
+        self.slots_seen: dict[str, int] = {}  # the most slots each worker was seen to say (see learn)
 
     def size(self, *, ran: int, held: int = 0, free: int = 1) -> int:
         """How many claims to hold after the next push (``ran`` tasks so far, ``held`` in hand,
@@ -204,12 +205,15 @@ class Pace:
             me = Member(queue.worker, self.slots, now)
             asking = [Member(r.worker, r.ask.slots, r.at) for r in requests.read(queue.store, now=now)[0]]
             holding = {summary.worker for _, summary in snap.summaries(State.RUNNING) if summary.worker}
-            asking += [Member(worker, 1, now) for worker in holding]  # served for a request: on no commit of its own
+            # served for a request: on no commit of its own; its slots as it said them last (a request)
+            asking += [Member(worker, self.slots_seen.get(worker, 1), now) for worker in holding]
             within = float(settings.lease)
             local = self.neighbours.names() if self.neighbours is not None else ()
             fleet = read_fleet(queue.store, tip, me=me, now=now, within=within, depth=HISTORY, also=asking, local=local)
         except GitqueueError:
             return
+        for worker, slots in fleet.members.items():
+            self.slots_seen[worker] = max(slots, self.slots_seen.get(worker, 1))
         self.pacer.budget, self.pacer.lease = settings.push_budget, settings.lease
         self.pacer.observe(fleet=fleet, branch_rate=landed_rate(times), push_seconds=queue.protocol.attempt_seconds)
         self.pacer.observe(task_seconds=self.task_seconds)
