@@ -317,8 +317,8 @@ class Lifecycle:
 
         def build(snap: Snapshot) -> Change | None:
             change = self._record(snap, batch)
-            if claim_options is None and not change.files:  # nothing of ours to record (our request's
-                return change  # server did): others' reports are theirs to land, one more racer slows them
+            if claim_options is None and not change.files and not self.claims.reports_waiting():
+                return change  # nothing of ours to record (our request's server did): see reports_waiting
             finished = change.value.tasks
             done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
             served = self.served(snap)  # claimed for us by another worker (a report only: see take_found)
@@ -521,7 +521,7 @@ class Claims:
         no longer count. The same change claims for every live request of another worker (see
         :meth:`serve`); with ``count`` 0 it only serves them. Looking for work and finding none
         for anyone, with nothing of ours to report, it makes no change only to record the reports
-        other workers' requests carry.
+        other workers' requests carry, unless they have waited long (see :meth:`reports_waiting`).
         """
         live, dropped = self.requests(snap)
         if count <= 0 and not live:  # a report alone, and nobody to serve: nothing to claim
@@ -535,8 +535,8 @@ class Claims:
         if own is not None and self.asker.asked:  # our own request, answered by our own claim
             own.also.append(f":{REQUEST_REFS}/{self.asker.ref}")
         change = self.serve(snap, live, dropped, share=share, holders=holders, taken=taken, done=done, base=own)
-        if count > 0 and not taken and not finishing:  # looking for work, none for anyone: others' reports
-            return None  # are theirs to land (each landing records them all); one more racer slows them
+        if count > 0 and not taken and not finishing and not self.reports_waiting(live):
+            return None  # looking for work, none for anyone: others' reports are theirs to land
         if change is not None:
             change.value = runs
         return change
@@ -559,6 +559,17 @@ class Claims:
         outstanding = pending + sum(max(0, held) for held in holders.values())
         total = sum(slots.values())
         return lambda worker: -(-outstanding * slots.get(worker, 1) // total), holders  # ceil: pairs, not ones
+
+    def reports_waiting(self, live: Sequence[Request] | None = None) -> bool:
+        """Whether a push with nothing of ours in it should still record the reports other
+        workers' requests carry: only those carried unrecorded for DEFER_FOR seconds (their
+        worker may be gone, its runs' results with it). Else they are their workers' to land,
+        each racing for its own (a landing records them all): one more racer only slows them.
+        ``live``: the live requests (else those the last fetch saw)."""
+        if live is None:
+            live = asking.read(self.store, now=self.clock())[0]
+        since = self.clock() - asking.DEFER_FOR
+        return any(r.reports and r.at <= since and r.worker != self.worker for r in live)
 
     def requests(self, snap: Snapshot) -> tuple[list[Request], list[str]]:
         """The live requests of other workers not served yet, and the request refs to delete

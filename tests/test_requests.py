@@ -622,6 +622,21 @@ def test_a_worker_with_nothing_to_claim_pushes_nothing_to_record_others_reports(
         assert remote_repo.states() == {"t0": "done"} and request_refs(remote_repo) == {}
 
 
+def test_reports_a_request_carried_unrecorded_for_a_while_are_recorded_by_anyone(
+    bare_remote: Path, remote_repo: RemoteRepo
+) -> None:
+    """Its worker may be gone, and its runs' results with it: after DEFER_FOR seconds a worker
+    with nothing of its own to push records them all the same."""
+    url = str(bare_remote)
+    Queue.init(url).close()
+    submit(url, {"id": "t0", "args": {}})
+    with machine(url, "box-a", clock=lambda: time.time() - DEFER_FOR - 1) as a, machine(url, "box-b") as b:
+        [run] = a.claim_batch(1)
+        assert a.lifecycle.asker.ask(0, Ask(), reports=[report_json(Report("t0", run.token, "done"))])
+        assert b.claim_batch(1) == []  # nothing pending for it: it pushes for box-a's report alone
+        assert remote_repo.states() == {"t0": "done"} and request_refs(remote_repo) == {}
+
+
 def test_a_request_with_broken_reports_is_dropped_and_the_push_still_lands(
     bare_remote: Path, remote_repo: RemoteRepo
 ) -> None:
