@@ -317,7 +317,7 @@ class Lifecycle:
 
         def build(snap: Snapshot) -> Change | None:
             change = self._record(snap, batch)
-            if claim_options is None and not change.files and not self.claims.reports_waiting():
+            if claim_options is None and not change.files and not self.claims.reports_waiting(snap):
                 return change  # nothing of ours to record (our request's server did): see reports_waiting
             finished = change.value.tasks
             done = [task.id for task in finished if task.state is State.DONE]  # their dependents may go now
@@ -535,7 +535,7 @@ class Claims:
         if own is not None and self.asker.asked:  # our own request, answered by our own claim
             own.also.append(f":{REQUEST_REFS}/{self.asker.ref}")
         change = self.serve(snap, live, dropped, share=share, holders=holders, taken=taken, done=done, base=own)
-        if count > 0 and not taken and not finishing and not self.reports_waiting(live):
+        if count > 0 and not taken and not finishing and not self.reports_waiting(snap, live):
             return None  # looking for work, none for anyone: others' reports are theirs to land
         if change is not None:
             change.value = runs
@@ -560,16 +560,16 @@ class Claims:
         total = sum(slots.values())
         return lambda worker: -(-outstanding * slots.get(worker, 1) // total), holders  # ceil: pairs, not ones
 
-    def reports_waiting(self, live: Sequence[Request] | None = None) -> bool:
+    def reports_waiting(self, snap: Snapshot, live: Sequence[Request] | None = None) -> bool:
         """Whether a push with nothing of ours in it should still record the reports other
         workers' requests carry: only those carried unrecorded for DEFER_FOR seconds (their
         worker may be gone, its runs' results with it). Else they are their workers' to land,
         each racing for its own (a landing records them all): one more racer only slows them.
-        ``live``: the live requests (else those the last fetch saw)."""
+        ``live``: the live requests not served on ``snap`` (see :meth:`requests`)."""
         if live is None:
-            live = asking.read(self.store, now=self.clock())[0]
+            live = self.requests(snap)[0]
         since = self.clock() - asking.DEFER_FOR
-        return any(r.reports and r.at <= since and r.worker != self.worker for r in live)
+        return any(r.reports and r.at <= since for r in live)
 
     def requests(self, snap: Snapshot) -> tuple[list[Request], list[str]]:
         """The live requests of other workers not served yet, and the request refs to delete
